@@ -1,0 +1,342 @@
+"""
+The ``remote`` section of Lightd's ``config.json``: :class:`RemoteConfig` and :func:`load_config`.
+
+Every value is checked by the attrs validators of :class:`RemoteConfig`, so a
+config built in code is held to the same rules as one read from a file. The
+one cattrs converter (:func:`make_converter`) only maps the JSON object onto
+the class and refuses unknown keys; it never coerces (``"false"`` is not a
+boolean here).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import ipaddress
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Union
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+
+from ._exceptions import ConfigError
+
+__all__ = ["RemoteConfig", "is_loopback_url", "load_config", "make_converter", "redact_token"]
+
+#: Environment variables that override the file, and the key each one sets.
+ENV_OVERRIDES = {
+    "LIGHTD_REMOTE_ENABLED": "enabled",
+    "LIGHTD_REMOTE_URL": "url",
+    "LIGHTD_REMOTE_TOKEN": "token",
+}
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_TRANSPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_MAX_PATH = 4096
+
+
+def redact_token(token: Optional[str]) -> Optional[str]:
+    """
+    Return a form of *token* that is safe to show: ``lightd_…`` plus its last 4 characters.
+
+    Tokens shorter than 16 characters show no characters at all.
+    """
+    if token is None:
+        return None
+    prefix = "lightd_" if token.startswith("lightd_") else ""
+    tail = token[-4:] if len(token) >= 16 else ""
+    return f"{prefix}…{tail}"
+
+
+def _token_repr(token: Optional[str]) -> str:
+    return repr(redact_token(token))
+
+
+def _fail(key: str, expect: str, value: object) -> ConfigError:
+    return ConfigError(f"remote.{key}: expected {expect}, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _to_float(value: Any) -> Any:
+    """Let ints stand for floats; leave anything else for the validator to name."""
+    return float(value) if _is_number(value) else value
+
+
+def _to_path(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _positive_number(inst: object, attr: attrs.Attribute[float], value: object) -> None:
+    if not (_is_number(value) and math.isfinite(value) and value > 0):  # type: ignore[arg-type]
+        raise _fail(attr.name, "a number > 0", value)
+
+
+def _int_between(low: int, high: int) -> Callable[[object, attrs.Attribute[int], object], None]:
+    def check(inst: object, attr: attrs.Attribute[int], value: object) -> None:
+        if not (type(value) is int and low <= value <= high):
+            raise _fail(attr.name, f"a whole number from {low} to {high}", value)
+
+    return check
+
+
+def _bool(inst: object, attr: attrs.Attribute[bool], value: object) -> None:
+    if type(value) is not bool:
+        raise _fail(attr.name, "true or false", value)
+
+
+def _optional_str(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise _fail(attr.name, "a string", value)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True if *url* points at this machine (``localhost`` or a loopback address)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise _fail("url", "a string", value)
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"remote.url: {exc} in {value!r}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"remote.url: must start with https:// or http://, got {value!r}")
+    if not parts.hostname:
+        raise ConfigError(f"remote.url: has no host name: {value!r}")
+    if parts.username is not None or parts.password is not None:
+        # Do not echo the URL: the password in it is a secret too.
+        raise ConfigError(
+            "remote.url: must not contain user:password@; the token authenticates requests"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"remote.url: must not have a ?query or #fragment: {value!r}")
+    if port == 0:
+        raise ConfigError(f"remote.url: port 0 is not a port to connect to: {value!r}")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ConfigError(f"remote.url: contains whitespace or control characters: {value!r}")
+
+
+def _token(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
+    # Never echo the value: it is (or was meant to be) the secret.
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigError(f"remote.token: expected a string, got {type(value).__name__}")
+    if not value:
+        raise ConfigError("remote.token: must not be empty")
+    if not (value.isascii() and value.isprintable()) or any(ch.isspace() for ch in value):
+        raise ConfigError(
+            "remote.token: must be usable as an HTTP header value "
+            "(printable ASCII, no whitespace or control characters)"
+        )
+
+
+def _transport(inst: object, attr: attrs.Attribute[str], value: object) -> None:
+    if not (isinstance(value, str) and _TRANSPORT_NAME.match(value)):
+        raise _fail("transport", "a transport name such as 'http', 'file' or 'null'", value)
+
+
+def _path(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
+    _optional_str(inst, attr, value)
+    if isinstance(value, str) and not (0 < len(value) <= _MAX_PATH and "\0" not in value):
+        raise _fail("path", "a file path", value)
+
+
+def _url_without_slash(value: Any) -> Any:
+    return value.rstrip("/") if isinstance(value, str) else value
+
+
+@attrs.frozen
+class RemoteConfig:
+    """
+    The ``remote`` section of Lightd's ``config.json``, validated.
+
+    Build it with :func:`load_config`, or directly; both apply the same checks
+    and raise :class:`ConfigError` naming the key. Derive variants with
+    :func:`attrs.evolve`. The token never appears in ``repr``/``str``: see
+    :meth:`redacted` for a form that is safe to show.
+
+    Attributes:
+        enabled: Turn remote sync on. ``False`` means the null transport.
+        url: Base URL of the remote API; ``/update`` and ``/health`` are appended.
+        token: Shared secret, sent as ``Authorization: Bearer <token>``.
+        transport: ``"http"``, ``"file"``, ``"null"``, or a plugin's name.
+        path: The file the ``file`` transport appends to.
+        timeout: Seconds before any one HTTP request gives up.
+        health_interval: Seconds between two health checks.
+        workers: Delivery threads (lanes); one server always uses the same one.
+        queue_size: Updates that may wait at most; beyond, they are dropped and counted.
+    """
+
+    enabled: bool = attrs.field(default=False, validator=_bool)
+    url: Optional[str] = attrs.field(default=None, converter=_url_without_slash, validator=_url)
+    token: Optional[str] = attrs.field(default=None, validator=_token, repr=_token_repr)
+    transport: str = attrs.field(default="http", validator=_transport)
+    path: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
+    timeout: float = attrs.field(default=10.0, converter=_to_float, validator=_positive_number)
+    health_interval: float = attrs.field(
+        default=30.0, converter=_to_float, validator=_positive_number
+    )
+    workers: int = attrs.field(default=4, validator=_int_between(1, 64))
+    queue_size: int = attrs.field(default=1000, validator=_int_between(1, 10_000_000))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if self.transport == "http":
+            for key in ("url", "token"):
+                if getattr(self, key) is None:
+                    raise ConfigError(
+                        f"remote.{key}: missing; it is required when remote.enabled is true"
+                    )
+        if self.transport == "file" and self.path is None:
+            raise ConfigError("remote.path: missing; the file transport needs a path to write to")
+
+    @property
+    def effective_transport(self) -> str:
+        """The transport actually used: ``"null"`` when sync is disabled."""
+        return self.transport if self.enabled else "null"
+
+    def redacted(self) -> dict[str, Any]:
+        """Return the config as a dict that is safe to log or show (token redacted)."""
+        values = attrs.asdict(self)
+        values["token"] = redact_token(self.token)
+        return values
+
+
+@functools.lru_cache(maxsize=None)
+def make_converter() -> cattrs.Converter:
+    """
+    Build the one cattrs converter of lightd_sync (once, on first use).
+
+    It maps JSON objects onto our classes, refuses unknown keys, and passes
+    every value through unchanged so that the classes' validators judge it
+    (cattrs would otherwise turn ``"false"`` into ``True``).
+    """
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    for tp in (bool, int, float, str, Optional[str]):
+        converter.register_structure_hook(tp, lambda value, _type: value)
+    return converter
+
+
+def _closest(key: str) -> str:
+    known = [a.name for a in attrs.fields(RemoteConfig)]
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(known)}"
+    return f"remote.{key}: unknown key; {hint}"
+
+
+def _find_config_error(exc: BaseException) -> Optional[ConfigError]:
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return ConfigError(_closest(sorted(exc.extra_fields)[0]))
+    for inner in getattr(exc, "exceptions", ()):
+        found = _find_config_error(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _first_config_error(exc: BaseException) -> ConfigError:
+    """Find the most telling error inside cattrs' exception groups."""
+    return _find_config_error(exc) or ConfigError(f"remote: {exc}")
+
+
+def _parse_bool_env(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected true/false/1/0/yes/no, got {raw!r}")
+
+
+def _read_json(path: Union[str, os.PathLike[str]]) -> Any:
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{name}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+
+
+def load_config(
+    source: Union[str, os.PathLike[str], Mapping[str, Any]],
+    *,
+    env: Mapping[str, str] = os.environ,
+) -> RemoteConfig:
+    """
+    Read and validate the ``remote`` section of a Lightd ``config.json``.
+
+    Args:
+        source: A path to the file, or the already-parsed dict of the whole file.
+            A missing ``remote`` object means sync is disabled.
+        env: Where to read the overrides ``LIGHTD_REMOTE_ENABLED`` (true/false/
+            1/0/yes/no), ``LIGHTD_REMOTE_URL`` and ``LIGHTD_REMOTE_TOKEN``; an
+            empty variable counts as unset.
+
+    Raises:
+        ConfigError: The file cannot be read or parsed, or a value is invalid;
+            the message names the key path (or file, line and column).
+    """
+    if isinstance(source, Mapping):
+        document: Any = source
+        where = "config"
+    elif isinstance(source, (str, os.PathLike)):
+        document = _read_json(source)
+        where = os.fspath(source)
+    else:
+        raise TypeError(
+            f"source must be a path or a dict of config.json, not {type(source).__name__}"
+        )
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"{where}: the top level must be a JSON object")
+    remote = document.get("remote", {})
+    if remote is None:
+        remote = {}
+    if not isinstance(remote, Mapping):
+        raise ConfigError(f"remote: expected a JSON object, got {type(remote).__name__}")
+    values = dict(remote)
+    from_env: dict[str, str] = {}
+    for var, key in ENV_OVERRIDES.items():
+        raw = env.get(var)
+        if not raw:
+            continue
+        values[key] = _parse_bool_env(var, raw) if key == "enabled" else raw
+        from_env[key] = var
+    try:
+        return make_converter().structure(values, RemoteConfig)
+    except Exception as exc:  # cattrs wraps what the validators raised
+        error = _first_config_error(exc)
+        for key, var in from_env.items():
+            if str(error).startswith(f"remote.{key}:"):
+                error = ConfigError(f"{error} (set by {var})")
+        raise error from None

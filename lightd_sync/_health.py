@@ -1,0 +1,128 @@
+"""Health: checking the remote now, and every ``health_interval`` seconds on a timer thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from ._exceptions import AuthRejectedError, DeliveryError
+from ._logutil import get_logger, safe_log
+from ._model import HealthState
+
+__all__ = ["HealthMonitor", "HealthTracker"]
+
+log = get_logger("health")
+
+
+class HealthTracker:
+    """
+    Run health checks and keep the latest :class:`HealthState`.
+
+    A change of health is logged once (unhealthy at ERROR with the reason,
+    recovered at INFO), not every failed check.
+
+    Args:
+        check: Returns if healthy, raises :class:`DeliveryError` if not.
+        on_recovered: Called (outside any lock) when health goes from
+            unhealthy to healthy.
+    """
+
+    def __init__(
+        self,
+        check: Callable[[], None],
+        on_recovered: Optional[Callable[[], None]] = None,
+    ) -> None:
+        self.check_fn = check
+        self._on_recovered = on_recovered
+        # Guards _state: checks may run in the timer thread and a caller at once.
+        self._lock = threading.Lock()
+        self._state = HealthState()
+
+    @property
+    def state(self) -> HealthState:
+        """The latest state (``healthy`` is None before the first check)."""
+        return self._state
+
+    def check(self) -> HealthState:
+        """Check the remote now (network I/O in the calling thread) and return the new state."""
+        started = time.monotonic()
+        error: Optional[str] = None
+        auth = False
+        try:
+            self.check_fn()
+        except DeliveryError as exc:
+            error, auth = exc.message, isinstance(exc, AuthRejectedError)
+        except Exception as exc:  # a transport bug must not kill the timer thread
+            error = f"the transport's health check raised {exc!r}"
+        latency = time.monotonic() - started
+        with self._lock:
+            before = self._state
+            self._state = HealthState(
+                healthy=error is None,
+                checked_at=time.time(),
+                latency=latency,
+                consecutive_failures=0 if error is None else before.consecutive_failures + 1,
+                error=error,
+            )
+            after = self._state
+        self._report(before, after, auth)
+        return after
+
+    def _report(self, before: HealthState, after: HealthState, auth: bool) -> None:
+        if after.healthy and before.healthy is False:
+            safe_log(
+                log,
+                logging.INFO,
+                "the remote is healthy again after %d failed checks",
+                before.consecutive_failures,
+            )
+            if self._on_recovered is not None:
+                self._on_recovered()
+        elif after.healthy and before.healthy is None:
+            safe_log(log, logging.INFO, "the remote is healthy (%.0f ms)", after.latency * 1000)
+        elif not after.healthy and before.healthy is not False:
+            hint = "" if auth else "; updates may be lost until it answers"
+            safe_log(log, logging.ERROR, "the remote is unhealthy: %s%s", after.error, hint)
+
+    def reset(self) -> None:
+        """Forget the state (a new remote, or a forked child)."""
+        with self._lock:
+            self._state = HealthState()
+
+
+class HealthMonitor:
+    """
+    The timer thread: a check right after start, then every *interval* seconds.
+
+    ``stop()`` wakes it at once; a check in progress ends when the transport
+    is closed.
+    """
+
+    def __init__(self, tracker: HealthTracker, interval: float) -> None:
+        self._tracker = tracker
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lightd-sync-health", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end; it does not wait for the next interval."""
+        self._stopped.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for the thread to end; True if it has."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(max(0.0, timeout))
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._tracker.check()
+            if self._stopped.wait(self.interval):
+                return

@@ -1,0 +1,233 @@
+"""The values of the protocol: statuses, lifecycle events, updates, health and stats."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Optional, Union
+
+import attrs
+
+__all__ = [
+    "MAX_SERVER_ID_LENGTH",
+    "HealthState",
+    "Lifecycle",
+    "Status",
+    "SyncStats",
+    "Update",
+    "check_server_id",
+    "parse_status",
+]
+
+#: The longest server id the protocol's reference remote accepts.
+MAX_SERVER_ID_LENGTH = 255
+
+
+class Status(str, enum.Enum):
+    """
+    The install status of a container, as the remote receives it.
+
+    Members compare equal to their string value (``Status.READY == "ready"``).
+    """
+
+    INSTALLING = "installing"
+    """The container is being installed."""
+    READY = "ready"
+    """Installation finished; the container is ready to start."""
+    FAILED = "failed"
+    """Installation or an operation failed."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Lifecycle(str, enum.Enum):
+    """
+    A Lightd lifecycle event; :attr:`status` is the status it is synced as.
+
+    ``Lifecycle.ERROR`` is sent in the protocol's error form
+    (``"error": "failed"`` with ``data``).
+    """
+
+    STARTED = "Started"
+    CREATING_CONTAINER = "CreatingContainer"
+    READY = "Ready"
+    ERROR = "Error"
+    REINSTALL_STARTED = "ReinstallStarted"
+
+    @property
+    def status(self) -> Status:
+        """The status the protocol maps this event to."""
+        return _LIFECYCLE_STATUS[self]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_LIFECYCLE_STATUS = {
+    Lifecycle.STARTED: Status.INSTALLING,
+    Lifecycle.CREATING_CONTAINER: Status.INSTALLING,
+    Lifecycle.READY: Status.READY,
+    Lifecycle.ERROR: Status.FAILED,
+    Lifecycle.REINSTALL_STARTED: Status.INSTALLING,
+}
+
+# Status members hash and compare like their values, so one dict answers both
+# ``"ready"`` and ``Status.READY`` with a single lookup (the hot path uses it).
+_STATUS_BY_VALUE: dict[Any, Status] = {s.value: s for s in Status}
+_LIFECYCLE_BY_VALUE: dict[Any, Lifecycle] = {e.value: e for e in Lifecycle}
+
+
+def parse_status(status: Union[Status, str]) -> Status:
+    """
+    Return *status* as a :class:`Status`, accepting the member or its value.
+
+    Raises:
+        TypeError: *status* is not a string.
+        ValueError: *status* is not one of the protocol's values.
+    """
+    if not isinstance(status, str):
+        raise TypeError(f"status must be a Status or str, not {type(status).__name__}")
+    found = _STATUS_BY_VALUE.get(status)
+    if found is None:
+        allowed = ", ".join(repr(s.value) for s in Status)
+        raise ValueError(f"unknown status {status!r}; expected one of {allowed}")
+    return found
+
+
+def parse_lifecycle(event: Union[Lifecycle, str]) -> Lifecycle:
+    """Return *event* as a :class:`Lifecycle`, accepting the member or its value."""
+    if not isinstance(event, str):
+        raise TypeError(f"event must be a Lifecycle or str, not {type(event).__name__}")
+    found = _LIFECYCLE_BY_VALUE.get(event)
+    if found is None:
+        allowed = ", ".join(repr(e.value) for e in Lifecycle)
+        raise ValueError(f"unknown lifecycle event {event!r}; expected one of {allowed}")
+    return found
+
+
+def server_id_problem(server: object) -> Optional[str]:
+    """Say what is wrong with *server* as a server id, or return None if it is fine."""
+    if type(server) is not str:
+        return f"server id must be a str, not {type(server).__name__}"
+    if not server:
+        return "server id must not be empty"
+    if len(server) > MAX_SERVER_ID_LENGTH:
+        return f"server id is {len(server)} characters long; at most {MAX_SERVER_ID_LENGTH}"
+    if not server.isprintable():
+        return f"server id {server!r} contains control or non-printable characters"
+    return None
+
+
+def check_server_id(server: object) -> str:
+    """
+    Return *server* if it is a valid server id.
+
+    Raises:
+        TypeError: not a ``str``.
+        ValueError: empty, over 255 characters, or with non-printable characters.
+    """
+    problem = server_id_problem(server)
+    if problem is None:
+        return server  # type: ignore[return-value]  # checked just above
+    if type(server) is not str:
+        raise TypeError(problem)
+    raise ValueError(problem)
+
+
+def _valid_server(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
+    check_server_id(value)
+
+
+def _valid_data(inst: Update, _attr: attrs.Attribute[Optional[str]], value: Optional[str]) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"data must be a str, not {type(value).__name__}")
+    if inst.status is not Status.FAILED:
+        raise ValueError("data is only sent with an error update (status 'failed')")
+
+
+@attrs.frozen
+class Update:
+    """
+    One status update of one server.
+
+    An update with ``data`` is an *error update*: it is sent in the protocol's
+    error form. ``data`` is only allowed with :attr:`Status.FAILED`.
+
+    >>> Update("my-server-001", Status.INSTALLING).body()
+    {'event': 'update', 'server': 'my-server-001', 'status': 'installing'}
+    >>> Update("my-server-001", Status.FAILED, "image not found").body()
+    {'event': 'update', 'server': 'my-server-001', 'error': 'failed', 'data': 'image not found'}
+    """
+
+    server: str = attrs.field(validator=_valid_server)
+    status: Status = attrs.field(converter=parse_status)
+    data: Optional[str] = attrs.field(default=None, validator=_valid_data)
+
+    @property
+    def is_error(self) -> bool:
+        """True for an error update (sent with ``"error": "failed"`` and ``data``)."""
+        return self.data is not None
+
+    def body(self) -> dict[str, str]:
+        """Return exactly the JSON body the protocol sends for this update."""
+        if self.data is not None:
+            return {
+                "event": "update",
+                "server": self.server,
+                "error": Status.FAILED.value,
+                "data": self.data,
+            }
+        return {"event": "update", "server": self.server, "status": self.status.value}
+
+
+@attrs.frozen
+class HealthState:
+    """
+    What the last health check of the remote found.
+
+    Attributes:
+        healthy: ``True`` or ``False`` after a check; ``None`` before the first.
+        checked_at: When the last check finished (seconds since the epoch).
+        latency: How long the last check took, in seconds.
+        consecutive_failures: Failed checks in a row (0 when healthy).
+        error: Why the last check failed, if it did.
+    """
+
+    healthy: Optional[bool] = None
+    checked_at: Optional[float] = None
+    latency: Optional[float] = None
+    consecutive_failures: int = 0
+    error: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the state as a JSON-ready dict."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class SyncStats:
+    """
+    Counters of every update an engine was given.
+
+    In every snapshot ``submitted == delivered + failed + dropped + pending``:
+    no update disappears uncounted.
+
+    Attributes:
+        submitted: Calls to ``update``/``error``/``lifecycle`` that passed validation.
+        delivered: Accepted by the remote.
+        failed: Given up on: the remote failed, or ``close`` ran out of time.
+        dropped: Refused at once: the queue was full or the engine closed.
+        pending: Queued or in flight now.
+    """
+
+    submitted: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dropped: int = 0
+    pending: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """Return the counters as a JSON-ready dict."""
+        return attrs.asdict(self)

@@ -1,0 +1,1 @@
+"""Transports: how an update leaves this process. They know nothing of the engine."""

@@ -1,0 +1,60 @@
+"""The transport interface."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Optional
+
+from .._model import Update
+
+__all__ = ["Transport"]
+
+
+class Transport:
+    """
+    How updates reach the remote: the interface every transport implements.
+
+    Only :meth:`send` is required. The engine calls :meth:`send` from several
+    threads at once (never for the same server at once), :meth:`check_health`
+    from its health thread, and :meth:`close` once, possibly while a
+    :meth:`send` is still blocked in another thread: ``close`` must make such
+    a call return promptly.
+
+    A transport raises :class:`~lightd_sync.DeliveryError` (or a subclass) for
+    every failure it can explain; anything else it raises is logged by the
+    engine as a bug in the transport and counted as a failed delivery.
+    """
+
+    #: Short name used in logs and in ``config.json``'s ``transport`` key.
+    name = "transport"
+
+    def send(self, update: Update) -> None:
+        """
+        Deliver one update; return when the remote accepted it.
+
+        Raises:
+            DeliveryError: The update was not accepted.
+        """
+        raise NotImplementedError
+
+    def check_health(self) -> None:
+        """
+        Return if the remote is healthy; the default assumes it is.
+
+        Raises:
+            DeliveryError: The remote is unreachable or unhealthy.
+        """
+
+    def close(self) -> None:
+        """Release resources and make any blocked :meth:`send` return. Idempotent."""
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
