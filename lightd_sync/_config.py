@@ -36,7 +36,7 @@ ENV_OVERRIDES = {
 }
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
-_TRANSPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_TRANSPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _MAX_PATH = 4096
 
 
@@ -67,7 +67,12 @@ def _is_number(value: object) -> bool:
 
 def _to_float(value: Any) -> Any:
     """Let ints stand for floats; leave anything else for the validator to name."""
-    return float(value) if _is_number(value) else value
+    if not _is_number(value):
+        return value
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float: the validator refuses inf
+        return math.inf
 
 
 def _to_path(value: Any) -> Any:
@@ -75,7 +80,7 @@ def _to_path(value: Any) -> Any:
 
 
 def _positive_number(inst: object, attr: attrs.Attribute[float], value: object) -> None:
-    if not (_is_number(value) and math.isfinite(value) and value > 0):  # type: ignore[arg-type]
+    if not (isinstance(value, float) and math.isfinite(value) and value > 0):
         raise _fail(attr.name, "a number > 0", value)
 
 
@@ -108,6 +113,11 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+def _shown_url(url: str) -> str:
+    """*url* with any ``user:password@`` masked, for messages: the password is a secret too."""
+    return re.sub(r"//.*@", "//…@", url, flags=re.DOTALL)
+
+
 def _url(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
     if value is None:
         return
@@ -117,11 +127,13 @@ def _url(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> N
         parts = urlsplit(value)
         port = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
-        raise ConfigError(f"remote.url: {exc} in {value!r}") from None
+        raise ConfigError(f"remote.url: {exc} in {_shown_url(value)!r}") from None
     if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"remote.url: must start with https:// or http://, got {value!r}")
+        raise ConfigError(
+            f"remote.url: must start with https:// or http://, got {_shown_url(value)!r}"
+        )
     if not parts.hostname:
-        raise ConfigError(f"remote.url: has no host name: {value!r}")
+        raise ConfigError(f"remote.url: has no host name: {_shown_url(value)!r}")
     if parts.username is not None or parts.password is not None:
         # Do not echo the URL: the password in it is a secret too.
         raise ConfigError(
@@ -151,7 +163,7 @@ def _token(inst: object, attr: attrs.Attribute[Optional[str]], value: object) ->
 
 
 def _transport(inst: object, attr: attrs.Attribute[str], value: object) -> None:
-    if not (isinstance(value, str) and _TRANSPORT_NAME.match(value)):
+    if not (isinstance(value, str) and _TRANSPORT_NAME.fullmatch(value)):
         raise _fail("transport", "a transport name such as 'http', 'file' or 'null'", value)
 
 
@@ -223,7 +235,7 @@ class RemoteConfig:
         return values
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_converter() -> cattrs.Converter:
     """
     Build the one cattrs converter of lightd_sync (once, on first use).
@@ -249,7 +261,7 @@ def _find_config_error(exc: BaseException) -> Optional[ConfigError]:
     if isinstance(exc, ConfigError):
         return exc
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return ConfigError(_closest(sorted(exc.extra_fields)[0]))
+        return ConfigError(_closest(sorted(map(str, exc.extra_fields))[0]))
     for inner in getattr(exc, "exceptions", ()):
         found = _find_config_error(inner)
         if found is not None:
@@ -286,6 +298,8 @@ def _read_json(path: Union[str, os.PathLike[str]]) -> Any:
         raise ConfigError(
             f"{name}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+    except (ValueError, RecursionError) as exc:  # an int over 4300 digits; nesting too deep
+        raise ConfigError(f"{name}: invalid JSON: {exc}") from None
 
 
 def load_config(

@@ -236,7 +236,7 @@ class SyncEngine:
             drops, fails = self._drop_log.take(), self._fail_log.take()
         _OPEN.discard(self)
         if drops:
-            safe_log(log, logging.WARNING, "%d more updates were dropped (queue full)", drops)
+            safe_log(log, logging.WARNING, "%d more update(s) were dropped before close", drops)
         if fails or left:
             safe_log(
                 log,
@@ -273,7 +273,11 @@ class SyncEngine:
             st = _STATUS_BY_VALUE[status]
         except (KeyError, TypeError):
             st = parse_status(status)  # raises the error that says what is wrong
-        if type(server) is not str or not 0 < len(server) <= _MAX_SERVER or not server.isprintable():
+        if (
+            type(server) is not str
+            or not 0 < len(server) <= _MAX_SERVER
+            or not server.isprintable()
+        ):
             check_server_id(server)
         return self._submit(server, st, None)
 
@@ -318,8 +322,19 @@ class SyncEngine:
             self._dropped += 1
             due = self._drop_log.hit()
         if due is not None:
-            why = "the engine is closed" if self._closed else f"the queue is full ({self._queue_size})"
-            safe_log(log, logging.WARNING, "dropped %d updates: %s", due, why)
+            why = (
+                "the engine is closed"
+                if self._closed
+                else f"the queue is full ({self._queue_size})"
+            )
+            safe_log(
+                log,
+                logging.WARNING,
+                "dropped %d update(s): %s (drops are summed up at most once per %g s)",
+                due,
+                why,
+                self._drop_log.window,
+            )
         return False
 
     # -- delivery (lane threads) -------------------------------------------

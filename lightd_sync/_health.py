@@ -81,7 +81,7 @@ class HealthTracker:
             if self._on_recovered is not None:
                 self._on_recovered()
         elif after.healthy and before.healthy is None:
-            safe_log(log, logging.INFO, "the remote is healthy (%.0f ms)", after.latency * 1000)
+            safe_log(log, logging.INFO, "the remote is healthy (%.0f ms)", (after.latency or 0) * 1000)
         elif not after.healthy and before.healthy is not False:
             hint = "" if auth else "; updates may be lost until it answers"
             safe_log(log, logging.ERROR, "the remote is unhealthy: %s%s", after.error, hint)

@@ -7,7 +7,7 @@ import functools
 __all__ = ["version"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def version() -> str:
     """Return the installed version of lightd-sync (``"0+unknown"`` when not installed)."""
     from importlib.metadata import PackageNotFoundError

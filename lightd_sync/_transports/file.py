@@ -51,7 +51,11 @@ class FileTransport(Transport):
         if self._closed:
             raise DeliveryError(f"file transport for {self.path} is closed")
         if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+            # A lone surrogate (from a surrogateescape-decoded message) cannot be
+            # UTF-8: written as \udcxx it is the very JSON escape of that character.
+            self._fh = open(  # noqa: SIM115 - kept open
+                self.path, "a", encoding="utf-8", errors="backslashreplace"
+            )
         return self._fh
 
     def send(self, update: Update) -> None:

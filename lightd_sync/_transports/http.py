@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import weakref
@@ -81,6 +82,7 @@ class HttpTransport(Transport):
         if not config.url or not config.token:
             raise ValueError("HttpTransport needs a config with url and token")
         parts = urlsplit(config.url)
+        host = parts.hostname or ""  # RemoteConfig guarantees a host
         self.url = config.url
         self._base_path = parts.path.rstrip("/")
         self._timeout = config.timeout
@@ -93,9 +95,9 @@ class HttpTransport(Transport):
         }
         pool: Union[_HTTPPool, _HTTPSPool]
         if parts.scheme == "https":
-            pool = _HTTPSPool(parts.hostname, parts.port, cert_reqs="CERT_REQUIRED", **pool_kw)
+            pool = _HTTPSPool(host, parts.port, cert_reqs="CERT_REQUIRED", **pool_kw)
         else:
-            pool = _HTTPPool(parts.hostname, parts.port, **pool_kw)
+            pool = _HTTPPool(host, parts.port, **pool_kw)
         pool.lightd_conns = weakref.WeakSet()
         self._pool = pool
         self._post_headers = request_headers(config.token, post=True)
@@ -172,8 +174,6 @@ class HttpTransport(Transport):
         for conn in conns:
             sock = getattr(conn, "sock", None)
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):  # already closed by its own thread
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed by its own thread
         self._pool.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -36,6 +37,9 @@ __all__ = [
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 _AUTH_HINT = "verify that the tokens match on both sides"
 _SNIPPET = 200
+# ASCII digits only: str.isdigit() also takes '²', which float() refuses. A
+# negative delta is not in the RFC; it means "now", like a date in the past.
+_DELTA_SECONDS = re.compile(r"-?[0-9]+")
 
 
 def request_headers(token: str, *, post: bool) -> dict[str, str]:
@@ -64,13 +68,11 @@ def parse_retry_after(value: Optional[str], *, now: Optional[float] = None) -> O
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELTA_SECONDS.fullmatch(value):
+        return max(0.0, float(value))
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
@@ -79,7 +81,7 @@ def _remote_says(body: bytes) -> str:
     """A short, printable excerpt of the remote's own error text, if it gave one."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     text = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(text, str) or not text:
@@ -88,9 +90,7 @@ def _remote_says(body: bytes) -> str:
     return f": {clean}"
 
 
-def _status_error(
-    what: str, status: int, body: bytes, headers: Mapping[str, str]
-) -> DeliveryError:
+def _status_error(what: str, status: int, body: bytes, headers: Mapping[str, str]) -> DeliveryError:
     if status in (401, 403):
         return AuthRejectedError(
             f"{what}: the remote rejected the token (HTTP {status}); {_AUTH_HINT}",
@@ -114,7 +114,7 @@ def _status_error(
 def _json_object(what: str, status: int, body: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RemoteRejectedError(
             f"{what}: the remote answered HTTP {status} with a body that is not valid JSON",
             status=status,
@@ -141,7 +141,7 @@ def update_verdict(status: int, body: bytes, headers: Mapping[str, str]) -> None
     doc = _json_object(what, status, body)
     if "success" in doc and doc["success"] is not True:
         raise RemoteRejectedError(
-            f"{what}: the remote answered \"success\": {json.dumps(doc['success'])}"
+            f'{what}: the remote answered "success": {json.dumps(doc["success"])}'
             f"{_remote_says(body)}",
             status=status,
         )

@@ -1,0 +1,74 @@
+"""Fixtures shared by the whole suite: real local servers, log capture, thread checks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from lightd_sync import RemoteConfig
+
+from .servers import ScriptedRemote, SilentServer, lightd_threads, serving, wait_until
+
+TOKEN = "lightd_ad2f7fc49ed640429c450e14ed07c8d5"
+
+
+class LogCapture(logging.Handler):
+    """A thread-safe handler that keeps every formatted record of the lightd_sync loggers."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        # Guards records: lane and health threads log while the test reads.
+        self._records_lock = threading.Lock()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.formatted = self.format(record)
+        with self._records_lock:
+            self.records.append(record)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        with self._records_lock:
+            return [r.formatted for r in self.records if r.levelno >= level]
+
+    def text(self) -> str:
+        return "\n".join(self.messages())
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    handler = LogCapture()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    logger = logging.getLogger("lightd_sync")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert TOKEN not in handler.text()
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left() -> Iterator[None]:
+    """Every test must leave no lightd-sync thread behind."""
+    yield
+    assert wait_until(lambda: not lightd_threads(), timeout=5), lightd_threads()
+
+
+@pytest.fixture
+def remote() -> Iterator[ScriptedRemote]:
+    yield from serving(ScriptedRemote())
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    yield from serving(SilentServer())
+
+
+def http_config(url: str, **kw: object) -> RemoteConfig:
+    return RemoteConfig(enabled=True, url=url, token=TOKEN, **kw)  # type: ignore[arg-type]
