@@ -114,37 +114,45 @@ def is_loopback_url(url: str) -> bool:
 
 
 def _shown_url(url: str) -> str:
-    """*url* with any ``user:password@`` masked, for messages: the password is a secret too."""
-    return re.sub(r"//.*@", "//…@", url, flags=re.DOTALL)
+    """*url* as a message shows it: not at all if it has an ``@`` (a password is a secret too)."""
+    return repr(url) if "@" not in url else "a URL with '@' (not shown: it may hold a password)"
 
 
 def _url(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
     if value is None:
         return
     if not isinstance(value, str):
-        raise _fail("url", "a string", value)
+        raise _fail(attr.name, "a string", value)
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
-        raise ConfigError(f"remote.url: {exc} in {_shown_url(value)!r}") from None
+        if "@" in value:  # exc may quote the password
+            raise ConfigError(f"remote.{attr.name}: not a valid URL: {_shown_url(value)}") from None
+        raise ConfigError(f"remote.{attr.name}: {exc} in {value!r}") from None
     if parts.scheme not in ("http", "https"):
         raise ConfigError(
-            f"remote.url: must start with https:// or http://, got {_shown_url(value)!r}"
+            f"remote.{attr.name}: must start with https:// or http://, got {_shown_url(value)}"
         )
     if not parts.hostname:
-        raise ConfigError(f"remote.url: has no host name: {_shown_url(value)!r}")
+        raise ConfigError(f"remote.{attr.name}: has no host name: {_shown_url(value)}")
     if parts.username is not None or parts.password is not None:
         # Do not echo the URL: the password in it is a secret too.
         raise ConfigError(
-            "remote.url: must not contain user:password@; the token authenticates requests"
+            f"remote.{attr.name}: must not contain user:password@; the token authenticates requests"
         )
     if parts.query or parts.fragment:
-        raise ConfigError(f"remote.url: must not have a ?query or #fragment: {value!r}")
+        raise ConfigError(
+            f"remote.{attr.name}: must not have a ?query or #fragment: {_shown_url(value)}"
+        )
     if port == 0:
-        raise ConfigError(f"remote.url: port 0 is not a port to connect to: {value!r}")
+        raise ConfigError(
+            f"remote.{attr.name}: port 0 is not a port to connect to: {_shown_url(value)}"
+        )
     if any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise ConfigError(f"remote.url: contains whitespace or control characters: {value!r}")
+        raise ConfigError(
+            f"remote.{attr.name}: contains whitespace or control characters: {_shown_url(value)}"
+        )
 
 
 def _token(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
@@ -170,7 +178,7 @@ def _transport(inst: object, attr: attrs.Attribute[str], value: object) -> None:
 def _path(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
     _optional_str(inst, attr, value)
     if isinstance(value, str) and not (0 < len(value) <= _MAX_PATH and "\0" not in value):
-        raise _fail("path", "a file path", value)
+        raise _fail(attr.name, "a file path", value)
 
 
 def _url_without_slash(value: Any) -> Any:
@@ -197,6 +205,23 @@ class RemoteConfig:
         health_interval: Seconds between two health checks.
         workers: Delivery threads (lanes); one server always uses the same one.
         queue_size: Updates that may wait at most; beyond, they are dropped and counted.
+        retries: Extra attempts for a delivery that may succeed when retried
+            (connection errors, timeouts, 429, 502, 503, 504), with exponential
+            backoff and full jitter. ``0`` is the protocol's plain behaviour.
+        resync: Remember each server's latest update and re-send the ones the
+            remote never acknowledged once it is healthy again.
+        max_servers: How many servers ``resync`` remembers (least recently
+            updated forgotten first).
+        shutdown_timeout: Seconds the interpreter waits at exit for open engines.
+        verify: Verify the remote's TLS certificate. ``false`` logs a loud warning.
+        ca_bundle: A PEM file of CA certificates to trust (a private CA).
+        client_cert: A PEM client certificate, for mutual TLS.
+        client_key: The client certificate's key, when not in ``client_cert``.
+        proxy: An ``http://`` proxy URL; overrides ``HTTPS_PROXY``/``HTTP_PROXY``.
+
+    .. versionadded:: 0.1.0 ``retries``, ``resync``, ``max_servers``,
+       ``shutdown_timeout``, ``verify``, ``ca_bundle``, ``client_cert``,
+       ``client_key`` and ``proxy``.
     """
 
     enabled: bool = attrs.field(default=False, validator=_bool)
@@ -210,8 +235,21 @@ class RemoteConfig:
     )
     workers: int = attrs.field(default=4, validator=_int_between(1, 64))
     queue_size: int = attrs.field(default=1000, validator=_int_between(1, 10_000_000))
+    retries: int = attrs.field(default=2, validator=_int_between(0, 10))
+    resync: bool = attrs.field(default=True, validator=_bool)
+    max_servers: int = attrs.field(default=10_000, validator=_int_between(1, 10_000_000))
+    shutdown_timeout: float = attrs.field(
+        default=2.0, converter=_to_float, validator=_positive_number
+    )
+    verify: bool = attrs.field(default=True, validator=_bool)
+    ca_bundle: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
+    client_cert: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
+    client_key: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
+    proxy: Optional[str] = attrs.field(default=None, converter=_url_without_slash, validator=_url)
 
     def __attrs_post_init__(self) -> None:
+        if self.client_key is not None and self.client_cert is None:
+            raise ConfigError("remote.client_key: given without remote.client_cert")
         if not self.enabled:
             return
         if self.transport == "http":

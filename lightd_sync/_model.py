@@ -164,6 +164,11 @@ class Update:
     server: str = attrs.field(validator=_valid_server)
     status: Status = attrs.field(converter=parse_status)
     data: Optional[str] = attrs.field(default=None, validator=_valid_data)
+    event_id: Optional[str] = attrs.field(default=None, eq=False, kw_only=True)
+    """A UUID the remote may use to de-duplicate retried and resynced updates (an extension).
+
+    .. versionadded:: 0.1.0
+    """
 
     @property
     def is_error(self) -> bool:

@@ -111,7 +111,13 @@ class HttpTransport(Transport):
     def __repr__(self) -> str:
         return f"HttpTransport(url={self.url!r})"
 
-    def _request(self, method: str, path: str, body: Optional[bytes]) -> urllib3.BaseHTTPResponse:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Optional[bytes],
+        headers: Optional[dict[str, str]] = None,
+    ) -> urllib3.BaseHTTPResponse:
         if self._closed:
             raise RemoteUnreachableError(f"{method} {path}: the transport is closed")
         what = f"{method} {self.url}{path[len(self._base_path) :]}"
@@ -120,7 +126,7 @@ class HttpTransport(Transport):
                 method,
                 path,
                 body=body,
-                headers=self._post_headers if body is not None else self._get_headers,
+                headers=headers or self._get_headers,
                 retries=False,
                 redirect=False,
                 assert_same_host=False,
@@ -150,7 +156,10 @@ class HttpTransport(Transport):
 
     def send(self, update: Update) -> None:
         """POST *update* to ``{url}/update``; raise a DeliveryError unless accepted."""
-        response = self._request("POST", self._update_path, encode_body(update))
+        headers = self._post_headers
+        if update.event_id is not None:
+            headers = {**headers, "X-Lightd-Event-Id": update.event_id}
+        response = self._request("POST", self._update_path, encode_body(update), headers)
         try:
             update_verdict(response.status, response.data, response.headers)
         except DeliveryError as exc:
