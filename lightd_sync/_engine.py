@@ -5,66 +5,84 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 import weakref
-from types import TracebackType
-from typing import Any, Optional, Union
+from types import FrameType, TracebackType
+from typing import Optional, Union
 
 from ._config import RemoteConfig, load_config
-from ._exceptions import DeliveryError
-from ._health import HealthMonitor, HealthTracker
+from ._core import EngineCore, close_quietly
+from ._exceptions import ConfigError, LightdSyncError
+from ._health import HealthMonitor
 from ._lanes import Lane
-from ._logutil import Throttle, get_logger, safe_log
+from ._logutil import get_logger, safe_log
 from ._model import (
     _STATUS_BY_VALUE,
     HealthState,
     Lifecycle,
     Status,
     SyncStats,
-    Update,
     check_server_id,
     parse_lifecycle,
     parse_status,
 )
+from ._reload import ReloadResult
 from ._transports.base import Transport
 from ._transports.registry import make_transport
 
-__all__ = ["DEFAULT_WAIT", "SHUTDOWN_TIMEOUT", "SyncEngine"]
+__all__ = ["DEFAULT_WAIT", "SyncEngine"]
 
 log = get_logger("engine")
 
 #: What ``timeout=None`` means for :meth:`SyncEngine.close` and :meth:`SyncEngine.flush`.
 DEFAULT_WAIT = 5.0
-#: How long the interpreter waits at exit for all open engines together.
-SHUTDOWN_TIMEOUT = 2.0
 _MAX_SERVER = 255
+# Keys whose change needs a new transport; the others apply to the running one.
+_TRANSPORT_KEYS = frozenset(
+    {"enabled", "url", "token", "transport", "path", "timeout", "workers", "verify"}
+    | {"ca_bundle", "client_cert", "client_key", "proxy"}
+)
 
-_DELIVERED, _FAILED = True, False
-
-# Engines that have started threads, for the exit hook. Weak: an engine the
-# daemon dropped is not kept alive by us.
+# Every engine, for the fork hook; engines with threads, for the exit hook.
+# Weak: an engine the daemon dropped is not kept alive by us.
+_ALL: weakref.WeakSet[SyncEngine] = weakref.WeakSet()
 _OPEN: weakref.WeakSet[SyncEngine] = weakref.WeakSet()
-_atexit_registered = False
-_atexit_lock = threading.Lock()  # guards _atexit_registered
+_hooks_lock = threading.Lock()  # guards _hooks_installed
+_hooks_installed = False
 
 
 def _close_all_at_exit() -> None:
-    deadline = time.monotonic() + SHUTDOWN_TIMEOUT
-    for engine in list(_OPEN):
+    """The exit hook: give all open engines one shared deadline, ``shutdown_timeout``."""
+    engines = list(_OPEN)
+    if not engines:
+        return
+    deadline = time.monotonic() + max(e.config.shutdown_timeout for e in engines)
+    for engine in engines:  # stop taking updates everywhere first, so all drain at once
+        engine._begin_close()
+    for engine in engines:
         engine.close(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _register_atexit() -> None:
-    global _atexit_registered
-    with _atexit_lock:
-        if not _atexit_registered:
-            atexit.register(_close_all_at_exit)
-            _atexit_registered = True
+def _reset_all_in_child() -> None:
+    for engine in list(_ALL):
+        engine._reset_after_fork()
 
 
-class SyncEngine:
+def _install_hooks() -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        atexit.register(_close_all_at_exit)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_reset_all_in_child)
+        _hooks_installed = True
+
+
+class SyncEngine(EngineCore):
     """
     Deliver status updates to the remote from a bounded pool of background threads.
 
@@ -74,14 +92,20 @@ class SyncEngine:
     parallel, ``config.workers`` at a time. Nothing about the network ever
     raises into the caller; every update is counted in :meth:`stats`.
 
+    Failed deliveries are retried ``config.retries`` times when that can help;
+    with ``config.resync`` the latest update of every server that the remote
+    missed is re-sent once it answers again.
+
     Threads (named ``lightd-sync-…``, daemon) start on the first call that
     needs them. :meth:`close` (or leaving a ``with`` block) delivers what it
-    can until its deadline and leaves no thread behind.
+    can until its deadline and leaves no thread behind; at interpreter exit
+    open engines get ``config.shutdown_timeout`` seconds. A forked child starts
+    afresh (empty queues and counters) and never touches the parent's threads.
 
     Args:
         config: The validated remote config.
         transport: Use this transport instead of the one *config* selects
-            (for tests, or a transport built by hand).
+            (for tests, or a transport built by hand); it is kept on reload.
 
     Raises:
         ConfigError: *config* names a transport that does not exist.
@@ -90,32 +114,22 @@ class SyncEngine:
     def __init__(self, config: RemoteConfig, *, transport: Optional[Transport] = None) -> None:
         if not isinstance(config, RemoteConfig):
             raise TypeError(f"config must be a RemoteConfig, not {type(config).__name__}")
-        self._config = config
+        self._own_transport = transport is None
+        self._init_state(config, transport if transport is not None else make_transport(config))
+        self._init_lifecycle()
         self._source: Optional[str] = None
-        self._transport = transport if transport is not None else make_transport(config)
-        # _lock guards the counters, the lanes' queues (every put happens under
-        # it, so nothing lands behind a lane's STOP), _closed, _abandoned and
-        # _final. Reentrant: close() may run in a signal handler that
-        # interrupted update() in the same thread.
-        self._lock = threading.RLock()
-        self._idle = threading.Condition(self._lock)  # notified when pending hits 0
-        self._flush_waiters = 0
-        self._submitted = self._delivered = self._failed = self._dropped = self._pending = 0
-        self._queue_size = config.queue_size
-        self._closed = False  # no new updates
-        self._abandoned = False  # close() ran out of time: fail what is left
-        self._final = False  # counters are final; late outcomes are ignored
-        self._drop_log = Throttle()
-        self._fail_log = Throttle()
-        self._fail_streak = False
-        self._lanes: list[Lane] = []
-        self._nlanes = 0
+        _install_hooks()
+        _ALL.add(self)
+
+    def _init_lifecycle(self) -> None:
         self._pid: Optional[int] = None  # the process whose threads run; None: not started
-        self._start_lock = threading.Lock()  # guards starting the threads once
+        self._start_lock = threading.Lock()  # guards starting the threads once per process
         self._close_lock = threading.Lock()  # guards _close_done: one close at a time
         self._close_done = False
-        self._health = HealthTracker(self._transport_check)
-        self._monitor: Optional[HealthMonitor] = None
+        self._stopping = False  # _begin_close ran (guarded by _lock)
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self._gate: Optional[threading.Event] = None  # new lanes wait on it after a reload
+        self._old_lanes: list[Lane] = []  # lanes a reload replaced, until they end
 
     @classmethod
     def from_file(
@@ -123,6 +137,8 @@ class SyncEngine:
     ) -> SyncEngine:
         """
         Build an engine from a Lightd ``config.json`` (environment overrides apply).
+
+        :meth:`reload` without arguments re-reads the same file.
 
         Raises:
             ConfigError: The file cannot be read or is invalid.
@@ -145,115 +161,8 @@ class SyncEngine:
 
     @property
     def transport(self) -> Transport:
-        """The transport updates are sent through."""
+        """The transport updates are sent through now."""
         return self._transport
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def start(self) -> SyncEngine:
-        """Start the delivery threads and the health timer (idempotent; also done lazily)."""
-        if self._pid != os.getpid():
-            self._start()
-        return self
-
-    def _start(self) -> None:
-        with self._start_lock:
-            if self._pid == os.getpid() or self._closed:
-                return
-            if sys.is_finalizing():  # threads cannot start any more
-                self._closed = True
-                return
-            lanes = [Lane(i, self._deliver) for i in range(self._config.workers)]
-            monitor = HealthMonitor(self._health, self._config.health_interval)
-            for lane in lanes:
-                lane.start()
-            monitor.start()
-            with self._lock:
-                self._lanes, self._nlanes = lanes, len(lanes)
-                self._monitor = monitor
-                self._pid = os.getpid()
-            _OPEN.add(self)
-            _register_atexit()
-
-    def __enter__(self) -> SyncEngine:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
-    def close(self, timeout: Optional[float] = None) -> None:
-        """
-        Deliver what is queued until *timeout* seconds have passed, then stop.
-
-        Returns by the deadline even when the remote never answers: requests
-        still in flight are cut off and what is left is counted as failed. No
-        ``lightd-sync`` thread remains. Idempotent; later updates are dropped.
-
-        Args:
-            timeout: Seconds to wait at most; ``None`` means 5 seconds.
-        """
-        budget = DEFAULT_WAIT if timeout is None else max(0.0, float(timeout))
-        deadline = time.monotonic() + budget
-        if not self._close_lock.acquire(timeout=budget):
-            return  # another thread is closing; it keeps its own deadline
-        try:
-            if self._close_done:
-                return
-            self._close(deadline, budget)
-            self._close_done = True
-        finally:
-            self._close_lock.release()
-
-    def _close(self, deadline: float, budget: float) -> None:
-        with self._lock:
-            self._closed = True
-            lanes, monitor = self._lanes, self._monitor
-            for lane in lanes:
-                lane.stop()
-        if monitor is not None:
-            monitor.stop()
-        # Leave a little of the budget to cut off requests that never end.
-        soft = deadline - min(0.1, budget / 10)
-        drained = all(lane.join(soft - time.monotonic()) for lane in lanes)
-        if not drained:
-            with self._lock:
-                self._abandoned = True
-        self._close_transport(self._transport)
-        ended = all(lane.join(deadline - time.monotonic()) for lane in lanes)
-        if monitor is not None:
-            ended = monitor.join(deadline - time.monotonic()) and ended
-        with self._lock:
-            left = self._pending
-            self._failed += left
-            self._pending = 0
-            self._final = True
-            self._idle.notify_all()
-            drops, fails = self._drop_log.take(), self._fail_log.take()
-        _OPEN.discard(self)
-        if drops:
-            safe_log(log, logging.WARNING, "%d more update(s) were dropped before close", drops)
-        if fails or left:
-            safe_log(
-                log,
-                logging.ERROR,
-                "%d more updates failed; %d were still pending at close and are lost",
-                fails,
-                left,
-            )
-        if not ended:
-            safe_log(log, logging.WARNING, "a delivery thread did not stop by the close deadline")
-
-    @staticmethod
-    def _close_transport(transport: Transport) -> None:
-        try:
-            transport.close()
-        except Exception as exc:
-            safe_log(log, logging.WARNING, "closing the transport raised %r", exc)
 
     # -- the hot path ------------------------------------------------------
 
@@ -314,12 +223,8 @@ class SyncEngine:
         if self._pid != os.getpid():
             self._start()
         with self._lock:
-            self._submitted += 1
-            if not self._closed and self._pending < self._queue_size:
-                self._pending += 1
-                self._lanes[hash(server) % self._nlanes].put((server, status, data))
+            if self._enqueue_locked([server, status, data, None]):
                 return True
-            self._dropped += 1
             due = self._drop_log.hit()
         if due is not None:
             why = (
@@ -337,53 +242,244 @@ class SyncEngine:
             )
         return False
 
-    # -- delivery (lane threads) -------------------------------------------
+    # -- lifecycle ---------------------------------------------------------
 
-    def _deliver(self, item: Any) -> None:
-        server, status, data = item
-        if self._abandoned:
-            self._settle(_FAILED, None)
-            return
-        try:
-            self._transport.send(Update(server, status, data))
-        except DeliveryError as exc:
-            self._settle(_FAILED, f"update of {server} ({status.value}) failed: {exc.message}")
-        except Exception as exc:
-            self._settle(_FAILED, f"update of {server}: the transport raised {exc!r}")
-        else:
-            self._settle(_DELIVERED, None)
+    def start(self) -> SyncEngine:
+        """Start the delivery threads and the health timer (idempotent; also done lazily)."""
+        if self._pid != os.getpid():
+            self._start()
+        return self
 
-    def _settle(self, outcome: bool, reason: Optional[str]) -> None:
-        first = False
-        due: Optional[int] = None
-        held = 0
-        with self._lock:
-            if self._final:
+    def _start(self) -> None:
+        if self._pid is not None and self._pid != os.getpid():
+            self._reset_after_fork()  # a pre-forking server whose fork hook did not run
+        with self._start_lock:
+            if self._pid == os.getpid() or self._closed:
                 return
-            self._pending -= 1
-            if outcome is _DELIVERED:
-                self._delivered += 1
-                if self._fail_streak:  # report what the window held back
-                    self._fail_streak = False
-                    held = self._fail_log.take()
-            else:
-                self._failed += 1
-                if reason is not None:
-                    if not self._fail_streak:
-                        self._fail_streak = first = True
-                        self._fail_log.restart()
-                    else:
-                        due = self._fail_log.hit()
-            if self._pending == 0 and self._flush_waiters:
-                self._idle.notify_all()
-        if first:
-            safe_log(log, logging.ERROR, "%s", reason)
-        elif due:
-            safe_log(log, logging.ERROR, "%d more updates failed; last: %s", due, reason)
-        elif held:
-            safe_log(log, logging.ERROR, "%d more updates failed before delivery recovered", held)
+            lanes = self._new_lanes(self._config.workers, None)
+            monitor = HealthMonitor(self._health, self._config.health_interval)
+            try:
+                if sys.is_finalizing():
+                    raise RuntimeError("the interpreter is shutting down")
+                for lane in lanes:
+                    lane.start()
+                monitor.start()
+            except RuntimeError as exc:  # "can't create new thread at interpreter shutdown"
+                with self._lock:
+                    self._closed = True
+                for lane in lanes:
+                    lane.stop()
+                monitor.stop()
+                safe_log(log, logging.WARNING, "not started: %s; updates are dropped", exc)
+                return
+            with self._lock:
+                self._lanes, self._nlanes = lanes, len(lanes)
+                self._monitor = monitor
+                self._pid = os.getpid()
+            _OPEN.add(self)
 
-    # -- waiting and observing ---------------------------------------------
+    def _reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's threads, locks, queues and counters."""
+        was_closed = self._closed
+        self._init_state(self._config, self._transport)
+        self._init_lifecycle()
+        self._closed = self._close_done = was_closed
+        _OPEN.discard(self)
+
+    def __enter__(self) -> SyncEngine:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """
+        Deliver what is queued until *timeout* seconds have passed, then stop.
+
+        Returns by the deadline even when the remote never answers: requests
+        still in flight are cut off and what is left is counted as failed. No
+        ``lightd-sync`` thread remains. Idempotent, safe from any thread and
+        from a signal handler; later updates are dropped.
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` means 5 seconds.
+        """
+        budget = DEFAULT_WAIT if timeout is None else max(0.0, float(timeout))
+        deadline = time.monotonic() + budget
+        if not self._close_lock.acquire(timeout=budget):
+            return  # another thread is closing; it keeps its own deadline
+        try:
+            if not self._close_done:
+                self._begin_close()
+                self._finish_close(deadline, budget)
+                self._close_done = True
+        finally:
+            self._close_lock.release()
+
+    def _begin_close(self) -> None:
+        """Take no more updates and tell every thread to finish what is queued."""
+        with self._lock:
+            self._closed = True
+            if self._stopping:
+                return
+            self._stopping = True
+            for lane in self._lanes:
+                lane.stop()
+            if self._gate is not None:
+                self._gate.set()
+            monitor = self._monitor
+        if monitor is not None:
+            monitor.stop()
+
+    def _finish_close(self, deadline: float, budget: float) -> None:
+        with self._lock:
+            lanes, monitor = list(self._lanes), self._monitor
+            lanes += self._old_lanes
+        # Leave a little of the budget to cut off requests that never end.
+        soft = deadline - min(0.1, budget / 10)
+        if not all(lane.join(soft - time.monotonic()) for lane in lanes):
+            self._abort.set()
+        with self._lock:
+            transports = [self._transport, *self._retired]
+            self._retired = []
+        for transport in transports:
+            close_quietly(transport)
+        ended = all(lane.join(deadline - time.monotonic()) for lane in lanes)
+        if monitor is not None:
+            ended = monitor.join(deadline - time.monotonic()) and ended
+        with self._lock:
+            left = self._pending
+            self._failed += left
+            self._pending = 0
+            self._final = True
+            self._idle.notify_all()
+            drops, fails = self._drop_log.take(), self._fail_log.take()
+        _OPEN.discard(self)
+        if drops:
+            safe_log(log, logging.WARNING, "%d more update(s) were dropped before close", drops)
+        if fails or left:
+            safe_log(
+                log,
+                logging.ERROR,
+                "%d more updates failed; %d were still pending at close and are lost",
+                fails,
+                left,
+            )
+        if not ended:
+            safe_log(log, logging.WARNING, "a delivery thread did not stop by the close deadline")
+
+    # -- reload --------------------------------------------------------------
+
+    def reload(self, config: Optional[RemoteConfig] = None) -> ReloadResult:
+        """
+        Apply a new config to the running engine; nothing queued is lost.
+
+        With no argument, re-read the file the engine was built from
+        (:meth:`from_file`). The new config is validated first: if it is
+        invalid nothing changes. Otherwise a new transport is built when a key
+        that shapes it changed; updates in flight finish on the old one (closed
+        once idle), queued and new ones go through the new one. ``workers``,
+        ``queue_size``, ``health_interval`` and the delivery policy change too;
+        per-server order holds across the change.
+
+        Raises:
+            ConfigError: The new config is invalid, or there is no file to re-read.
+            LightdSyncError: The engine is closed.
+
+        .. versionadded:: 0.1.0
+        """
+        with self._reload_lock:
+            if config is None:
+                if self._source is None:
+                    raise ConfigError(
+                        "reload: this engine was not built from a file; pass a RemoteConfig"
+                    )
+                config = load_config(self._source)
+            elif not isinstance(config, RemoteConfig):
+                raise TypeError(f"config must be a RemoteConfig, not {type(config).__name__}")
+            result = ReloadResult.between(self._config, config)
+            if not result.changed:
+                return result
+            rebuild = self._own_transport and bool(_TRANSPORT_KEYS & set(result.changed))
+            transport = make_transport(config) if rebuild else self._transport
+            self._apply(config, transport, result)
+        safe_log(
+            log, logging.INFO, "reloaded the remote config; changed: %s", ", ".join(result.changed)
+        )
+        return result
+
+    def _apply(self, config: RemoteConfig, transport: Transport, result: ReloadResult) -> None:
+        idle: list[Transport] = []
+        with self._lock:
+            if self._closed:
+                if transport is not self._transport:
+                    close_quietly(transport)
+                raise LightdSyncError("reload: the engine is closed")
+            self._config = config
+            self._queue_size = config.queue_size
+            if transport is not self._transport:
+                old = self._transport
+                self._transport = transport
+                (self._retired if id(old) in self._users else idle).append(old)
+            if "workers" in result.changed and self._lanes:
+                self._replace_lanes(config.workers)
+            monitor = self._monitor
+        for old in idle:
+            close_quietly(old)
+        if monitor is not None:
+            monitor.interval = config.health_interval
+            if {"url", "token", "transport", "enabled"} & set(result.changed):
+                self._health.reset()
+            monitor.poke(0.0)
+
+    def _replace_lanes(self, count: int) -> None:
+        """Route to *count* new lanes; they wait until the old ones drained. Under _lock."""
+        gate = threading.Event()
+        old_lanes = self._lanes
+        waiting = [len(old_lanes)]
+
+        def one_old_lane_ended() -> None:
+            with self._lock:
+                waiting[0] -= 1
+                if waiting[0] == 0:
+                    gate.set()
+
+        for lane in old_lanes:
+            lane.on_exit = one_old_lane_ended
+            lane.stop()
+        lanes = self._new_lanes(count, gate)
+        for lane in lanes:
+            lane.start()
+        self._lanes, self._nlanes, self._gate = lanes, len(lanes), gate
+        self._old_lanes = [lane for lane in self._old_lanes if lane.alive]
+        self._old_lanes.extend(old_lanes)
+
+    def install_sighup_reload(self) -> None:
+        """
+        Reload from the file on ``SIGHUP`` (POSIX), the usual daemon convention.
+
+        Errors are logged, never raised in the signal handler. Call it from the
+        main thread.
+
+        .. versionadded:: 0.1.0
+        """
+
+        def on_sighup(signum: int, frame: Optional[FrameType]) -> None:
+            try:
+                result = self.reload()
+            except LightdSyncError as exc:
+                safe_log(log, logging.ERROR, "SIGHUP reload failed, config unchanged: %s", exc)
+            else:
+                safe_log(log, logging.INFO, "SIGHUP reload: %d keys changed", len(result.changed))
+
+        signal.signal(signal.SIGHUP, on_sighup)
+
+    # -- waiting and observing -----------------------------------------------
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """
@@ -418,6 +514,8 @@ class SyncEngine:
                 failed=self._failed,
                 dropped=self._dropped,
                 pending=self._pending,
+                superseded=self._superseded,
+                resynced=self._resynced,
             )
 
     @property
@@ -428,6 +526,3 @@ class SyncEngine:
     def check_health(self) -> HealthState:
         """Check the remote's health now, in the calling thread, and return the new state."""
         return self._health.check()
-
-    def _transport_check(self) -> None:
-        self._transport.check_health()

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ._exceptions import AuthRejectedError, DeliveryError
+from ._exceptions import DeliveryError
 from ._logutil import get_logger, safe_log
 from ._model import HealthState
 
@@ -25,17 +25,17 @@ class HealthTracker:
 
     Args:
         check: Returns if healthy, raises :class:`DeliveryError` if not.
-        on_recovered: Called (outside any lock) when health goes from
-            unhealthy to healthy.
+        on_healthy: Called (outside any lock) after every check that found
+            the remote healthy; the engine re-sends what the remote missed.
     """
 
     def __init__(
         self,
         check: Callable[[], None],
-        on_recovered: Optional[Callable[[], None]] = None,
+        on_healthy: Optional[Callable[[], None]] = None,
     ) -> None:
         self.check_fn = check
-        self._on_recovered = on_recovered
+        self._on_healthy = on_healthy
         # Guards _state: checks may run in the timer thread and a caller at once.
         self._lock = threading.Lock()
         self._state = HealthState()
@@ -49,11 +49,10 @@ class HealthTracker:
         """Check the remote now (network I/O in the calling thread) and return the new state."""
         started = time.monotonic()
         error: Optional[str] = None
-        auth = False
         try:
             self.check_fn()
         except DeliveryError as exc:
-            error, auth = exc.message, isinstance(exc, AuthRejectedError)
+            error = exc.message
         except Exception as exc:  # a transport bug must not kill the timer thread
             error = f"the transport's health check raised {exc!r}"
         latency = time.monotonic() - started
@@ -67,10 +66,12 @@ class HealthTracker:
                 error=error,
             )
             after = self._state
-        self._report(before, after, auth)
+        self._report(before, after)
+        if after.healthy and self._on_healthy is not None:
+            self._on_healthy()
         return after
 
-    def _report(self, before: HealthState, after: HealthState, auth: bool) -> None:
+    def _report(self, before: HealthState, after: HealthState) -> None:
         if after.healthy and before.healthy is False:
             safe_log(
                 log,
@@ -78,13 +79,10 @@ class HealthTracker:
                 "the remote is healthy again after %d failed checks",
                 before.consecutive_failures,
             )
-            if self._on_recovered is not None:
-                self._on_recovered()
         elif after.healthy and before.healthy is None:
             safe_log(log, logging.INFO, "the remote is healthy (%.0f ms)", (after.latency or 0) * 1000)
         elif not after.healthy and before.healthy is not False:
-            hint = "" if auth else "; updates may be lost until it answers"
-            safe_log(log, logging.ERROR, "the remote is unhealthy: %s%s", after.error, hint)
+            safe_log(log, logging.ERROR, "the remote is unhealthy: %s", after.error)
 
     def reset(self) -> None:
         """Forget the state (a new remote, or a forked child)."""
@@ -94,25 +92,38 @@ class HealthTracker:
 
 class HealthMonitor:
     """
-    The timer thread: a check right after start, then every *interval* seconds.
+    The timer thread: a check right after start, then every :attr:`interval` seconds.
 
-    ``stop()`` wakes it at once; a check in progress ends when the transport
-    is closed.
+    :meth:`poke` asks for an earlier check (the engine does so when
+    deliveries fail, so that an outage shorter than the interval is still
+    noticed and what it lost is re-sent). :meth:`stop` wakes the thread at
+    once; a check in progress ends when the transport is closed.
     """
 
     def __init__(self, tracker: HealthTracker, interval: float) -> None:
         self._tracker = tracker
         self.interval = interval
-        self._stopped = threading.Event()
+        # Guards _due: when the next check is due (time.monotonic()).
+        self._lock = threading.Lock()
+        self._due = 0.0
+        self._stopped = False
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lightd-sync-health", daemon=True)
 
     def start(self) -> None:
         """Start the thread."""
         self._thread.start()
 
+    def poke(self, delay: float = 0.0) -> None:
+        """Check within *delay* seconds (earlier than planned, never later)."""
+        with self._lock:
+            self._due = min(self._due, time.monotonic() + delay)
+        self._wake.set()
+
     def stop(self) -> None:
         """Ask the thread to end; it does not wait for the next interval."""
-        self._stopped.set()
+        self._stopped = True
+        self._wake.set()
 
     def join(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds for the thread to end; True if it has."""
@@ -122,7 +133,13 @@ class HealthMonitor:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        while not self._stopped.is_set():
+        while not self._stopped:
+            with self._lock:
+                wait = self._due - time.monotonic()
+            if wait > 0:
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue  # re-read _due: a poke may have moved it, or stop() was called
             self._tracker.check()
-            if self._stopped.wait(self.interval):
-                return
+            with self._lock:
+                self._due = time.monotonic() + self.interval

@@ -216,15 +216,20 @@ class SyncStats:
     """
     Counters of every update an engine was given.
 
-    In every snapshot ``submitted == delivered + failed + dropped + pending``:
+    In every snapshot ``submitted == delivered + failed + dropped + superseded + pending``:
     no update disappears uncounted.
 
     Attributes:
-        submitted: Calls to ``update``/``error``/``lifecycle`` that passed validation.
+        submitted: Updates accepted for delivery or refused: every valid call
+            to ``update``/``error``/``lifecycle``, plus every resync re-send.
         delivered: Accepted by the remote.
-        failed: Given up on: the remote failed, or ``close`` ran out of time.
+        failed: Given up on: the remote failed them, or ``close`` ran out of time.
         dropped: Refused at once: the queue was full or the engine closed.
+        superseded: Given up on while being retried because a newer update of
+            the same server was queued behind it (the remote only needs the latest).
         pending: Queued or in flight now.
+        resynced: Of ``submitted``, how many were re-sends of a server's latest
+            update after the remote recovered.
     """
 
     submitted: int = 0
@@ -232,6 +237,15 @@ class SyncStats:
     failed: int = 0
     dropped: int = 0
     pending: int = 0
+    superseded: int = 0
+    resynced: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        """Whether the invariant holds (it always should)."""
+        return self.submitted == (
+            self.delivered + self.failed + self.dropped + self.superseded + self.pending
+        )
 
     def to_dict(self) -> dict[str, int]:
         """Return the counters as a JSON-ready dict."""

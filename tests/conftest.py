@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lightd_sync import RemoteConfig
+from lightd_sync import RemoteConfig, SyncEngine
 
 from .servers import ScriptedRemote, SilentServer, lightd_threads, serving, wait_until
 
@@ -51,6 +51,13 @@ def logs() -> Iterator[LogCapture]:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     assert TOKEN not in handler.text()
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries wait milliseconds, not seconds, in tests (the policy is the same)."""
+    monkeypatch.setattr(SyncEngine, "backoff_base", 0.005)
+    monkeypatch.setattr(SyncEngine, "backoff_cap", 0.05)
 
 
 @pytest.fixture(autouse=True)

@@ -207,7 +207,7 @@ def test_flush_times_out_while_the_remote_holds_requests() -> None:
 
 
 def test_failures_are_counted_and_logged_without_flooding(logs: LogCapture) -> None:
-    with SyncEngine(http_config(refused_url(), workers=1)) as engine:
+    with SyncEngine(http_config(refused_url(), workers=1, retries=0)) as engine:
         for i in range(50):
             engine.update(f"s{i}", "ready")
         assert engine.flush(10)

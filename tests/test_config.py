@@ -1,0 +1,596 @@
+"""RemoteConfig and load_config: every ConfigError case, env overrides, and no token leaks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import string
+import tempfile
+from collections.abc import Iterator
+from typing import Any, Optional, Union
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightd_sync import ConfigError, LightdSyncError, RemoteConfig, load_config
+from lightd_sync._config import make_converter, redact_token
+
+TOKEN = "lightd_ad2f7fc49ed640429c450e14ed07c8d5"
+URL = "https://remote.example/api"
+KEYS = [a.name for a in attrs.fields(RemoteConfig)]
+NO_ENV: dict[str, str] = {}
+
+fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def enabled(**remote: Any) -> dict[str, Any]:
+    """A whole config.json dict whose remote section is enabled and valid, plus *remote*."""
+    return {"remote": {"enabled": True, "url": URL, "token": TOKEN, **remote}}
+
+
+def config_error(source: Any, env: Optional[dict[str, str]] = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(source, env=NO_ENV if env is None else env)
+    message = str(info.value)
+    assert TOKEN not in message
+    return message
+
+
+def config_or_message(source: Any) -> Union[RemoteConfig, str]:
+    """What load_config makes of *source*: a config, or the ConfigError's message."""
+    try:
+        return load_config(source, env=NO_ENV)
+    except ConfigError as exc:  # any other exception fails the test
+        return str(exc)
+
+
+# --- sources, defaults and the disabled state -------------------------------------------
+
+
+def test_valid_config_from_a_dict() -> None:
+    config = load_config(enabled(), env=NO_ENV)
+    assert config == RemoteConfig(enabled=True, url=URL, token=TOKEN)
+    assert config.transport == config.effective_transport == "http"
+    assert (config.timeout, config.health_interval) == (10.0, 30.0)
+    assert (config.workers, config.queue_size) == (4, 1000)
+
+
+@pytest.mark.parametrize("as_path", [str, pathlib.Path])
+def test_valid_config_from_a_file(tmp_path: pathlib.Path, as_path: Any) -> None:
+    path = tmp_path / "config.json"
+    document = {"authorization": {"token": "other"}, **enabled(timeout=2, workers=8)}
+    path.write_text(json.dumps(document), encoding="utf-8")
+    config = load_config(as_path(path), env=NO_ENV)
+    assert config == RemoteConfig(enabled=True, url=URL, token=TOKEN, timeout=2.0, workers=8)
+    assert isinstance(config.timeout, float)
+
+
+@pytest.mark.parametrize("document", [{}, {"authorization": {}}, {"remote": None}])
+def test_absent_remote_means_disabled(document: dict[str, Any]) -> None:
+    config = load_config(document, env=NO_ENV)
+    assert config == RemoteConfig()
+    assert config.enabled is False
+    assert config.effective_transport == "null"
+
+
+@pytest.mark.parametrize("transport", ["http", "file", "null", "my-plugin"])
+def test_enabled_false_means_null_transport(transport: str) -> None:
+    config = load_config({"remote": {"enabled": False, "transport": transport}}, env=NO_ENV)
+    assert config.transport == transport
+    assert config.effective_transport == "null"
+
+
+def test_disabled_config_needs_no_url_or_token() -> None:
+    assert load_config({"remote": {"enabled": False}}, env=NO_ENV).url is None
+
+
+def test_url_trailing_slash_is_dropped() -> None:
+    assert load_config(enabled(url=URL + "/"), env=NO_ENV).url == URL
+
+
+def test_source_of_another_type_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="path or a dict"):
+        load_config(42, env=NO_ENV)  # type: ignore[arg-type]
+
+
+def test_config_error_is_a_value_error_and_a_lightd_sync_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(ConfigError, LightdSyncError)
+
+
+# --- the file itself --------------------------------------------------------------------
+
+
+def test_json_syntax_error_names_file_line_and_column(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "remote": {\n    "enabled": true,\n  }\n}\n', encoding="utf-8")
+    message = config_error(path)
+    assert message.startswith(f"{path}: invalid JSON at line 4, column 3: ")
+
+
+def test_missing_file_names_the_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "nope.json"
+    assert config_error(path) == f"{path}: cannot read the config file: No such file or directory"
+
+
+def test_file_that_is_not_utf8(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{"remote": "\xff"}')
+    assert config_error(path).startswith(f"{path}: not UTF-8 text")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000,  # nesting deeper than the JSON decoder's recursion
+        '{"remote": {"timeout": ' + "1" * 5000 + "}}",  # an int over Python's 4300 digits
+    ],
+    ids=["too-deep", "huge-int"],
+)
+def test_json_the_decoder_refuses_is_a_config_error(tmp_path: pathlib.Path, text: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(text, encoding="utf-8")
+    assert config_error(path).startswith(f"{path}: invalid JSON: ")
+
+
+@pytest.mark.parametrize("text", ["[]", '"remote"', "1", "null"])
+def test_top_level_must_be_an_object(tmp_path: pathlib.Path, text: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(text, encoding="utf-8")
+    assert config_error(path) == f"{path}: the top level must be a JSON object"
+
+
+@pytest.mark.parametrize("remote", [[], "on", 1, True])
+def test_remote_must_be_an_object(remote: Any) -> None:
+    expected = f"remote: expected a JSON object, got {type(remote).__name__}"
+    assert config_error({"remote": remote}) == expected
+
+
+# --- values -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("timeout", "ten", "remote.timeout: expected a number > 0, got 'ten'"),
+        ("timeout", 0, "remote.timeout: expected a number > 0, got 0.0"),
+        ("timeout", -1.5, "remote.timeout: expected a number > 0, got -1.5"),
+        ("timeout", True, "remote.timeout: expected a number > 0, got True"),
+        ("timeout", None, "remote.timeout: expected a number > 0, got None"),
+        ("timeout", 10**400, "remote.timeout: expected a number > 0, got inf"),
+        ("health_interval", math.nan, "remote.health_interval: expected a number > 0, got nan"),
+        ("health_interval", math.inf, "remote.health_interval: expected a number > 0, got inf"),
+        ("health_interval", "30", "remote.health_interval: expected a number > 0, got '30'"),
+        ("workers", "10", "remote.workers: expected a whole number from 1 to 64, got '10'"),
+        ("workers", 4.0, "remote.workers: expected a whole number from 1 to 64, got 4.0"),
+        ("workers", 0, "remote.workers: expected a whole number from 1 to 64, got 0"),
+        ("workers", 65, "remote.workers: expected a whole number from 1 to 64, got 65"),
+        ("workers", True, "remote.workers: expected a whole number from 1 to 64, got True"),
+        (
+            "queue_size",
+            0,
+            "remote.queue_size: expected a whole number from 1 to 10000000, got 0",
+        ),
+        ("enabled", "false", "remote.enabled: expected true or false, got 'false'"),
+        ("enabled", "true", "remote.enabled: expected true or false, got 'true'"),
+        ("enabled", 1, "remote.enabled: expected true or false, got 1"),
+        ("enabled", None, "remote.enabled: expected true or false, got None"),
+        ("url", 5, "remote.url: expected a string, got 5"),
+        ("url", ["https://x"], "remote.url: expected a string, got ['https://x']"),
+        ("token", 5, "remote.token: expected a string, got int"),
+        ("token", [TOKEN], "remote.token: expected a string, got list"),
+        ("path", 5, "remote.path: expected a string, got 5"),
+        ("path", "", "remote.path: expected a file path, got ''"),
+        ("path", "a\0b", "remote.path: expected a file path, got 'a\\x00b'"),
+        (
+            "transport",
+            5,
+            "remote.transport: expected a transport name such as 'http', 'file' or 'null', got 5",
+        ),
+        (
+            "transport",
+            "null\n",
+            "remote.transport: expected a transport name such as 'http', 'file' or 'null', "
+            "got 'null\\n'",
+        ),
+        (
+            "transport",
+            "",
+            "remote.transport: expected a transport name such as 'http', 'file' or 'null', got ''",
+        ),
+    ],
+)
+def test_wrong_value_names_key_and_value(key: str, value: Any, expected: str) -> None:
+    assert config_error(enabled(**{key: value})) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("enabled", "false"), ("enabled", "true"), ("enabled", 0), ("workers", "10"),
+     ("queue_size", "10"), ("timeout", "10"), ("url", 1), ("path", 1), ("token", 1)],
+)  # fmt: skip
+def test_cattrs_never_coerces(key: str, value: Any) -> None:
+    assert config_error(enabled(**{key: value})).startswith(f"remote.{key}: ")
+
+
+def test_converter_passes_values_through_for_the_validators() -> None:
+    converter = make_converter()
+    assert converter is make_converter()  # built once
+    for tp, value in [(bool, "false"), (int, "10"), (float, "10"), (str, 5)]:
+        assert converter.structure(value, tp) is value
+
+
+def test_ints_stand_for_floats() -> None:
+    config = load_config(enabled(timeout=3, health_interval=1), env=NO_ENV)
+    assert (config.timeout, config.health_interval) == (3.0, 1.0)
+    assert type(config.timeout) is float
+
+
+@pytest.mark.parametrize(
+    ("typo", "closest"),
+    [("enabeld", "enabled"), ("tmeout", "timeout"), ("urls", "url"), ("Token", "token"),
+     ("health-interval", "health_interval"), ("queuesize", "queue_size")],
+)  # fmt: skip
+def test_unknown_key_names_the_closest_known_key(typo: str, closest: str) -> None:
+    expected = f"remote.{typo}: unknown key; did you mean {closest!r}?"
+    assert config_error(enabled(**{typo: 1})) == expected
+
+
+def test_unknown_key_without_a_close_one_lists_the_known_keys() -> None:
+    message = config_error(enabled(qqqqqq=1))
+    assert message == f"remote.qqqqqq: unknown key; known keys: {', '.join(KEYS)}"
+
+
+def test_unknown_non_string_key_in_a_dict_source() -> None:
+    assert config_error({"remote": {1: 2}}).startswith("remote.1: unknown key; ")
+
+
+@pytest.mark.parametrize("key", ["url", "token"])
+@pytest.mark.parametrize("how", ["absent", "null"])
+def test_missing_url_or_token_while_enabled(key: str, how: str) -> None:
+    document = enabled()
+    if how == "absent":
+        del document["remote"][key]
+    else:
+        document["remote"][key] = None
+    expected = f"remote.{key}: missing; it is required when remote.enabled is true"
+    assert config_error(document) == expected
+
+
+def test_file_transport_needs_a_path() -> None:
+    message = config_error({"remote": {"enabled": True, "transport": "file"}})
+    assert message == "remote.path: missing; the file transport needs a path to write to"
+
+
+def test_file_transport_needs_no_url_or_token(tmp_path: pathlib.Path) -> None:
+    remote = {"enabled": True, "transport": "file", "path": str(tmp_path / "out.jsonl")}
+    config = load_config({"remote": remote}, env=NO_ENV)
+    assert config.effective_transport == "file"
+    assert config.url is None
+
+
+# --- url --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://remote.example",
+        "http://127.0.0.1:8080/api",
+        "http://localhost/api/v1",
+        "https://[::1]:8443/lightd",
+        "http://remote.example/api",  # plain http to another host: accepted (HTTPS advised)
+    ],
+)
+def test_good_urls(url: str) -> None:
+    assert load_config(enabled(url=url), env=NO_ENV).url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("ftp://remote.example", "remote.url: must start with https:// or http://, got "),
+        ("remote.example/api", "remote.url: must start with https:// or http://, got "),
+        ("", "remote.url: must start with https:// or http://, got ''"),
+        ("https:///api", "remote.url: has no host name: "),
+        ("https://", "remote.url: has no host name: "),
+        ("http://remote.example:99999", "remote.url: Port out of range"),
+        ("http://remote.example:http", "remote.url: Port could not be cast"),
+        ("http://[::1", "remote.url: Invalid IPv6 URL"),
+        ("http://remote.example:0", "remote.url: port 0 is not a port to connect to"),
+        ("https://remote.example/api?x=1", "remote.url: must not have a ?query or #fragment"),
+        ("https://remote.example/api#top", "remote.url: must not have a ?query or #fragment"),
+        ("https://remote.example/a b", "remote.url: contains whitespace or control characters"),
+        ("https://remote.ex\nample/", "remote.url: contains whitespace or control characters"),
+        ("https://remote.example/\x7f", "remote.url: contains whitespace or control characters"),
+    ],
+)
+def test_bad_urls(url: str, expected: str) -> None:
+    assert config_error(enabled(url=url)).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:s3cretpw@remote.example/api",
+        "https://:s3cretpw@remote.example/api",
+        "https://user@remote.example/api",
+        # other checks fail first: the password must not be echoed by them either
+        "ftp://user:s3cretpw@remote.example",
+        "https://user:s3cretpw@remote.example:99999/api",
+        "https://user:s3cretpw@:80/api",
+        "https://user:s3c@retpw@remote.example/api",
+    ],
+)
+def test_url_with_user_and_password_never_echoes_the_password(url: str) -> None:
+    message = config_error(enabled(url=url))
+    assert message.startswith("remote.url: ")
+    assert "s3c" not in message
+    assert "retpw" not in message
+
+
+def test_url_with_user_and_password_says_why() -> None:
+    message = config_error(enabled(url="https://user:s3cretpw@remote.example"))
+    assert message == (
+        "remote.url: must not contain user:password@; the token authenticates requests"
+    )
+
+
+# --- token ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "lightd_ad2f7fc49ed640 429c450e14ed07c8d5",
+        "lightd_ad2f7fc49ed640429c450e14ed07c8d5\n",
+        "lightd_ad2f7fc49ed640429c450e14ed07c8d5\r\nX-Evil: 1",
+        "lightd_ad2f7fc49ed640429c450e14ed07c8d5\t",
+        "lightd_ad2f7fc49ed640429c450e14ed07c8d5\x00",
+        "lightd_ad2f7fc49ed640429c450e14ed07c8d5\x7f",
+        "lightd_ad2f7fc49ed640429c450e14ed07c8dé",
+        "lightd_ad2f7fc49ed640429c450e14ed07c8d\u00a0",
+    ],
+)
+def test_token_must_be_usable_as_a_header_value(token: str) -> None:
+    message = config_error(enabled(token=token))
+    assert message == (
+        "remote.token: must be usable as an HTTP header value "
+        "(printable ASCII, no whitespace or control characters)"
+    )
+    assert "ad2f7fc49" not in message
+
+
+def test_empty_token() -> None:
+    assert config_error(enabled(token="")) == "remote.token: must not be empty"
+
+
+def test_token_never_in_repr_str_or_redacted() -> None:
+    config = load_config(enabled(), env=NO_ENV)
+    for text in (repr(config), str(config), repr(config.redacted()), str(config.redacted())):
+        assert TOKEN not in text
+        assert "ad2f7fc49ed640429c450e14ed07" not in text
+    assert config.redacted()["token"] == "lightd_…c8d5"
+    assert "token='lightd_…c8d5'" in repr(config)
+    assert config.redacted() == {**attrs.asdict(config), "token": "lightd_…c8d5"}
+    assert config.redacted()["url"] == URL
+
+
+@pytest.mark.parametrize(
+    ("token", "shown"),
+    [
+        (None, None),
+        ("lightd_ad2f7fc49ed640429c450e14ed07c8d5", "lightd_…c8d5"),
+        ("ad2f7fc49ed640429c450e14ed07c8d5", "…c8d5"),
+        ("lightd_short", "lightd_…"),
+        ("abc", "…"),
+    ],
+)
+def test_redact_token(token: Optional[str], shown: Optional[str]) -> None:
+    assert redact_token(token) == shown
+
+
+def test_config_built_in_code_is_validated_the_same_way() -> None:
+    with pytest.raises(ConfigError, match=r"^remote\.timeout: expected a number > 0, got 'ten'$"):
+        RemoteConfig(timeout="ten")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^remote\.token: missing"):
+        RemoteConfig(enabled=True, url=URL)
+    with pytest.raises(ConfigError, match=r"^remote\.workers: "):
+        attrs.evolve(RemoteConfig(), workers=0)
+
+
+def test_path_like_path_is_stored_as_str(tmp_path: pathlib.Path) -> None:
+    config = RemoteConfig(enabled=True, transport="file", path=tmp_path / "x")  # type: ignore[arg-type]
+    assert config.path == os.fspath(tmp_path / "x")
+
+
+# --- environment overrides --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("true", True), ("TRUE", True), ("1", True), ("yes", True), (" Yes ", True),
+     ("false", False), ("False", False), ("0", False), ("no", False)],
+)  # fmt: skip
+def test_env_enabled(raw: str, value: bool) -> None:
+    document = enabled(enabled=not value)
+    config = load_config(document, env={"LIGHTD_REMOTE_ENABLED": raw})
+    assert config.enabled is value
+    assert config.effective_transport == ("http" if value else "null")
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "enabled", "tru", "y e s"])
+def test_env_enabled_bad_value_names_the_variable(raw: str) -> None:
+    message = config_error({}, env={"LIGHTD_REMOTE_ENABLED": raw})
+    assert message == f"LIGHTD_REMOTE_ENABLED: expected true/false/1/0/yes/no, got {raw!r}"
+
+
+def test_env_empty_variable_counts_as_unset() -> None:
+    env = {"LIGHTD_REMOTE_ENABLED": "", "LIGHTD_REMOTE_URL": "", "LIGHTD_REMOTE_TOKEN": ""}
+    assert load_config(enabled(), env=env) == load_config(enabled(), env=NO_ENV)
+
+
+def test_env_supplies_everything() -> None:
+    env = {
+        "LIGHTD_REMOTE_ENABLED": "yes",
+        "LIGHTD_REMOTE_URL": "http://127.0.0.1:9000/api/",
+        "LIGHTD_REMOTE_TOKEN": TOKEN,
+    }
+    config = load_config({}, env=env)
+    assert config == RemoteConfig(enabled=True, url="http://127.0.0.1:9000/api", token=TOKEN)
+
+
+def test_env_overrides_the_file() -> None:
+    other = "lightd_0123456789abcdef0123456789abcdef"
+    env = {"LIGHTD_REMOTE_URL": "https://other.example", "LIGHTD_REMOTE_TOKEN": other}
+    config = load_config(enabled(), env=env)
+    assert (config.url, config.token) == ("https://other.example", other)
+
+
+def test_env_bad_url_names_the_variable() -> None:
+    message = config_error(enabled(), env={"LIGHTD_REMOTE_URL": "ftp://x"})
+    assert message == (
+        "remote.url: must start with https:// or http://, got 'ftp://x' (set by LIGHTD_REMOTE_URL)"
+    )
+
+
+def test_env_bad_token_names_the_variable_not_the_token() -> None:
+    bad = TOKEN + " x"
+    message = config_error(enabled(), env={"LIGHTD_REMOTE_TOKEN": bad})
+    assert message.startswith("remote.token: must be usable as an HTTP header value")
+    assert message.endswith("(set by LIGHTD_REMOTE_TOKEN)")
+    assert bad not in message
+
+
+def test_env_is_not_read_from_os_environ_when_given() -> None:
+    # A dict, even empty, replaces os.environ entirely.
+    assert load_config({}, env=NO_ENV).enabled is False
+
+
+# --- properties -------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+urlish = st.builds(
+    "{}{}".format,
+    st.sampled_from(["http://", "https://", "ftp://", "", "https://user:pw@", "//"]),
+    st.text(max_size=30),
+)
+
+
+@fast
+@given(key=st.sampled_from(KEYS), value=json_values | urlish)
+def test_any_json_value_for_a_key_is_accepted_or_named(key: str, value: Any) -> None:
+    document = enabled(**{"path": "/tmp/lightd-sync-test.jsonl", key: value})
+    result = config_or_message(document)
+    if isinstance(result, RemoteConfig):
+        assert TOKEN not in repr(result)
+        return
+    assert result.startswith(f"remote.{key}: "), result
+    assert TOKEN not in result
+    if key == "token" and isinstance(value, str) and value:
+        assert repr(value) not in result
+    if key == "url" and isinstance(value, str) and "user:pw@" in value:
+        assert ":pw" not in result
+
+
+@fast
+@given(remote=st.dictionaries(st.sampled_from([*KEYS, "tokn", "xyzzy"]), json_values))
+def test_any_remote_object_is_accepted_or_a_config_error(remote: dict[str, Any]) -> None:
+    remote.setdefault("token", TOKEN)
+    result = config_or_message({"remote": remote})
+    if not isinstance(result, RemoteConfig):
+        assert result.startswith("remote."), result
+        assert TOKEN not in result
+
+
+hosts = st.one_of(
+    st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9]{0,6}){0,2}", fullmatch=True),
+    st.sampled_from(["127.0.0.1", "[::1]", "10.0.0.7"]),
+)
+paths = st.lists(st.from_regex(r"[A-Za-z0-9._~-]{1,8}", fullmatch=True), max_size=3)
+good_urls = st.builds(
+    lambda scheme, host, port, segments: (
+        f"{scheme}://{host}{port}" + "".join(f"/{s}" for s in segments)
+    ),
+    st.sampled_from(["http", "https"]),
+    hosts,
+    st.one_of(st.just(""), st.integers(1, 65535).map(":{}".format)),
+    paths,
+)
+good_tokens = st.builds(
+    "lightd_{}".format,
+    st.text(alphabet=string.ascii_letters + string.digits + string.punctuation, min_size=13),
+)
+positive = st.floats(min_value=1e-3, max_value=1e6) | st.integers(1, 10**6)
+
+
+@st.composite
+def good_configs(draw: st.DrawFn) -> RemoteConfig:
+    transport = draw(st.sampled_from(["http", "file", "null", "my.plugin-2"]))
+    return RemoteConfig(
+        enabled=draw(st.booleans()),
+        url=draw(good_urls),
+        token=draw(good_tokens),
+        transport=transport,
+        path=draw(
+            st.one_of(
+                st.just("/var/log/lightd-sync.jsonl"),
+                st.text(min_size=1, max_size=40).filter(lambda p: "\0" not in p),
+            )
+        ),
+        timeout=draw(positive),
+        health_interval=draw(positive),
+        workers=draw(st.integers(1, 64)),
+        queue_size=draw(st.integers(1, 10_000_000)),
+    )
+
+
+@fast
+@given(config=good_configs())
+def test_round_trip_through_asdict_and_json(config: RemoteConfig) -> None:
+    values = attrs.asdict(config)
+    assert load_config({"remote": values}, env=NO_ENV) == config
+    as_json = json.loads(json.dumps({"remote": values}))
+    assert load_config(as_json, env=NO_ENV) == config
+    assert config.token not in repr(config)
+    assert config.token not in str(config.redacted())
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[pathlib.Path]:
+    with tempfile.TemporaryDirectory() as folder:
+        yield pathlib.Path(folder)
+
+
+@fast
+@given(
+    content=st.text()
+    | st.binary()
+    | json_values.map(json.dumps)
+    | st.dictionaries(st.sampled_from(KEYS), json_values).map(
+        lambda remote: json.dumps({"remote": remote})
+    )
+)
+def test_any_file_content_is_a_config_or_a_config_error(
+    scratch: pathlib.Path, content: Any
+) -> None:
+    path = scratch / "config.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8", errors="surrogatepass")
+    result = config_or_message(path)
+    if not isinstance(result, RemoteConfig):
+        assert result.startswith((f"{path}: ", "remote")), result
