@@ -139,8 +139,8 @@ class EngineCore:
             idle = [t for t in self._retired if id(t) not in self._users]
             if idle:
                 self._retired = [t for t in self._retired if id(t) in self._users]
-        for transport in idle:
-            close_quietly(transport)
+        for retired in idle:
+            close_quietly(retired)
 
     # -- delivery (lane threads) ---------------------------------------------
 

@@ -80,7 +80,8 @@ class HealthTracker:
                 before.consecutive_failures,
             )
         elif after.healthy and before.healthy is None:
-            safe_log(log, logging.INFO, "the remote is healthy (%.0f ms)", (after.latency or 0) * 1000)
+            latency_ms = (after.latency or 0.0) * 1000
+            safe_log(log, logging.INFO, "the remote is healthy (%.0f ms)", latency_ms)
         elif not after.healthy and before.healthy is not False:
             safe_log(log, logging.ERROR, "the remote is unhealthy: %s", after.error)
 

@@ -39,7 +39,7 @@ class ReloadResult:
         return "token" in self.changed
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary: changed keys, the token as changed/unchanged, the config redacted."""
+        """Return a JSON-ready summary: changed keys, token changed or not, config redacted."""
         return {
             "changed": list(self.changed),
             "token": "changed" if self.token_changed else "unchanged",
