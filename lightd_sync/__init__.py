@@ -27,7 +27,8 @@ from ._exceptions import (
     RemoteTimeoutError,
     RemoteUnreachableError,
 )
-from ._model import HealthState, Lifecycle, Status, SyncStats, Update
+from ._model import HealthState, LatencyHistogram, Lifecycle, Status, SyncStats, Update
+from ._reload import ReloadResult
 from ._transports.base import Transport
 from ._transports.file import FileTransport
 from ._transports.null import NullTransport
@@ -40,9 +41,11 @@ __all__ = [
     "FileTransport",
     "HealthState",
     "HttpTransport",
+    "LatencyHistogram",
     "Lifecycle",
     "LightdSyncError",
     "NullTransport",
+    "ReloadResult",
     "RemoteConfig",
     "RemoteRejectedError",
     "RemoteTimeoutError",

@@ -12,6 +12,7 @@ so identity (``is``) says whether it is still a server's latest update.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from ._exceptions import DeliveryError
 from ._health import HealthMonitor, HealthTracker
 from ._lanes import Lane
 from ._logutil import Throttle, get_logger, safe_log
-from ._model import Update
+from ._model import LATENCY_BUCKETS, LatencyHistogram, Update
 from ._retry import BACKOFF_BASE, BACKOFF_CAP, backoff_delay, resync_worthy
 from ._transports.base import Transport
 
@@ -83,6 +84,8 @@ class EngineCore:
         self._health = HealthTracker(self._check_transport, on_healthy=self._on_healthy)
         self._monitor: Optional[HealthMonitor] = None
         self._probe_delay = PROBE_DELAY
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_total = 0.0
 
     # -- lanes ---------------------------------------------------------------
 
@@ -162,9 +165,10 @@ class EngineCore:
                 if item[3] is None:
                     item[3] = str(uuid.uuid4())
                 update = Update(server, item[1], item[2], event_id=item[3])
+            started = time.perf_counter()
             error = self._send(update)
             if error is None:
-                self._settle(item, _DELIVERED, None)
+                self._settle(item, _DELIVERED, None, time.perf_counter() - started)
                 return
             if error.retry_after:
                 lane.not_before = time.monotonic() + error.retry_after
@@ -193,7 +197,13 @@ class EngineCore:
             self._release(transport)
         return None
 
-    def _settle(self, item: list[Any], outcome: int, error: Optional[DeliveryError]) -> None:
+    def _settle(
+        self,
+        item: list[Any],
+        outcome: int,
+        error: Optional[DeliveryError],
+        seconds: float = 0.0,
+    ) -> None:
         """Count one outcome; log failures without flooding."""
         server = item[0]
         first = poke = False
@@ -206,6 +216,8 @@ class EngineCore:
             is_latest = self._latest.get(server) is item
             if outcome == _DELIVERED:
                 self._delivered += 1
+                self._latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                self._latency_total += seconds
                 if is_latest:
                     self._unacked.pop(server, None)
                 if self._fail_streak:  # report what the window held back
@@ -242,6 +254,16 @@ class EngineCore:
             safe_log(log, logging.ERROR, "%s", reason)
         elif due:
             safe_log(log, logging.ERROR, "%d more updates failed; last: %s", due, reason)
+
+    def latency_histogram(self) -> LatencyHistogram:
+        """
+        Return how long successful deliveries took, as a histogram.
+
+        .. versionadded:: 0.1.0
+        """
+        with self._lock:
+            counts = tuple(self._latency_counts)
+            return LatencyHistogram(counts=counts, total=self._latency_total, count=sum(counts))
 
     # -- health and resync (health thread) --------------------------------
 

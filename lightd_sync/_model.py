@@ -12,6 +12,7 @@ __all__ = [
     "HealthState",
     "Lifecycle",
     "Status",
+    "LatencyHistogram",
     "SyncStats",
     "Update",
     "check_server_id",
@@ -250,3 +251,36 @@ class SyncStats:
     def to_dict(self) -> dict[str, int]:
         """Return the counters as a JSON-ready dict."""
         return attrs.asdict(self)
+
+
+#: Upper bounds (seconds) of the delivery latency histogram's buckets.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@attrs.frozen
+class LatencyHistogram:
+    """
+    How long successful deliveries took (one request each, retries not included).
+
+    Attributes:
+        bounds: Upper bounds of the buckets, in seconds, ascending.
+        counts: Deliveries per bucket: ``counts[i]`` took at most ``bounds[i]``
+            and more than ``bounds[i-1]``; the last entry counts the slower ones.
+        total: The sum of all durations, in seconds.
+        count: How many deliveries were measured.
+
+    .. versionadded:: 0.1.0
+    """
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS) + 1)
+    total: float = 0.0
+    count: int = 0
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """Return ``(upper bound, deliveries at most that long)`` pairs, ending with infinity."""
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+            running += n
+            out.append((bound, running))
+        return out

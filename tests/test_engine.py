@@ -343,3 +343,16 @@ def test_from_file(tmp_path: pytest.TempPathFactory, remote: ScriptedRemote) -> 
         assert engine.update("s", "ready")
         assert engine.flush(5)
     assert 1 == len(remote.posts())
+
+
+def test_latency_histogram_counts_deliveries(remote: ScriptedRemote) -> None:
+    with SyncEngine(http_config(remote.url)) as engine:
+        assert 0 == engine.latency_histogram().count
+        for i in range(30):
+            engine.update(f"s{i}", "ready")
+        assert engine.flush(5)
+        hist = engine.latency_histogram()
+    assert 30 == hist.count == sum(hist.counts)
+    assert 30 == hist.cumulative()[-1][1]
+    assert hist.total > 0
+    assert [b for b, _ in hist.cumulative()][:-1] == list(hist.bounds)
