@@ -5,9 +5,10 @@ The engine's state and what its threads do with it: delivery, accounting, resync
 the daemon's threads. :class:`~lightd_sync.SyncEngine` adds the public API and
 the lifecycle (start, close, reload, fork) on top of it.
 
-An *item* is the list ``[server, status, data, event_id]`` created once per
-submission; the same list object is queued, retried and re-sent by resync,
-so identity (``is``) says whether it is still a server's latest update.
+An *item* is the list ``[server, status, data, event_id, queued]`` created
+once per submission; the same list object is queued, retried and re-sent by
+resync, so identity (``is``) says whether it is still a server's latest
+update. ``queued`` is False for an update that was dropped.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class EngineCore:
             latest.popitem(last=False)
         if not self._closed and self._pending < self._queue_size:
             self._pending += 1
+            item[4] = True
             self._lanes[hash(server) % self._nlanes].put(item)
             return True
         self._dropped += 1
@@ -158,7 +160,8 @@ class EngineCore:
             wait = lane.not_before - time.monotonic()
             if wait > 0 and self._abort.wait(wait):
                 continue
-            if attempt and self._latest.get(server, item) is not item:
+            newer = self._latest.get(server, item)
+            if attempt and newer is not item and newer[4]:  # a newer one is queued behind
                 self._settle(item, _SUPERSEDED, None)
                 return
             if update is None:

@@ -223,7 +223,7 @@ class SyncEngine(EngineCore):
         if self._pid != os.getpid():
             self._start()
         with self._lock:
-            if self._enqueue_locked([server, status, data, None]):
+            if self._enqueue_locked([server, status, data, None, False]):
                 return True
             due = self._drop_log.hit()
         if due is not None:
