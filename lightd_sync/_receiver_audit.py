@@ -1,0 +1,110 @@
+"""The receiver's audit log: one JSON line per request, :class:`AuditLog`."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+import threading
+from typing import IO, Any, Optional, Union
+
+from ._exceptions import ConfigError
+from ._logutil import Throttle, get_logger, safe_log
+
+__all__ = ["AuditLog", "AuditTarget", "rfc3339"]
+
+#: Where audit lines go: a file path (appended to), an open text file, ``"-"`` for stderr.
+AuditTarget = Union[IO[str], str, "os.PathLike[str]", None]
+
+log = get_logger("receiver")
+
+
+def rfc3339(timestamp: float) -> str:
+    """Format seconds since the epoch as RFC 3339 in UTC, to the millisecond."""
+    when = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+class AuditLog:
+    """
+    Append one JSON object per line to a file, an open stream or stderr.
+
+    Thread-safe: lines never interleave. A failing write is logged (at most
+    one warning per ten seconds) and never raises.
+
+    Args:
+        target: A path to append to (opened now, closed by :meth:`close`), an
+            open text stream (flushed after each line, never closed here),
+            ``"-"`` for whatever ``sys.stderr`` is at each write, or ``None``
+            for no audit at all.
+
+    Raises:
+        ConfigError: The file cannot be opened, or *target* is of another type.
+    """
+
+    def __init__(self, target: AuditTarget) -> None:
+        self._to_stderr = isinstance(target, str) and target == "-"
+        self._owned = False
+        stream: Optional[IO[str]] = None
+        if target is None or self._to_stderr:
+            pass
+        elif isinstance(target, (str, os.PathLike)):
+            name = os.fspath(target)
+            try:
+                stream = open(name, "a", encoding="utf-8")  # noqa: SIM115  # closed by close()
+            except OSError as exc:
+                raise ConfigError(f"audit: cannot open {name!r}: {exc.strerror}") from None
+            self._owned = True
+        elif callable(getattr(target, "write", None)):
+            stream = target
+        else:
+            raise ConfigError(
+                f"audit: expected a file path, an open text file, '-' or None, "
+                f"got {type(target).__name__}"
+            )
+        # Guards _stream, _closed and _failures: request threads write lines
+        # concurrently, close() may come from any thread.
+        self._lock = threading.Lock()
+        self._stream = stream
+        self._closed = False
+        self._failures = Throttle()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether lines are written anywhere."""
+        return self._to_stderr or self._stream is not None
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Write *record* as one line of JSON (ASCII, so any encoding can hold it)."""
+        if not self.enabled:
+            return
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._closed:
+                return
+            stream = sys.stderr if self._to_stderr else self._stream
+            if stream is None:
+                return
+            try:
+                stream.write(line)
+                stream.flush()
+            except (OSError, ValueError) as exc:  # disk full, closed by its owner, ...
+                missed = self._failures.hit()
+                if missed is not None:
+                    safe_log(
+                        log,
+                        logging.WARNING,
+                        "cannot write the audit log (%s); %d line(s) lost",
+                        exc,
+                        missed,
+                    )
+
+    def close(self) -> None:
+        """Stop writing; close the file if this log opened it. Calling it again does nothing."""
+        with self._lock:
+            self._closed = True
+            stream, self._stream = self._stream, None
+            if self._owned and stream is not None:
+                stream.close()
