@@ -22,10 +22,10 @@ logged to ``lightd_sync.receiver``); plus ``error`` and ``event_id`` when
 there are any.
 
 Serve it with any WSGI server; the receiver command and the tests use the
-standard library's, through ``lightd_sync._wsgi.serve``:
+standard library's, through :func:`serve`:
 
 >>> from lightd_sync import receiver
->>> from lightd_sync._wsgi import serve
+>>> from lightd_sync.receiver import serve
 >>> app = receiver.create_app("lightd_ad2f7fc49ed640429c450e14ed07c8d5")
 >>> with app, serve(app) as server:
 ...     server.url.startswith("http://127.0.0.1:")
@@ -63,9 +63,9 @@ from ._receiver_wire import (
     parse_update,
     read_exactly,
 )
-from ._wsgi import StartResponse, WSGIEnvironment
+from ._wsgi import StartResponse, WSGIEnvironment, WsgiServer, serve
 
-__all__ = ["ReceiverApp", "ReceiverStore", "create_app"]
+__all__ = ["ReceiverApp", "ReceiverStore", "WsgiServer", "create_app", "serve"]
 
 log = get_logger("receiver")
 
