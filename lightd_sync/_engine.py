@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import weakref
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Optional, Union
 
 from ._config import RemoteConfig, load_config
@@ -129,6 +129,8 @@ class SyncEngine(EngineCore):
         self._stopping = False  # _begin_close ran (guarded by _lock)
         self._reload_lock = threading.Lock()  # one reload at a time
         self._gate: Optional[threading.Event] = None  # new lanes wait on it after a reload
+        self._reload_waker: Optional[threading.Event] = None  # set by the SIGHUP handler
+        self._reload_thread: Optional[threading.Thread] = None
         self._old_lanes: list[Lane] = []  # lanes a reload replaced, until they end
 
     @classmethod
@@ -332,6 +334,8 @@ class SyncEngine(EngineCore):
                 lane.stop()
             if self._gate is not None:
                 self._gate.set()
+            if self._reload_waker is not None:
+                self._reload_waker.set()
             monitor = self._monitor
         if monitor is not None:
             monitor.stop()
@@ -352,6 +356,9 @@ class SyncEngine(EngineCore):
         ended = all(lane.join(deadline - time.monotonic()) for lane in lanes)
         if monitor is not None:
             ended = monitor.join(deadline - time.monotonic()) and ended
+        if self._reload_thread is not None:
+            self._reload_thread.join(max(0.0, deadline - time.monotonic()))
+            ended = ended and not self._reload_thread.is_alive()
         with self._lock:
             left = self._pending
             self._failed += left
@@ -463,21 +470,36 @@ class SyncEngine(EngineCore):
         """
         Reload from the file on ``SIGHUP`` (POSIX), the usual daemon convention.
 
-        Errors are logged, never raised in the signal handler. Call it from the
-        main thread.
+        The signal handler only wakes a ``lightd-sync-reload`` thread, which
+        reloads: a reload inside the handler could interrupt this engine's
+        own ``update()`` in the same thread. Errors are logged, never raised.
+        Call it from the main thread; :meth:`close` ends the thread.
 
         .. versionadded:: 0.1.0
         """
+        with self._lock:
+            if self._closed or self._reload_waker is not None:
+                return
+            waker = threading.Event()
+            thread = threading.Thread(
+                target=self._reload_loop, args=(waker,), name="lightd-sync-reload", daemon=True
+            )
+            self._reload_waker, self._reload_thread = waker, thread
+        thread.start()
+        signal.signal(signal.SIGHUP, lambda signum, frame: waker.set())
 
-        def on_sighup(signum: int, frame: Optional[FrameType]) -> None:
+    def _reload_loop(self, waker: threading.Event) -> None:
+        while True:
+            waker.wait()
+            waker.clear()
+            if self._closed:
+                return
             try:
                 result = self.reload()
             except LightdSyncError as exc:
                 safe_log(log, logging.ERROR, "SIGHUP reload failed, config unchanged: %s", exc)
             else:
                 safe_log(log, logging.INFO, "SIGHUP reload: %d keys changed", len(result.changed))
-
-        signal.signal(signal.SIGHUP, on_sighup)
 
     # -- waiting and observing -----------------------------------------------
 
