@@ -1,0 +1,333 @@
+"""The sidecar, ``lightd-sync agent``: JSON lines in on stdin, updates out, routes, exit."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Optional
+from urllib.parse import urlsplit
+
+import pytest
+
+from lightd_sync import receiver
+from lightd_sync.__main__ import main
+from lightd_sync._cli._common import CliError
+from lightd_sync._cli.agent import MAX_LINE, parse_event, parse_listen
+from lightd_sync._wsgi import serve
+
+from .conftest import TOKEN
+from .servers import ScriptedRemote, wait_until
+
+API_TOKEN = "lightd_api_5f0c2b7d9e4a41c3a8b6d0e2f4a6c8e0"
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX only")
+
+
+def write_config(
+    path: Path, url: str, *, api_token: Optional[str] = API_TOKEN, **extra: Any
+) -> None:
+    doc: dict[str, Any] = {"remote": {"enabled": True, "url": url, "token": TOKEN, **extra}}
+    if api_token is not None:
+        doc["authorization"] = {"token": api_token}
+    path.write_text(json.dumps(doc))
+
+
+class Agent:
+    """``python -m lightd_sync agent ...`` in a subprocess, its stderr read as it comes."""
+
+    def __init__(self, *args: str, env: Optional[dict[str, str]] = None) -> None:
+        clean_env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTD_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lightd_sync", "agent", "--listen", "127.0.0.1:0", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**clean_env, **(env or {})},
+        )
+        # Guards the output lists: the reader threads append while the test reads.
+        self._changed = threading.Condition()
+        self.err: list[str] = []
+        self.out: list[str] = []
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: IO[bytes], lines: list[str]) -> None:
+        for raw in stream:
+            with self._changed:
+                lines.append(raw.decode("utf-8", "replace"))
+                self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait for a stderr line matching *pattern*."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        with self._changed:
+            while True:
+                for line in self.err:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {pattern!r} on stderr: {self.err}"
+                self._changed.wait(left)
+
+    def url(self) -> str:
+        return self.wait_for(r"listening on (http://\S+);").group(1)
+
+    def send(self, *lines: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("".join(line + "\n" for line in lines).encode())
+        self.proc.stdin.flush()
+
+    def wait(self, timeout: float = 15.0) -> int:
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+    def finish(self, timeout: float = 15.0) -> int:
+        """Close stdin (end of input) and wait for the exit code."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.wait(timeout)
+
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.err + self.out)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def agents() -> Iterator[list[Agent]]:
+    """Start agents with ``agents.append(Agent(...))``; all are killed at the end, if need be."""
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        agent.kill()
+        text = agent.output()
+        assert TOKEN not in text and API_TOKEN not in text
+
+
+def get(url: str, path: str, token: Optional[str] = API_TOKEN) -> tuple[int, Any]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=5)
+    try:
+        headers = {"Accept": "Application/vnd.pkglatv1+json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert TOKEN.encode() not in body and API_TOKEN.encode() not in body
+    return response.status, body if path == "/metrics" else json.loads(body)
+
+
+@pytest.fixture
+def reference() -> Iterator[tuple[receiver.ReceiverApp, str]]:
+    with receiver.create_app(TOKEN, rate=math.inf) as app, serve(app) as server:
+        yield app, server.url
+
+
+def test_lines_in_updates_out_bad_lines_skipped_exit_0_on_eof(
+    tmp_path: Path, reference: tuple[receiver.ReceiverApp, str], agents: list[Agent]
+) -> None:
+    app, url = reference
+    config = tmp_path / "config.json"
+    write_config(config, url)
+    agents.append(agent := Agent("--config", str(config)))
+    base = agent.url()
+    agent.send(
+        '{"server": "srv-a", "event": "Started"}',
+        "this is not JSON",
+        '{"server": "srv-a", "event": "CreatingContainer"}',
+        '{"server": "srv-b", "status": "ready"}',
+        '{"server": "srv-c", "event": "Error", "data": "image not found"}',
+        '{"server": "srv-d", "event": "Exploded"}',
+        "x" * (MAX_LINE + 10),
+        '{"server": "srv-d", "status": "installing", "extra": 1}',
+        '{"server": "srv-a", "event": "Ready"}',
+    )
+    assert wait_until(lambda: {"srv-a", "srv-b", "srv-c"} <= set(app.store.latest()), 10)
+    assert wait_until(lambda: app.store.latest()["srv-a"]["status"] == "ready", 10)
+    latest = app.store.latest()
+    assert ("ready", None) == (latest["srv-b"]["status"], latest["srv-b"]["data"])
+    assert ("failed", "image not found") == (latest["srv-c"]["status"], latest["srv-c"]["data"])
+    assert ["installing", "installing", "ready"] == [
+        h["status"] for h in app.store.history("srv-a")
+    ]
+    assert "srv-d" not in latest
+    agent.wait_for(r"stdin:2: skipped a malformed line: not JSON")
+    agent.wait_for(r"stdin:6: skipped a malformed line: unknown lifecycle event 'Exploded'")
+    agent.wait_for(rf"stdin:7: skipped a malformed line: longer than {MAX_LINE} bytes")
+    agent.wait_for(r"stdin:8: skipped a malformed line: unknown key 'extra'")
+    # The routes answer while it runs, and only with the API token.
+    assert 401 == get(base, "/remote/stats", token=None)[0]
+    assert 401 == get(base, "/remote/stats", token=TOKEN)[0]
+    status, stats = get(base, "/remote/stats")
+    assert (200, 5) == (status, stats["submitted"])
+    status, doc = get(base, "/remote/config")
+    assert (200, url) == (status, doc["url"])
+    assert 0 == agent.finish()
+    agent.wait_for(r"stopped end of input: 9 lines read, 4 skipped; .*5 submitted, 5 delivered")
+    assert [] == agent.out
+
+
+def test_sigterm_flushes_what_is_queued_and_exits_0(
+    tmp_path: Path, remote: ScriptedRemote, agents: list[Agent]
+) -> None:
+    remote.gate.clear()  # hold every POST: the updates stay pending
+    config = tmp_path / "config.json"
+    write_config(config, remote.url)
+    agents.append(agent := Agent("--config", str(config), "--flush-timeout", "10"))
+    base = agent.url()
+    agent.send(*(f'{{"server": "s{i}", "status": "installing"}}' for i in range(3)))
+    assert wait_until(lambda: get(base, "/remote/stats")[1]["pending"] == 3, 10)
+    agent.proc.send_signal(signal.SIGTERM)
+    remote.gate.set()
+    assert 0 == agent.wait()
+    agent.wait_for(r"stopped by SIGTERM: 3 lines read, 0 skipped; .*3 delivered, 0 failed")
+    assert ["s0", "s1", "s2"] == sorted(r.json()["server"] for r in remote.posts())
+
+
+def test_api_token_env_and_sighup_reload(
+    tmp_path: Path, reference: tuple[receiver.ReceiverApp, str], agents: list[Agent]
+) -> None:
+    _, url = reference
+    config = tmp_path / "config.json"
+    write_config(config, url, api_token=None)
+    env = {"MY_API_TOKEN": API_TOKEN}
+    agents.append(
+        agent := Agent("--config", str(config), "--api-token-env", "MY_API_TOKEN", env=env)
+    )
+    base = agent.url()
+    assert 1000 == get(base, "/remote/config")[1]["queue_size"]
+    write_config(config, url, api_token=None, queue_size=77)
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for(r"SIGHUP: reloaded; changed: queue_size")
+    assert 77 == get(base, "/remote/config")[1]["queue_size"]
+    config.write_text("{broken")
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for(r"SIGHUP: reload failed, the config is unchanged: .*line 1, column 2")
+    status, text = get(base, "/metrics")
+    assert 200 == status and b"lightd_sync_updates_pending 0\n" in text
+    assert 0 == agent.finish()
+
+
+def test_without_an_api_token_it_refuses_to_start(
+    tmp_path: Path, reference: tuple[receiver.ReceiverApp, str], agents: list[Agent]
+) -> None:
+    config = tmp_path / "config.json"
+    write_config(config, reference[1], api_token=None)
+    agents.append(agent := Agent("--config", str(config)))
+    agents.append(unset := Agent("--config", str(config), "--api-token-env", "NOT_SET_ANYWHERE"))
+    assert 2 == agent.finish()
+    assert "no API token: set authorization.token" in agent.output()
+    assert 2 == unset.finish()
+    assert "$NOT_SET_ANYWHERE is empty or unset" in unset.output()
+    assert "listening" not in agent.output() + unset.output()
+
+
+# -- in-process: the parser, and stdin without a file descriptor -------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("", "not JSON"),
+        ("{", "not JSON"),
+        ('{"server": "a", "event": "Started"} junk', "not JSON (Extra data"),
+        ("[]", "expected a JSON object, got list"),
+        ('"Started"', "expected a JSON object, got str"),
+        ('{"event": "Started"}', "no server id"),
+        ('{"server": "", "event": "Started"}', "must not be empty"),
+        ('{"server": 7, "event": "Started"}', "must be a str"),
+        ('{"server": "a\\u0000b", "event": "Started"}', "control"),
+        ('{"server": "a"}', 'exactly one of "event" and "status"'),
+        ('{"server": "a", "event": "Started", "status": "ready"}', "exactly one of"),
+        ('{"server": "a", "event": "started"}', "unknown lifecycle event 'started'"),
+        ('{"server": "a", "event": 1}', "event: expected a string, got int"),
+        ('{"server": "a", "status": "done"}', "unknown status 'done'"),
+        ('{"server": "a", "status": "ready", "data": "x"}', '"data" goes only with status failed'),
+        ('{"server": "a", "event": "Ready", "data": "x"}', '"data" goes only with event Error'),
+        ('{"server": "a", "event": "Error", "data": 3}', "data: expected a string, got int"),
+        ('{"server": "a", "server": "b", "event": "Ready"}', "duplicate key 'server'"),
+        ('{"server": "a", "status": Infinity}', "Infinity is not JSON"),
+        ('{"server": "a", "event": "Ready", "ts": 1}', "unknown key 'ts'"),
+        ("[" * 100_000, "not JSON"),
+    ],
+)
+def test_parse_event_says_what_is_wrong(line: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        parse_event(line)
+
+
+def test_parse_event_accepts_the_three_forms() -> None:
+    assert ("a", "event", "Started", None) == parse_event('{"server": "a", "event": "Started"}')
+    assert ("a", "event", "Error", "boom") == parse_event(
+        '{"server": "a", "event": "Error", "data": "boom"}'
+    )
+    assert ("a", "event", "Error", None) == parse_event('{"event": "Error", "server": "a"}')
+    assert ("a", "status", "ready", None) == parse_event('{"server": "a", "status": "ready"}')
+    assert ("a", "status", "failed", "x") == parse_event(
+        '{"server": "a", "status": "failed", "data": "x"}'
+    )
+    assert ("a", "event", "Ready", None) == parse_event(
+        '{"server": "a", "event": "Ready", "data": null}'
+    )
+
+
+def test_parse_listen() -> None:
+    assert ("127.0.0.1", 8071) == parse_listen("127.0.0.1:8071")
+    assert ("::1", 0) == parse_listen("[::1]:0")
+    for bad in ("8071", ":8071", "host:", "host:x", "host:70000", "[::1]"):
+        with pytest.raises(CliError):
+            parse_listen(bad)
+
+
+def test_in_process_with_a_stdin_that_has_no_file_descriptor(
+    tmp_path: Path,
+    reference: tuple[receiver.ReceiverApp, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    app, url = reference
+    config = tmp_path / "config.json"
+    write_config(config, url)
+    lines = '{"server": "p1", "event": "Started"}\nnope\n{"server": "p1", "status": "ready"}\n'
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    for var in ("LIGHTD_REMOTE_ENABLED", "LIGHTD_REMOTE_URL", "LIGHTD_REMOTE_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("LIGHTD_API_TOKEN", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    assert 0 == main(["agent", "--config", str(config), "--listen", "127.0.0.1:0"])
+    assert before == signal.getsignal(signal.SIGTERM)
+    err = capsys.readouterr().err
+    assert "stdin:2: skipped a malformed line: not JSON" in err
+    assert "3 lines read, 1 skipped" in err
+    assert ["installing", "ready"] == [h["status"] for h in app.store.history("p1")]
+    assert TOKEN not in err and API_TOKEN not in err

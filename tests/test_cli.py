@@ -1,0 +1,477 @@
+"""The ``lightd-sync`` command, run as users run it: a real subprocess per case."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+import lightd_sync
+from lightd_sync.__main__ import main
+
+from .conftest import TOKEN
+from .servers import refused_url
+
+#: A token the receivers in these tests never accept.
+WRONG_TOKEN = "lightd_00000000000000000000000000000bad"
+#: Budget of one short command (interpreter start-up included), generous for slow CI.
+RUN_TIMEOUT = 20
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: UTF-8, and no LIGHTD_REMOTE_* of the developer's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTD_REMOTE_")}
+    env.update(PYTHONUTF8="1", PYTHONIOENCODING="utf-8", **extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: Optional[dict[str, str]] = None, timeout: float = RUN_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m lightd_sync ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "lightd_sync", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env or cli_env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_no_secret(proc: Any, *secrets: str) -> None:
+    """The token appears nowhere in what the command printed."""
+    for secret in secrets or (TOKEN,):
+        assert secret not in proc.stdout
+        assert secret not in proc.stderr
+
+
+def write_config(path: Path, url: str, token: str = TOKEN, **remote: Any) -> str:
+    """Write a Lightd config.json pointing at *url*; return its path."""
+    document = {"remote": {"enabled": True, "url": url, "token": token, **remote}}
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return str(path)
+
+
+@contextlib.contextmanager
+def running_receiver(token: str = TOKEN) -> Iterator[Any]:
+    """The reference receiver, in this process, on 127.0.0.1 and a free port (at ``.url``)."""
+    from lightd_sync._wsgi import serve
+    from lightd_sync.receiver import create_app
+
+    with create_app(token, audit=None) as app, serve(app) as server:
+        app.url = server.url  # type: ignore[attr-defined]
+        yield app
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    with running_receiver() as app:
+        yield app
+
+
+class Streaming:
+    """A long-running CLI subprocess whose output lines are read as they come."""
+
+    def __init__(self, *args: str, env: Optional[dict[str, str]] = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lightd_sync", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=env or cli_env(),
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout, True)),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr, False)),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: Any, keep: list[str], forward: bool) -> None:
+        for line in stream:
+            keep.append(line)
+            if forward:
+                self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> str:
+        """Return the first next stdout line matching *pattern*; fail after *timeout*."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(0.0, left))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no line matching {pattern!r} within {timeout} s; "
+                    f"stdout={''.join(self.stdout)!r} stderr={''.join(self.stderr)!r}"
+                ) from None
+            if re.search(pattern, line):
+                return line
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send *sig*, wait for the exit, collect the output; return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for reader in self._readers:
+            reader.join(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    @property
+    def stdout_text(self) -> str:
+        return "".join(self.stdout)
+
+    @property
+    def stderr_text(self) -> str:
+        return "".join(self.stderr)
+
+
+# -- the command itself ---------------------------------------------------------
+
+
+def test_version() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"lightd-sync {lightd_sync.__version__}"
+
+
+@pytest.mark.parametrize("command", ["demo", "check", "send", "tail", "receiver"])
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: lightd-sync {command}")
+    assert "--debug" in out
+
+
+def test_help_lists_the_subcommands_and_exit_codes() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for command in ("demo", "check", "send", "tail", "receiver"):
+        assert f"    {command} " in proc.stdout
+    assert "exit codes" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["bogus"], ["check"], ["send", "--config", "x.json", "only-server"], ["tail"]],
+    ids=["nothing", "unknown-command", "check-without-config", "send-without-status", "tail"],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+    assert "Traceback" not in err
+
+
+def test_unexpected_errors_are_one_line_unless_debug(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightd_sync._cli import tail
+
+    def boom(args: Any) -> int:
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(tail, "run", boom)
+    assert main(["tail", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "lightd-sync: error: unexpected RuntimeError: something broke "
+        "(run with --debug to see the traceback)\n"
+    )
+    assert main(["--debug", "tail", "x"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    assert main(["tail", "x", "--debug"]) == 1  # accepted after the subcommand too
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_quietly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightd_sync._cli import tail
+
+    def interrupted(args: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tail, "run", interrupted)
+    assert main(["tail", "x"]) == 130
+    assert capsys.readouterr().err == ""
+
+
+# -- demo ---------------------------------------------------------------------
+
+
+def test_demo_plays_the_three_flows_against_the_receiver_within_5_s() -> None:
+    started = time.monotonic()
+    proc = run_cli("demo", timeout=10)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert elapsed < 5
+    out = proc.stdout
+    for flow in ("installation", "error", "reinstall"):
+        assert f"── {flow}:" in out
+    for server in ("demo-web-001", "demo-cache-002", "demo-db-003"):
+        assert server in out
+    assert '"Docker container creation failed: image not found"' in out
+    assert "✗" not in out
+    assert "✓ healthy" in out
+    assert re.search(r"submitted 15 +delivered 15 +failed 0 +dropped 0 +pending 0", out)
+    assert "✓ every update arrived as sent" in out
+    assert not re.search(r"lightd_[0-9a-f]{32}", out + proc.stderr)  # only ever redacted
+    assert re.search(r"token +lightd_…[0-9a-f]{4} ", out)
+    assert proc.stderr == ""
+
+
+def test_demo_through_the_file_transport_shows_the_lines(tmp_path: Path) -> None:
+    path = tmp_path / "updates.jsonl"
+    proc = run_cli("demo", "--transport", "file", "--path", str(path))
+    assert proc.returncode == 0, proc.stderr
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 15
+    bodies = [json.loads(line)["body"] for line in lines]
+    assert {"event": "update", "server": "demo-db-003", "error": "failed",
+            "data": "Docker container creation failed: image not found"} in bodies  # fmt: skip
+    for line in lines:
+        assert line in proc.stdout
+    assert f"lightd-sync tail {path}" in proc.stdout
+
+
+def test_demo_file_transport_needs_a_path(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--transport", "file"]) == 2
+    assert "--transport file needs --path FILE" in capsys.readouterr().err
+
+
+# -- send ---------------------------------------------------------------------
+
+
+def test_send_a_status_update(receiver: Any, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.json", receiver.url)
+    proc = run_cli("send", "--config", config, "my-server-001", "installing")
+    assert proc.returncode == 0, proc.stderr
+    assert "✓ accepted" in proc.stdout
+    assert f"POST {receiver.url}/update" in proc.stdout
+    assert receiver.store.latest()["my-server-001"]["status"] == "installing"
+    assert_no_secret(proc)
+
+
+def test_send_an_error_update(receiver: Any, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.json", receiver.url)
+    proc = run_cli("send", "--config", config, "my-server-001", "failed", "--data", "no image")
+    assert proc.returncode == 0, proc.stderr
+    (stored,) = receiver.store.history("my-server-001")
+    assert (stored["status"], stored["error"], stored["data"]) == ("failed", "failed", "no image")
+    assert_no_secret(proc)
+
+
+def test_send_refused_by_the_remote_exits_1(receiver: Any, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.json", receiver.url, token=WRONG_TOKEN)
+    proc = run_cli("send", "--config", config, "my-server-001", "ready")
+    assert proc.returncode == 1
+    assert "lightd-sync: error: not accepted:" in proc.stderr
+    assert "tokens match on both sides" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert receiver.store.count() == 0
+    assert_no_secret(proc, TOKEN, WRONG_TOKEN)
+
+
+def test_send_to_an_unreachable_remote_exits_1(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.json", refused_url())
+    proc = run_cli("send", "--config", config, "my-server-001", "ready")
+    assert proc.returncode == 1
+    assert "refused" in proc.stderr
+    assert_no_secret(proc)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["my-server-001", "done"], "unknown status 'done'"),
+        (["", "ready"], "server id must not be empty"),
+        (["bad\x1bid", "ready"], "control or non-printable characters"),
+        (["x" * 256, "ready"], "at most 255"),
+        (["my-server-001", "ready", "--data", "x"], "--data is only sent with status 'failed'"),
+    ],
+    ids=["status", "empty-server", "control-chars", "long-server", "data-without-failed"],
+)
+def test_send_bad_arguments_exit_2(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path / "config.json", refused_url())
+    assert main(["send", "--config", config, *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.err.startswith("lightd-sync: error: ")
+    assert captured.err.count("\n") == 1
+    assert TOKEN not in captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ('{"remote": {"enabled": false}}', "remote.enabled is false"),
+        ('{"remote": {"enabled": tru}}', "invalid JSON at line 1"),
+        (json.dumps({"remote": {"enabled": True, "url": "ftp://x", "token": TOKEN}}), "remote.url"),
+    ],
+    ids=["disabled", "bad-json", "bad-url"],
+)
+def test_send_with_a_bad_config_exits_2(
+    document: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(document, encoding="utf-8")
+    assert main(["send", "--config", str(config), "my-server-001", "ready"]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert TOKEN not in captured.out + captured.err
+
+
+# -- tail ---------------------------------------------------------------------
+
+
+def record(server: str, status: str, ts: str = "2024-05-01T10:00:00.000Z", **extra: str) -> str:
+    body = {"event": "update", "server": server, "status": status, **extra}
+    if "data" in extra:
+        del body["status"]
+        body["error"] = "failed"
+    return json.dumps({"ts": ts, "body": body}) + "\n"
+
+
+def test_tail_prints_one_line_per_update_and_skips_malformed_ones(tmp_path: Path) -> None:
+    log = tmp_path / "updates.jsonl"
+    log.write_text(
+        record("my-server-001", "installing")
+        + "this is not json\n"
+        + record("my-server-001", "failed", data="image not found\x1b[2J")
+        + '{"ts": "2024-05-01T10:00:02.000Z"}\n'
+        + record("my-server-002", "ready"),
+        encoding="utf-8",
+    )
+    proc = run_cli("tail", str(log))
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines() == [
+        "2024-05-01T10:00:00.000Z  my-server-001     installing",
+        "2024-05-01T10:00:00.000Z  my-server-001     failed: image not found\\x1b[2J",
+        "2024-05-01T10:00:00.000Z  my-server-002     ready",
+    ]
+    assert f"{log}:2: skipped a malformed line: not valid JSON" in proc.stderr
+    assert f'{log}:4: skipped a malformed line: no "body" object' in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_tail_of_a_missing_file_exits_2(tmp_path: Path) -> None:
+    proc = run_cli("tail", str(tmp_path / "nope.jsonl"))
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"lightd-sync: error: {tmp_path / 'nope.jsonl'}: no such file "
+        "(the file transport creates it on the first update)\n"
+    )
+
+
+def test_tail_follow_sees_appended_lines_and_stops_on_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "updates.jsonl"
+    log.write_text(record("first-server", "installing"), encoding="utf-8")
+    tail = Streaming("tail", "--follow", "--interval", "0.05", str(log))
+    try:
+        tail.wait_for("first-server +installing")
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(record("second-server", "ready"))
+        tail.wait_for("second-server +ready")
+    finally:
+        code = tail.stop(signal.SIGTERM)
+    assert code == 0
+    assert tail.stderr_text == ""
+
+
+# -- receiver -----------------------------------------------------------------
+
+
+def test_receiver_serves_until_sigterm(tmp_path: Path) -> None:
+    from lightd_sync import HttpTransport, RemoteConfig, Update
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n", encoding="utf-8")
+    token_file.chmod(0o600)
+    db = tmp_path / "fleet.sqlite3"
+    audit = tmp_path / "audit.jsonl"
+    receiver = Streaming(
+        "receiver",
+        "--port",
+        "0",
+        "--db",
+        str(db),
+        "--token-file",
+        str(token_file),
+        "--audit",
+        str(audit),
+    )
+    try:
+        line = receiver.wait_for("listening on")
+        url = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert url is not None, line
+        assert "lightd_…c8d5" in line
+        config = RemoteConfig(enabled=True, url=url.group(), token=TOKEN, timeout=5)
+        with HttpTransport(config) as transport:
+            transport.check_health()
+            transport.send(Update("my-server-001", "installing"))
+    finally:
+        code = receiver.stop(signal.SIGTERM)
+    assert code == 0, receiver.stderr_text
+    assert "stopped by SIGTERM (1 update stored)" in receiver.stdout_text
+    assert receiver.stderr_text == ""
+    assert db.exists()
+    outcomes = [json.loads(line)["outcome"] for line in audit.read_text().splitlines()]
+    assert outcomes == ["ok", "stored"]
+    assert_no_secret(_Output(receiver))
+    assert TOKEN not in audit.read_text()
+
+
+class _Output:
+    def __init__(self, streaming: Streaming) -> None:
+        self.stdout = streaming.stdout_text
+        self.stderr = streaming.stderr_text
+
+
+def test_receiver_without_a_token_exits_2() -> None:
+    proc = run_cli("receiver", "--port", "0", "--token-env", "MY_REMOTE_TOKEN")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(
+        "lightd-sync: error: no token: $MY_REMOTE_TOKEN is empty or unset"
+    )
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [["--token", TOKEN], [f"--token={TOKEN}"]])
+def test_receiver_refuses_a_token_on_the_command_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["receiver", *argv]) == 2
+    captured = capsys.readouterr()
+    assert "every user of the machine can read" in captured.err
+    assert TOKEN not in captured.out + captured.err
