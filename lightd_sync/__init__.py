@@ -50,6 +50,7 @@ __all__ = [
     "RemoteRejectedError",
     "RemoteTimeoutError",
     "RemoteUnreachableError",
+    "RequestsTransport",
     "Status",
     "SyncEngine",
     "SyncStats",
@@ -73,4 +74,8 @@ def __getattr__(name: str) -> Any:
         from ._transports.http import HttpTransport
 
         return HttpTransport
+    if name == "RequestsTransport":
+        from ._transports.requests_transport import RequestsTransport
+
+        return RequestsTransport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

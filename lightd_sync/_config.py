@@ -252,7 +252,7 @@ class RemoteConfig:
             raise ConfigError("remote.client_key: given without remote.client_cert")
         if not self.enabled:
             return
-        if self.transport == "http":
+        if self.transport in ("http", "requests"):
             for key in ("url", "token"):
                 if getattr(self, key) is None:
                     raise ConfigError(

@@ -36,7 +36,18 @@ def _null(config: RemoteConfig) -> Transport:
     return NullTransport()
 
 
-_BUILTIN: dict[str, TransportFactory] = {"http": _http, "file": _file, "null": _null}
+def _requests(config: RemoteConfig) -> Transport:
+    from .requests_transport import RequestsTransport  # requests is imported only when used
+
+    return RequestsTransport(config)
+
+
+_BUILTIN: dict[str, TransportFactory] = {
+    "http": _http,
+    "requests": _requests,
+    "file": _file,
+    "null": _null,
+}
 
 
 def _entry_points() -> dict[str, Any]:

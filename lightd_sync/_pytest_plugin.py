@@ -1,0 +1,66 @@
+"""
+The pytest plugin of lightd_sync: the ``lightd_remote`` and ``lightd_file_sync`` fixtures.
+
+pytest loads it through the ``pytest11`` entry point named ``lightd_sync``
+(``-p no:lightd_sync`` turns it off; with ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``
+set, ``-p lightd_sync`` turns it on). The fixtures live in this module and
+the helpers in :mod:`lightd_sync.testing`, so that ``lightd_sync.testing``
+can be imported without pytest. lightd_sync itself is imported only when a
+test uses a fixture: loading the plugin costs every pytest run nothing, and
+coverage of lightd_sync in its own suite is not skewed by an early import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from lightd_sync import SyncEngine
+    from lightd_sync.testing import LightdRemote
+
+__all__ = ["lightd_file_sync", "lightd_remote"]
+
+_TEARDOWN_TIMEOUT = 5.0
+
+
+@pytest.fixture
+def lightd_remote() -> Iterator[LightdRemote]:
+    """
+    A live reference remote on 127.0.0.1 with a random token, stopped after the test.
+
+    See :class:`lightd_sync.testing.LightdRemote`: ``.url``, ``.token``,
+    ``.config(**overrides)``, ``.updates``, ``.wait_for(server, status)``,
+    ``.fail_next(n, status)``, ``.delay(seconds)``, ``.down()``/``.up()``.
+    Close the engines you build on it within the test (``with SyncEngine(...)``).
+    """
+    from lightd_sync.testing import LightdRemote
+
+    remote = LightdRemote().start()
+    try:
+        yield remote
+    finally:
+        ended = remote.stop(_TEARDOWN_TIMEOUT)
+    assert ended, f"lightd_remote: the server threads of {remote!r} did not end in time"
+
+
+@pytest.fixture
+def lightd_file_sync(tmp_path: Path) -> Iterator[SyncEngine]:
+    """
+    A :class:`~lightd_sync.SyncEngine` on the file transport, writing in ``tmp_path``.
+
+    Its file is ``engine.config.path``; after ``engine.flush()``,
+    :func:`lightd_sync.testing.read_events` returns the bodies it logged.
+    Closed after the test (at most 5 seconds), leaving no thread behind.
+    """
+    from lightd_sync import RemoteConfig, SyncEngine
+
+    path = tmp_path / "lightd-sync-events.jsonl"
+    engine = SyncEngine(RemoteConfig(enabled=True, transport="file", path=str(path)))
+    try:
+        yield engine
+    finally:
+        engine.close(_TEARDOWN_TIMEOUT)

@@ -1,0 +1,404 @@
+"""
+Test a daemon that embeds lightd_sync: a live reference remote and the file transport's log.
+
+With lightd-sync installed, pytest finds two fixtures (a ``pytest11`` plugin,
+:mod:`lightd_sync._pytest_plugin`):
+
+``lightd_remote``
+    A :class:`LightdRemote` serving on 127.0.0.1 for the test, stopped after it.
+``lightd_file_sync``
+    A :class:`~lightd_sync.SyncEngine` on the file transport in ``tmp_path``,
+    closed after the test; read what it wrote with :func:`read_events`.
+
+.. code-block:: python
+
+    from lightd_sync import SyncEngine
+
+    def test_my_daemon_reports_ready(lightd_remote):
+        with SyncEngine(lightd_remote.config()) as engine:
+            run_my_daemon_install(engine, "s1")        # calls engine.update(...)
+            lightd_remote.wait_for("s1", "ready")
+        assert ["installing", "ready"] == [u["status"] for u in lightd_remote.updates]
+
+Everything here works without pytest too (``with LightdRemote() as remote:``
+in a unittest), and importing this module never imports pytest.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from http import HTTPStatus
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from ._config import RemoteConfig
+from ._model import Status, parse_status
+from ._wsgi import StartResponse, WSGIApplication, WSGIEnvironment, WsgiServer, serve
+
+if TYPE_CHECKING:
+    from .receiver import ReceiverApp
+
+__all__ = ["LightdRemote", "read_events"]
+
+_SHOWN = 50  # updates listed at most in a wait_for failure
+
+
+def read_events(path: Union[str, os.PathLike[str]]) -> list[dict[str, Any]]:
+    """
+    Return the bodies the file transport logged to *path*, oldest first.
+
+    Each is the dict the HTTP transport would have POSTed, e.g.
+    ``{"event": "update", "server": "s1", "status": "ready"}``. Call
+    :meth:`~lightd_sync.SyncEngine.flush` first: delivery is asynchronous. A
+    file that does not exist yet holds no events; a last line still being
+    written is left out.
+
+    Raises:
+        ValueError: A line is not a record of the file transport.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.readlines()
+    except FileNotFoundError:
+        return []
+    bodies = []
+    for number, line in enumerate(lines, 1):
+        if not line.endswith("\n"):
+            break  # being appended right now
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("body"), dict)):
+            raise ValueError(f"{os.fspath(path)}:{number}: not a record of the file transport")
+        bodies.append(record["body"])
+    return bodies
+
+
+def _matches(body: dict[str, Any], server: str, status: Status) -> bool:
+    if body.get("server") != server:
+        return False
+    return body.get("status") == status.value or (
+        status is Status.FAILED and body.get("error") == Status.FAILED.value
+    )
+
+
+def _json_answer(start_response: StartResponse, status: int, error: str) -> Iterable[bytes]:
+    body = json.dumps({"success": False, "error": error}).encode("ascii")
+    start_response(
+        f"{status} {HTTPStatus(status).phrase}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+class _Faults:
+    """
+    WSGI middleware around the receiver: fault switches, and a record of accepted updates.
+
+    Thread-safe: the server calls it from a thread per connection while the
+    test flips switches and reads the record.
+    """
+
+    def __init__(self, app: WSGIApplication, max_body: int) -> None:
+        self._app = app
+        self._max_body = max_body
+        # Guards every attribute below; _changed is notified when _updates grows.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._updates: list[dict[str, Any]] = []
+        self._event_ids: set[tuple[str, str]] = set()
+        self._fail_left = 0
+        self._fail_status = 500
+        self._delay = 0.0
+        self._down = False
+        self.stopping = threading.Event()  # set on stop: delayed requests end at once
+
+    # -- switches (called by LightdRemote) ------------------------------------
+
+    def set_failures(self, n: int, status: int) -> None:
+        with self._lock:
+            self._fail_left, self._fail_status = n, status
+
+    def set_delay(self, seconds: float) -> None:
+        with self._lock:
+            self._delay = seconds
+
+    def set_down(self, down: bool) -> None:
+        with self._lock:
+            self._down = down
+
+    def updates(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(body) for body in self._updates]
+
+    def wait(self, server: str, status: Status, timeout: float) -> Optional[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for body in self._updates:
+                    if _matches(body, server, status):
+                        return dict(body)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    # -- the WSGI application ----------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        with self._lock:
+            delay = self._delay
+        if delay > 0 and self.stopping.wait(delay):
+            return _json_answer(start_response, 503, "the test remote is stopping")
+        is_update = (
+            environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO") == "/update"
+        )
+        with self._lock:
+            if self._down:
+                fault: Optional[tuple[int, str]] = (503, "down (lightd_remote.down())")
+            elif is_update and self._fail_left > 0:
+                self._fail_left -= 1
+                fault = (self._fail_status, "injected failure (lightd_remote.fail_next())")
+            else:
+                fault = None
+        if fault is not None:
+            return _json_answer(start_response, *fault)
+        if not is_update:
+            return self._app(environ, start_response)
+        body = self._read_body(environ)
+        answered: list[str] = []
+
+        def remember_status(status: str, headers: Any, exc_info: Any = None) -> Any:
+            answered.append(status)
+            return start_response(status, headers, exc_info)
+
+        result = self._app(environ, remember_status)
+        if body is not None and answered and answered[0].startswith("2"):
+            self._record(body, environ.get("HTTP_X_LIGHTD_EVENT_ID"))
+        return result
+
+    def _read_body(self, environ: WSGIEnvironment) -> Optional[bytes]:
+        """Read the body for the record and hand the receiver a copy; None if it is not sane."""
+        raw = str(environ.get("CONTENT_LENGTH") or "").strip()
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > self._max_body:
+            return None  # the receiver answers 411/400/413 by itself
+        length, chunks = int(raw), []
+        while length > 0:
+            try:
+                chunk = environ["wsgi.input"].read(length)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break  # cut short: the receiver answers 400 on what is left
+            chunks.append(chunk)
+            length -= len(chunk)
+        body = b"".join(chunks)
+        environ["wsgi.input"] = io.BytesIO(body)
+        return body
+
+    def _record(self, body: bytes, event_id: Optional[str]) -> None:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(doc, dict):
+            return
+        with self._lock:
+            if event_id is not None:
+                key = (str(doc.get("server")), event_id)
+                if key in self._event_ids:
+                    return  # a resent update the receiver stored once already
+                self._event_ids.add(key)
+            self._updates.append(doc)
+            self._changed.notify_all()
+
+
+class LightdRemote:
+    """
+    A live reference remote (:mod:`lightd_sync.receiver`) on 127.0.0.1, for tests.
+
+    It listens on a free port with a random token, keeps what arrives in
+    memory, and has no rate limit. Start it with :meth:`start` or ``with``;
+    :meth:`stop` ends every thread it started. Thread-safe.
+
+    Fault switches act on the answers, not the network: the port stays open
+    and nothing is slow unless :meth:`delay` says so.
+
+    Args:
+        token: The token to require; default ``lightd_`` and 32 random hex digits.
+        host: The address to listen on.
+
+    Attributes:
+        token: The token every request must carry.
+        app: The receiver's :class:`~lightd_sync.receiver.ReceiverApp`
+            (``app.store`` holds what it stored), once started.
+    """
+
+    def __init__(self, *, token: Optional[str] = None, host: str = "127.0.0.1") -> None:
+        self.token = token if token is not None else f"lightd_{secrets.token_hex(16)}"
+        self._host = host
+        self.app: Optional[ReceiverApp] = None
+        self._faults: Optional[_Faults] = None
+        self._server: Optional[WsgiServer] = None
+
+    def start(self) -> LightdRemote:
+        """Start serving; return self. Raises RuntimeError if already started."""
+        if self._server is not None:
+            raise RuntimeError("this LightdRemote was already started")
+        from .receiver import create_app
+
+        app = create_app(self.token, rate=math.inf)
+        faults = _Faults(app, app.max_body)
+        try:
+            server = serve(faults, self._host, 0).start()
+        except BaseException:
+            app.close()
+            raise
+        self.app, self._faults, self._server = app, faults, server
+        return self
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """
+        Stop serving, end every thread (at most about *timeout* seconds) and drop the data.
+
+        Returns:
+            True if every thread of the server ended. Calling it again does nothing more.
+        """
+        if self._server is None or self._faults is None or self.app is None:
+            return True
+        self._faults.stopping.set()
+        ended = self._server.stop(timeout)
+        self.app.close()
+        return ended
+
+    def __enter__(self) -> LightdRemote:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = self._server.url if self._server is not None else "not started"
+        return f"<LightdRemote {where}>"
+
+    def _running(self) -> tuple[WsgiServer, _Faults]:
+        if self._server is None or self._faults is None:
+            raise RuntimeError("start the LightdRemote first (start() or with)")
+        return self._server, self._faults
+
+    @property
+    def url(self) -> str:
+        """The base URL to configure, e.g. ``http://127.0.0.1:38117``."""
+        return self._running()[0].url
+
+    def config(self, **overrides: Any) -> RemoteConfig:
+        """
+        Return a :class:`~lightd_sync.RemoteConfig` that syncs to this remote.
+
+        ``enabled``, ``url`` and ``token`` are set; *overrides* set any key,
+        e.g. ``config(timeout=0.5, retries=0, transport="requests")``.
+
+        Raises:
+            ConfigError: An override is invalid.
+        """
+        values: dict[str, Any] = {"enabled": True, "url": self.url, "token": self.token}
+        values.update(overrides)
+        return RemoteConfig(**values)
+
+    @property
+    def updates(self) -> list[dict[str, Any]]:
+        """
+        The bodies of the updates the remote accepted, in the order it answered them.
+
+        A copy. An update resent with an ``X-Lightd-Event-Id`` already seen
+        for its server (a retry whose answer was lost) is listed once, as the
+        receiver stores it once; refused requests (faults) are not listed.
+        """
+        return self._running()[1].updates()
+
+    def wait_for(
+        self, server: str, status: Union[Status, str], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """
+        Wait until an update of *server* with *status* has arrived; return its body.
+
+        ``"failed"`` also matches error updates (``"error": "failed"``). The
+        first matching update counts, even one that arrived before the call.
+
+        Raises:
+            AssertionError: None arrived within *timeout* seconds; the message
+                lists what did arrive.
+            ValueError: *status* is not ``installing``, ``ready`` or ``failed``.
+        """
+        wanted = parse_status(status)
+        found = self._running()[1].wait(server, wanted, timeout)
+        if found is not None:
+            return found
+        arrived = self.updates
+        shown = arrived[-_SHOWN:]
+        more = f" (the last {_SHOWN} of {len(arrived)})" if len(arrived) > _SHOWN else ""
+        listing = "\n".join(f"  {json.dumps(body)}" for body in shown) or "  nothing"
+        raise AssertionError(
+            f"no {wanted.value!r} update of {server!r} arrived at {self.url} "
+            f"within {timeout:g} s; arrived{more}:\n{listing}"
+        )
+
+    def fail_next(self, n: int = 1, status: int = 500) -> None:
+        """
+        Answer the next *n* ``POST /update`` with HTTP *status* instead of storing them.
+
+        Health checks are not affected. Replaces any count left from an earlier
+        call; ``fail_next(0)`` cancels. Retryable statuses (429, 502, 503,
+        504) are retried by the engine.
+
+        Raises:
+            ValueError: *n* is negative or *status* is not from 400 to 599.
+        """
+        if type(n) is not int or n < 0:
+            raise ValueError(f"n must be a whole number >= 0, got {n!r}")
+        if type(status) is not int or not 400 <= status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
+        self._running()[1].set_failures(n, status)
+
+    def delay(self, seconds: float) -> None:
+        """
+        Make every request (updates and health checks) wait *seconds* before it is handled.
+
+        A delay longer than the client's ``timeout`` makes the request time
+        out on the client's side; the remote still handles it afterwards, as
+        a slow remote does. ``delay(0)`` ends the delay; :meth:`stop` cuts it short.
+
+        Raises:
+            ValueError: *seconds* is negative or not finite.
+        """
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        self._running()[1].set_delay(float(seconds))
+
+    def down(self) -> None:
+        """
+        Answer every request, health checks included, with ``503 Service Unavailable``.
+
+        The port stays open (a refused connection needs no switch: point a
+        config at a port where nothing listens). Nothing is stored while down.
+        """
+        self._running()[1].set_down(True)
+
+    def up(self) -> None:
+        """End :meth:`down`: answer normally again."""
+        self._running()[1].set_down(False)
