@@ -201,7 +201,8 @@ class RemoteConfig:
         token: Shared secret, sent as ``Authorization: Bearer <token>``.
         transport: ``"http"``, ``"file"``, ``"null"``, or a plugin's name.
         path: The file the ``file`` transport appends to.
-        timeout: Seconds before any one HTTP request gives up.
+        timeout: Seconds an HTTP request may wait to connect, and then again
+            for each read of the answer (the protocol's 10 seconds).
         health_interval: Seconds between two health checks.
         workers: Delivery threads (lanes); one server always uses the same one.
         queue_size: Updates that may wait at most; beyond, they are dropped and counted.
@@ -217,7 +218,8 @@ class RemoteConfig:
         ca_bundle: A PEM file of CA certificates to trust (a private CA).
         client_cert: A PEM client certificate, for mutual TLS.
         client_key: The client certificate's key, when not in ``client_cert``.
-        proxy: An ``http://`` proxy URL; overrides ``HTTPS_PROXY``/``HTTP_PROXY``.
+        proxy: An ``http://`` or ``https://`` proxy URL (no credentials in it);
+            overrides ``HTTPS_PROXY``/``HTTP_PROXY``.
 
     .. versionadded:: 0.1.0 ``retries``, ``resync``, ``max_servers``,
        ``shutdown_timeout``, ``verify``, ``ca_bundle``, ``client_cert``,
@@ -263,7 +265,7 @@ class RemoteConfig:
 
     @property
     def effective_transport(self) -> str:
-        """The transport actually used: ``"null"`` when sync is disabled."""
+        """The transport actually used (``"null"`` when sync is disabled)."""
         return self.transport if self.enabled else "null"
 
     def redacted(self) -> dict[str, Any]:

@@ -279,21 +279,32 @@ class EngineCore:
         # (a failed check raises through; HealthTracker records it)
 
     def _on_healthy(self) -> None:
-        """After every healthy check: re-send what the remote missed, if anything."""
+        """
+        After every healthy check: re-send what the remote missed, if anything.
+
+        Only as many as the queue has room for; the rest wait for the next
+        healthy check, so a resync never drops anything itself.
+        """
         self._probe_delay = PROBE_DELAY
         if not self._unacked:
             return
         with self._lock:
             if self._closed or not self._lanes:
                 return
-            items = [it for srv, it in self._unacked.items() if self._latest.get(srv) is it]
-            self._unacked.clear()
-            queued = sum(self._enqueue_locked(it, resync=True) for it in items)
+            room = self._queue_size - self._pending
+            items: list[list[Any]] = []
+            for server in list(self._unacked)[: max(0, room)]:
+                item = self._unacked.pop(server)
+                if self._latest.get(server) is item:
+                    items.append(item)
+            for item in items:
+                self._enqueue_locked(item, resync=True)
+            left = len(self._unacked)
         if items:
             safe_log(
                 log,
                 logging.INFO,
-                "re-sending the latest status of %d servers the remote missed (%d queued)",
+                "re-sending the latest status of %d servers the remote missed (%d more wait)",
                 len(items),
-                queued,
+                left,
             )

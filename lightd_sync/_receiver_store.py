@@ -127,7 +127,7 @@ class ReceiverStore:
         Store *update* in the history and as its server's latest state, in one transaction.
 
         An error update is stored with status ``failed``, ``error`` ``failed``
-        and its data. An update whose :attr:`~Update.event_id` this server
+        and its data. An update whose :attr:`~lightd_sync.Update.event_id` this server
         already sent (a retry whose answer was lost, a resync) is not stored twice.
 
         Args:

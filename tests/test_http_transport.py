@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import attrs
 import pytest
 
 from lightd_sync import (
@@ -21,8 +27,24 @@ from lightd_sync import (
     __version__,
 )
 
-from .conftest import TOKEN, http_config
-from .servers import Reply, ScriptedRemote, SilentServer, refused_url, serving
+from .conftest import TOKEN, LogCapture, http_config
+from .faults.servers import (
+    CloseWithoutAnswer,
+    CutAfterHeaders,
+    CutSecondRequest,
+    FaultServer,
+    Healthy,
+    Mode,
+)
+from .servers import (
+    Reply,
+    Request,
+    ScriptedRemote,
+    SilentServer,
+    refused_url,
+    serving,
+    wait_until,
+)
 
 
 def scripted(reply: Reply) -> Iterator[ScriptedRemote]:
@@ -205,3 +227,209 @@ def test_keep_alive_reuses_connections(remote: ScriptedRemote, transport: HttpTr
 
 def test_repr_has_no_token(transport: HttpTransport) -> None:
     assert TOKEN not in repr(transport)
+
+
+# -- transport security and resilience (issue 5) ---------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's proxy settings must not reroute these tests' 127.0.0.1 traffic."""
+    for name in ("http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.fixture
+def fault_remote() -> Iterator[FaultServer]:
+    yield from serving(FaultServer())
+
+
+def test_redirects_are_reported_as_a_misconfigured_url() -> None:
+    reply = Reply(status=301, headers=(("Location", "https://example.org/api/update"),))
+    for server in scripted(reply):
+        with HttpTransport(http_config(server.url)) as t:
+            with pytest.raises(RemoteRejectedError) as info:
+                t.send(Update("s", "ready"))
+        assert 1 == len(server.requests), "never followed"
+    message = str(info.value)
+    assert "remote.url is misconfigured" in message
+    assert "'https://example.org/api/update'" in message
+    assert not info.value.retryable
+
+
+def test_plain_http_to_another_host_warns_at_creation(logs: LogCapture) -> None:
+    HttpTransport(http_config("http://sync.example.org/api")).close()
+    [warning] = logs.messages(logging.WARNING)
+    assert "lightd_sync.transport" in warning
+    assert "use https:// in production" in warning
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/api", "http://localhost:9", "https://sync.example.org"]
+)
+def test_no_transport_warning_for_loopback_or_https(url: str, logs: LogCapture) -> None:
+    HttpTransport(http_config(url)).close()
+    assert not logs.messages(logging.WARNING)
+
+
+def test_a_kept_alive_connection_closed_while_idle_is_retried_at_once(
+    fault_remote: FaultServer,
+) -> None:
+    """The remote cuts each connection's second request: the transport re-sends it at once."""
+    fault_remote.mode = CutSecondRequest()
+    with HttpTransport(http_config(fault_remote.url)) as t:
+        for i in range(3):
+            t.send(Update(f"s-{i}", "ready"))
+    # Requests 1, 2 (cut), 2 again on a new connection, 3 (cut), 3 again.
+    assert 5 == len(fault_remote.posts())
+    assert 3 == fault_remote.connections
+    assert {"s-0", "s-1", "s-2"} == set(fault_remote.latest())
+
+
+def test_a_new_connection_closed_without_answer_is_not_retried(
+    fault_remote: FaultServer,
+) -> None:
+    """Only a reused connection gets the instant retry; the engine's backoff does the rest."""
+    fault_remote.mode = CloseWithoutAnswer()
+    with HttpTransport(http_config(fault_remote.url)) as t:
+        with pytest.raises(RemoteUnreachableError, match="connection failed") as info:
+            t.send(Update("s", "ready"))
+    assert info.value.retryable
+    assert 1 == len(fault_remote.posts())
+
+
+@attrs.frozen
+class _CutSecondAnswer(Mode):
+    """Answer the first request on a connection; cut the second one's answer halfway."""
+
+    def handle(self, server: FaultServer, conn: socket.socket, req: Request, nth: int) -> bool:
+        if nth >= 2:
+            return CutAfterHeaders().handle(server, conn, req, nth)
+        return Healthy().handle(server, conn, req, nth)
+
+
+def test_an_answer_cut_halfway_on_a_reused_connection_is_not_retried(
+    fault_remote: FaultServer,
+) -> None:
+    """The remote saw that request: only the engine's retry policy may send it again."""
+    fault_remote.mode = _CutSecondAnswer()
+    with HttpTransport(http_config(fault_remote.url)) as t:
+        t.send(Update("s", "installing"))
+        with pytest.raises(RemoteUnreachableError):
+            t.send(Update("s", "ready"))
+    assert 2 == len(fault_remote.posts())
+
+
+def _local_ports(t: HttpTransport) -> set[int]:
+    return {c.sock.getsockname()[1] for c in t._pool.lightd_conns if c.sock is not None}
+
+
+_FORK_WARNING = "ignore:.*fork.*:DeprecationWarning"  # 3.12+: fork() with threads running
+
+
+@pytest.mark.filterwarnings(_FORK_WARNING)
+def test_a_forked_child_never_uses_the_parents_connections(fault_remote: FaultServer) -> None:
+    t = HttpTransport(http_config(fault_remote.url))
+    try:
+        t.send(Update("parent", "installing"))
+        parent_ports = _local_ports(t)
+        assert 1 == len(parent_ports)
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code only
+            code = 1
+            try:
+                t.send(Update("child", "ready"))
+                code = 0 if _local_ports(t).isdisjoint(parent_ports) else 2
+                t.close()  # must not shut down the parent's socket
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert 0 == os.waitstatus_to_exitcode(status)
+        t.send(Update("parent", "ready"))
+        assert parent_ports == _local_ports(t), "the parent's connection is intact and reused"
+    finally:
+        t.close()
+    assert 2 == fault_remote.connections
+    assert {"parent", "child"} == set(fault_remote.latest())
+
+
+def _child_sends(t: HttpTransport, parent_ports: set[int], results: Any) -> None:
+    try:
+        for i in range(20):
+            t.send(Update(f"child-{i}", "ready"))
+        shared = _local_ports(t) & parent_ports
+        results.put(f"used the parent's connections {shared}" if shared else "ok")
+    except Exception as exc:
+        results.put(repr(exc))
+    finally:
+        t.close()
+
+
+@pytest.mark.filterwarnings(_FORK_WARNING)
+def test_multiprocessing_fork_while_the_parent_is_sending(fault_remote: FaultServer) -> None:
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    with HttpTransport(http_config(fault_remote.url, workers=2)) as t:
+
+        def parent_load() -> None:
+            while not stop.is_set():
+                try:
+                    t.send(Update("parent", "ready"))
+                except Exception as exc:
+                    errors.append(exc)
+                    return
+
+        loader = threading.Thread(target=parent_load)
+        loader.start()
+        try:
+            assert wait_until(lambda: len(fault_remote.posts()) > 5)
+            parent_ports = _local_ports(t)
+            children = [
+                ctx.Process(target=_child_sends, args=(t, parent_ports, results)) for _ in range(3)
+            ]
+            for child in children:
+                child.start()
+            for child in children:
+                child.join(10)
+            assert [0, 0, 0] == [child.exitcode for child in children]
+            assert ["ok", "ok", "ok"] == [results.get(timeout=5) for _ in children]
+            sent = len(fault_remote.posts())
+            assert wait_until(lambda: len(fault_remote.posts()) > sent + 5), "the parent goes on"
+            assert parent_ports == _local_ports(t), "the parent's connection was never broken"
+        finally:
+            stop.set()
+            loader.join(5)
+    results.close()
+    results.join_thread()
+    assert not errors
+    assert 60 == sum(1 for r in fault_remote.posts() if r.json()["server"].startswith("child-"))
+
+
+def test_a_pid_change_without_the_fork_hook_gets_a_fresh_pool(
+    fault_remote: FaultServer,
+) -> None:
+    """A pre-forking server (uWSGI) may fork without running fork hooks: the pid check sees it."""
+    with HttpTransport(http_config(fault_remote.url)) as t:
+        t.send(Update("s", "installing"))
+        old_pool, [old_conn] = t._pool, list(t._pool.lightd_conns)
+        t._pid = -1  # as if this process were a child whose hook did not run
+        t.send(Update("s", "ready"))
+        assert t._pool is not old_pool
+        assert old_conn.sock is None or old_conn.sock.fileno() == -1, "closed, not reused"
+    assert 2 == fault_remote.connections
+
+
+def test_a_connection_that_completes_after_close_cuts_itself(fault_remote: FaultServer) -> None:
+    """close() may come between a TCP handshake and urllib3 storing the socket: nothing is sent."""
+    t = HttpTransport(http_config(fault_remote.url))
+    conn = t._pool._new_conn()  # made, not connected yet: close() finds no socket to shut down
+    t.close()
+    with pytest.raises(ConnectionAbortedError, match="closed"):
+        conn.connect()
+    with pytest.raises(OSError):
+        conn.sock.send(b"GET / HTTP/1.1\r\n\r\n")
+    conn.close()
+    assert not fault_remote.requests
