@@ -18,7 +18,6 @@ from .servers import Reply, ScriptedRemote, SilentServer, refused_url
 from .test_cli import (
     WRONG_TOKEN,
     assert_no_secret,
-    cli_env,
     run_cli,
     running_receiver,
     write_config,
@@ -179,9 +178,10 @@ def test_tls_is_verified_against_the_trusted_cas(
     assert untrusted.returncode == 1
     assert marks(untrusted.stdout)["tls"] == "✗"
     assert "certificate" in untrusted.stdout
-    assert "SSL_CERT_FILE" in untrusted.stdout  # the fix names how to trust a private CA
+    assert "remote.ca_bundle" in untrusted.stdout  # the fix names how to trust a private CA
 
-    trusted = run_cli("check", "--config", config, env=cli_env(SSL_CERT_FILE=str(ca_file)))
+    config = write_config(tmp_path / "trusting.json", remote.url, ca_bundle=str(ca_file))
+    trusted = run_cli("check", "--config", config)
     assert trusted.returncode == 0, trusted.stdout
     assert marks(trusted.stdout)["tls"] == "✓"
     assert "certificate verified for 127.0.0.1" in trusted.stdout

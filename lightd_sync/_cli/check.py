@@ -301,7 +301,15 @@ class _Doctor:
     def check_tls(self, sock: socket.socket, host: str) -> bool:
         import ssl  # only https needs it, and it is slow to import
 
-        context = ssl.create_default_context()
+        from .._exceptions import ConfigError
+        from .._transports._pools import tls_context
+
+        try:  # the transport's own context: ca_bundle, client certificate, verify
+            context = tls_context(self.config)
+        except ConfigError as exc:
+            return self.add("tls", FAIL, str(exc), "fix the file the message names")
+        if self.config.verify:
+            context.check_hostname = True
         try:
             with context.wrap_socket(sock, server_hostname=host) as tls:
                 version = tls.version()
@@ -312,7 +320,7 @@ class _Doctor:
                 FAIL,
                 f"the certificate of {host} was rejected: {exc.verify_message}",
                 f"the remote needs a certificate valid for {host} from a CA this machine "
-                "trusts (for a private CA, add it to the system store or SSL_CERT_FILE)",
+                "trusts (for a private CA, set remote.ca_bundle to its PEM file)",
             )
         except ssl.SSLError as exc:
             return self.add(
