@@ -17,13 +17,13 @@ import bisect
 import logging
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from typing import Any, Optional
 
 from ._config import RemoteConfig
 from ._exceptions import DeliveryError
 from ._health import HealthMonitor, HealthTracker
+from ._ids import new_event_id
 from ._lanes import Lane
 from ._logutil import Throttle, get_logger, safe_log
 from ._model import LATENCY_BUCKETS, LatencyHistogram, Update
@@ -166,7 +166,7 @@ class EngineCore:
                 return
             if update is None:
                 if item[3] is None:
-                    item[3] = str(uuid.uuid4())
+                    item[3] = new_event_id()
                 update = Update(server, item[1], item[2], event_id=item[3])
             started = time.perf_counter()
             error = self._send(update)

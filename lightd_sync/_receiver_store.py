@@ -40,6 +40,21 @@ CREATE TABLE IF NOT EXISTS latest (
 _IDLE_CONNECTIONS = 8
 
 
+# Replace a server's latest state, unless both event ids are time-ordered (UUIDv7,
+# version digit at position 15) and the stored one is newer.
+_UPSERT_LATEST = """
+INSERT INTO latest (server, status, data, updated_at, event_id) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (server) DO UPDATE SET
+    status = excluded.status, data = excluded.data,
+    updated_at = excluded.updated_at, event_id = excluded.event_id
+WHERE NOT (
+    substr(coalesce(excluded.event_id, ''), 15, 1) = '7'
+    AND substr(coalesce(latest.event_id, ''), 15, 1) = '7'
+    AND excluded.event_id < latest.event_id
+)
+"""
+
+
 class ReceiverStore:
     """
     The updates a receiver took: the history of each server and its latest state.
@@ -129,6 +144,10 @@ class ReceiverStore:
         An error update is stored with status ``failed``, ``error`` ``failed``
         and its data. An update whose :attr:`~lightd_sync.Update.event_id` this server
         already sent (a retry whose answer was lost, a resync) is not stored twice.
+        lightd-sync's event ids sort in the order one engine made them (UUID
+        version 7): an update that arrives after a newer one of the same server
+        (a request the remote finished after the client had given up on it)
+        goes into the history but does not replace the latest state.
 
         Args:
             update: The update received, with the ``X-Lightd-Event-Id`` it came with, if any.
@@ -155,11 +174,7 @@ class ReceiverStore:
                 )
                 stored = cursor.rowcount == 1
                 if stored:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO latest"
-                        " (server, status, data, updated_at, event_id) VALUES (?, ?, ?, ?, ?)",
-                        (update.server, update.status.value, update.data, when, update.event_id),
-                    )
+                    conn.execute(_UPSERT_LATEST, (*row[1:3], update.data, when, update.event_id))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -696,3 +696,22 @@ def test_generated_requests_over_real_sockets(app: ReceiverApp) -> None:
 
         check()
         assert client.get("/health").status == 200
+
+
+def test_a_stale_update_arriving_late_does_not_replace_the_latest_state() -> None:
+    """Time-ordered event ids let the store keep the newer state (history keeps both)."""
+    from lightd_sync import Update
+    from lightd_sync._ids import new_event_id
+    from lightd_sync.receiver import ReceiverStore
+
+    older, newer = new_event_id(), new_event_id()
+    store = ReceiverStore()
+    try:
+        assert store.add(Update("s", "ready", event_id=newer))
+        assert store.add(Update("s", "installing", event_id=older))  # arrives late
+        assert "ready" == store.latest()["s"]["status"]
+        assert 2 == len(store.history("s"))
+        assert store.add(Update("s", "installing"))  # no id: a plain Lightd client
+        assert "installing" == store.latest()["s"]["status"]
+    finally:
+        store.close()
