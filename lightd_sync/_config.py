@@ -342,6 +342,29 @@ def _read_json(path: Union[str, os.PathLike[str]]) -> Any:
         raise ConfigError(f"{name}: invalid JSON: {exc}") from None
 
 
+def read_document(source: Union[str, os.PathLike[str], Mapping[str, Any]]) -> Mapping[str, Any]:
+    """
+    Return the whole of a Lightd ``config.json``: read from a path, or *source* itself.
+
+    Raises:
+        ConfigError: The file cannot be read, is not JSON, or is not a JSON object.
+        TypeError: *source* is neither a path nor a mapping.
+    """
+    if isinstance(source, Mapping):
+        document: Any = source
+        where = "config"
+    elif isinstance(source, (str, os.PathLike)):
+        document = _read_json(source)
+        where = os.fspath(source)
+    else:
+        raise TypeError(
+            f"source must be a path or a dict of config.json, not {type(source).__name__}"
+        )
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"{where}: the top level must be a JSON object")
+    return document
+
+
 def load_config(
     source: Union[str, os.PathLike[str], Mapping[str, Any]],
     *,
@@ -361,18 +384,7 @@ def load_config(
         ConfigError: The file cannot be read or parsed, or a value is invalid;
             the message names the key path (or file, line and column).
     """
-    if isinstance(source, Mapping):
-        document: Any = source
-        where = "config"
-    elif isinstance(source, (str, os.PathLike)):
-        document = _read_json(source)
-        where = os.fspath(source)
-    else:
-        raise TypeError(
-            f"source must be a path or a dict of config.json, not {type(source).__name__}"
-        )
-    if not isinstance(document, Mapping):
-        raise ConfigError(f"{where}: the top level must be a JSON object")
+    document = read_document(source)
     remote = document.get("remote", {})
     if remote is None:
         remote = {}

@@ -34,7 +34,6 @@ metrics; any ``Accept`` header is accepted, Lightd's
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import sys
@@ -42,7 +41,8 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, Callable, Optional, Union
 
-from ._config import _read_json
+from ._auth import bearer_matches
+from ._config import read_document
 from ._engine import SyncEngine
 from ._exceptions import ConfigError, LightdSyncError
 from ._logutil import get_logger
@@ -107,19 +107,7 @@ def api_token_from_config(
         if problem is not None:
             raise ConfigError(f"{API_TOKEN_ENV}: {problem}")
         return override
-    if isinstance(source, Mapping):
-        document: Any = source
-        where = "config"
-    elif isinstance(source, (str, os.PathLike)):
-        document = _read_json(source)
-        where = os.fspath(source)
-    else:
-        raise TypeError(
-            f"source must be a path or a dict of config.json, not {type(source).__name__}"
-        )
-    if not isinstance(document, Mapping):
-        raise ConfigError(f"{where}: the top level must be a JSON object")
-    section = document.get("authorization")
+    section = read_document(source).get("authorization")
     if section is None:
         return None
     if not isinstance(section, Mapping):
@@ -220,13 +208,7 @@ class ApiApp:
         return handler()
 
     def _authorized(self, header: object) -> bool:
-        if not isinstance(header, str):
-            return False
-        scheme, _, credentials = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        given = credentials.strip().encode("utf-8", "replace")
-        return hmac.compare_digest(given, self._token_bytes)
+        return bearer_matches(header, self._token_bytes)
 
     def _scrub(self, doc: Any) -> Any:
         """Replace the tokens (the API's, the remote's) wherever they appear in *doc*."""

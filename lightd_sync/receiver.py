@@ -34,7 +34,6 @@ True
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import os
@@ -47,6 +46,7 @@ from typing import Any, Callable, Optional, Union
 
 import attrs
 
+from ._auth import bearer_matches
 from ._exceptions import ConfigError, LightdSyncError
 from ._logutil import get_logger
 from ._model import server_id_problem
@@ -231,13 +231,7 @@ class ReceiverApp:
         return self._history(path[len(_SERVERS) :], environ, exchange)
 
     def _authorized(self, header: object) -> bool:
-        if not isinstance(header, str):
-            return False
-        scheme, _, credentials = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        given = credentials.strip().encode("utf-8", "replace")
-        return hmac.compare_digest(given, self._token_bytes)
+        return bearer_matches(header, self._token_bytes)
 
     def _read_body(self, environ: WSGIEnvironment) -> bytes:
         kind, params = media_type(str(environ.get("CONTENT_TYPE") or ""))

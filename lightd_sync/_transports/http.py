@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import urllib3
 from urllib3 import exceptions as u3
 
-from .._config import RemoteConfig, is_loopback_url
+from .._config import RemoteConfig
 from .._exceptions import (
     ConfigError,
     DeliveryError,
@@ -28,7 +28,14 @@ from .._logutil import get_logger, safe_log
 from .._model import Update
 from ._pools import Pool, Proxy, choose_proxy, plan_pools
 from .base import Transport
-from .protocol import encode_body, health_verdict, request_headers, scrubbed, update_verdict
+from .protocol import (
+    encode_body,
+    health_verdict,
+    request_headers,
+    scrubbed,
+    update_verdict,
+    warn_about_security,
+)
 
 __all__ = ["HttpTransport"]
 
@@ -165,30 +172,13 @@ class HttpTransport(Transport):
         # (manager, pool) in one attribute, so a request reads a matching pair.
         self._conn: tuple[Optional[urllib3.PoolManager], Pool] = self._plan.build()
         self._pid = os.getpid()  # the process that owns the pool's sockets
-        self._warn_at_creation(config)
+        warn_about_security(
+            self.url,
+            unverified=None if config.verify else "remote.verify is false",
+            proxy=self.proxy,
+        )
         _install_fork_hook()
         _LIVE.add(self)
-
-    def _warn_at_creation(self, config: RemoteConfig) -> None:
-        if self.url.startswith("https:") and not config.verify:
-            safe_log(
-                log,
-                logging.WARNING,
-                "TLS CERTIFICATE VERIFICATION IS OFF (remote.verify is false): anyone on the "
-                "network path to %s can read the token and forge the remote's answers; "
-                "trust a private CA with remote.ca_bundle instead",
-                self.url,
-            )
-        elif self.url.startswith("http:") and not is_loopback_url(self.url):
-            safe_log(
-                log,
-                logging.WARNING,
-                "remote.url %s is plain http:// to another machine: the token and the statuses "
-                "cross the network unencrypted; use https:// in production",
-                self.url,
-            )
-        if self.proxy is not None:
-            safe_log(log, logging.INFO, "reaching %s through the proxy %s", self.url, self.proxy)
 
     def __repr__(self) -> str:
         via = f", proxy={self.proxy.url!r}" if self.proxy is not None else ""

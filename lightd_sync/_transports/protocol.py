@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import re
 import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from .._config import is_loopback_url
 from .._exceptions import (
     AuthRejectedError,
     DeliveryError,
     RemoteRejectedError,
 )
+from .._logutil import get_logger, safe_log
 from .._model import Update
 from .._version import version
 
@@ -30,6 +33,7 @@ __all__ = [
     "parse_retry_after",
     "request_headers",
     "scrubbed",
+    "warn_about_security",
     "update_verdict",
 ]
 
@@ -169,3 +173,37 @@ def scrubbed(exc: DeliveryError, token: str) -> DeliveryError:
         retryable=exc.retryable,
         retry_after=exc.retry_after,
     )
+
+
+_log = get_logger("transport")
+
+
+def warn_about_security(url: str, *, unverified: Optional[str], proxy: object = None) -> None:
+    """
+    Log, once at a transport's creation, what weakens the connection to the remote.
+
+    Args:
+        url: The remote's base URL.
+        unverified: Why TLS certificates are not verified, or None if they are.
+        proxy: The proxy requests go through, if any (logged at INFO).
+    """
+    if url.startswith("https:") and unverified is not None:
+        safe_log(
+            _log,
+            logging.WARNING,
+            "TLS CERTIFICATE VERIFICATION IS OFF (%s): anyone on the network path to %s "
+            "can read the token and forge the remote's answers; trust a private CA with "
+            "remote.ca_bundle instead",
+            unverified,
+            url,
+        )
+    elif url.startswith("http:") and not is_loopback_url(url):
+        safe_log(
+            _log,
+            logging.WARNING,
+            "remote.url %s is plain http:// to another machine: the token and the statuses "
+            "cross the network unencrypted; use https:// in production",
+            url,
+        )
+    if proxy is not None:
+        safe_log(_log, logging.INFO, "reaching %s through the proxy %s", url, proxy)

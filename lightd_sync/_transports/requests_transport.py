@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import socket
 import threading
@@ -20,17 +19,24 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .._config import RemoteConfig, is_loopback_url
+from .._config import RemoteConfig
 from .._exceptions import (
     ConfigError,
     DeliveryError,
     RemoteTimeoutError,
     RemoteUnreachableError,
 )
-from .._logutil import get_logger, safe_log
+from .._logutil import get_logger
 from .._model import Update
 from .base import Transport
-from .protocol import encode_body, health_verdict, request_headers, scrubbed, update_verdict
+from .protocol import (
+    encode_body,
+    health_verdict,
+    request_headers,
+    scrubbed,
+    update_verdict,
+    warn_about_security,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -300,28 +306,12 @@ class RequestsTransport(Transport):
         return os.getpid(), session, adapter
 
     def _warn_at_creation(self, config: RemoteConfig, session: Optional[requests.Session]) -> None:
-        given_unverified = session is not None and session.verify is False
-        if self.url.startswith("https:") and (not config.verify or given_unverified):
-            why = "remote.verify is false" if not config.verify else "the session has verify=False"
-            safe_log(
-                log,
-                logging.WARNING,
-                "TLS CERTIFICATE VERIFICATION IS OFF (%s): anyone on the network path to %s "
-                "can read the token and forge the remote's answers; trust a private CA with "
-                "remote.ca_bundle instead",
-                why,
-                self.url,
-            )
-        elif self.url.startswith("http:") and not is_loopback_url(self.url):
-            safe_log(
-                log,
-                logging.WARNING,
-                "remote.url %s is plain http:// to another machine: the token and the statuses "
-                "cross the network unencrypted; use https:// in production",
-                self.url,
-            )
-        if self._proxy is not None:
-            safe_log(log, logging.INFO, "reaching %s through the proxy %s", self.url, self._proxy)
+        unverified = None
+        if not config.verify:
+            unverified = "remote.verify is false"
+        elif session is not None and session.verify is False:
+            unverified = "the session has verify=False"
+        warn_about_security(self.url, unverified=unverified, proxy=self._proxy)
 
     def __repr__(self) -> str:
         via = f", proxy={self._proxy!r}" if self._proxy is not None else ""
