@@ -18,13 +18,15 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import attrs
-import cattrs
 
 from ._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["RemoteConfig", "is_loopback_url", "load_config", "make_converter", "redact_token"]
 
@@ -284,6 +286,8 @@ def make_converter() -> cattrs.Converter:
     every value through unchanged so that the classes' validators judge it
     (cattrs would otherwise turn ``"false"`` into ``True``).
     """
+    import cattrs  # only load_config needs it: keeps `import lightd_sync` cheap
+
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     for tp in (bool, int, float, str, Optional[str]):
         converter.register_structure_hook(tp, lambda value, _type: value)
@@ -300,7 +304,9 @@ def _closest(key: str) -> str:
 def _find_config_error(exc: BaseException) -> Optional[ConfigError]:
     if isinstance(exc, ConfigError):
         return exc
-    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+    from cattrs import ForbiddenExtraKeysError
+
+    if isinstance(exc, ForbiddenExtraKeysError):
         return ConfigError(_closest(sorted(map(str, exc.extra_fields))[0]))
     for inner in getattr(exc, "exceptions", ()):
         found = _find_config_error(inner)
