@@ -69,6 +69,7 @@ class EngineCore:
         self._submitted = self._delivered = self._failed = self._dropped = 0
         self._superseded = self._resynced = self._pending = 0
         self._queue_size = config.queue_size
+        self._max_servers = config.max_servers  # read on the hot path: no attribute chain
         self._closed = False  # no new updates
         self._final = False  # counters are final; late outcomes are ignored
         self._abort = threading.Event()  # close() ran out of time: fail what is left
@@ -105,13 +106,13 @@ class EngineCore:
         latest = self._latest
         latest[server] = item
         latest.move_to_end(server)
-        if len(latest) > self._config.max_servers:
+        if len(latest) > self._max_servers:
             latest.popitem(last=False)
         if not self._closed and self._pending < self._queue_size:
             self._pending += 1
-            item[4] = True
             self._lanes[hash(server) % self._nlanes].put(item)
             return True
+        item[4] = False
         self._dropped += 1
         if self._config.resync and not self._closed:
             self._remember_unacked(item)

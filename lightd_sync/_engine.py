@@ -217,10 +217,14 @@ class SyncEngine(Reloading):
     def _submit(self, server: str, status: Status, data: Optional[str]) -> bool:
         if self._pid != os.getpid():
             self._start()
-        with self._lock:
-            if self._enqueue_locked([server, status, data, None, False]):
+        lock = self._lock
+        lock.acquire()  # cheaper than `with` on the hot path
+        try:
+            if self._enqueue_locked([server, status, data, None, True]):
                 return True
             due = self._drop_log.hit()
+        finally:
+            lock.release()
         if due is not None:
             why = (
                 "the engine is closed"

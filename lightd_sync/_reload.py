@@ -123,6 +123,7 @@ class Reloading(EngineCore):
                 raise LightdSyncError("reload: the engine is closed")
             self._config = config
             self._queue_size = config.queue_size
+            self._max_servers = config.max_servers
             if transport is not self._transport:
                 old = self._transport
                 self._transport = transport
