@@ -60,10 +60,16 @@ class EngineCore:
         self._transport = transport
         # _lock guards every field below that is not a threading primitive:
         # the counters, the lanes list and every put on a lane (so nothing
-        # lands behind a lane's STOP), _latest, _unacked, _users, _retired and
-        # the _closed/_final flags. Reentrant: close() may run in a signal
-        # handler that interrupted update() in the same thread.
+        # lands behind a lane's STOP), _latest, _unacked and the _closed/_final
+        # flags. Reentrant: close() may run in a signal handler that
+        # interrupted update() in the same thread.
         self._lock = threading.RLock()
+        # _tlock guards which transport is current (_transport), who uses one
+        # now (_users) and the ones a reload replaced (_retired). Its own lock,
+        # so that a delivery takes _lock once (to settle), not three times:
+        # update() never waits behind a lane's bookkeeping. Taken after _lock,
+        # never before it; reentrant for the same reason as _lock.
+        self._tlock = threading.RLock()
         self._idle = threading.Condition(self._lock)  # notified when pending hits 0
         self._flush_waiters = 0
         self._submitted = self._delivered = self._failed = self._dropped = 0
@@ -128,14 +134,14 @@ class EngineCore:
     # -- transports in use -------------------------------------------------
 
     def _acquire(self) -> Transport:
-        with self._lock:
+        with self._tlock:
             transport = self._transport
             key = id(transport)
             self._users[key] = self._users.get(key, 0) + 1
             return transport
 
     def _release(self, transport: Transport) -> None:
-        with self._lock:
+        with self._tlock:
             key = id(transport)
             left = self._users[key] - 1
             if left:

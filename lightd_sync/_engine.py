@@ -345,7 +345,7 @@ class SyncEngine(Reloading):
         soft = deadline - min(0.1, budget / 10)
         if not all(lane.join(soft - time.monotonic()) for lane in lanes):
             self._abort.set()
-        with self._lock:
+        with self._tlock:
             transports = [self._transport, *self._retired]
             self._retired = []
         for transport in transports:

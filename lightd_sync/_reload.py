@@ -115,24 +115,28 @@ class Reloading(EngineCore):
         return result
 
     def _apply(self, config: RemoteConfig, transport: Transport, result: ReloadResult) -> None:
-        idle: list[Transport] = []
+        idle: list[Transport] = []  # transports to close now (no I/O under the locks)
         with self._lock:
-            if self._closed:
+            closed = self._closed
+            if closed:
                 if transport is not self._transport:
-                    close_quietly(transport)
-                raise LightdSyncError("reload: the engine is closed")
-            self._config = config
-            self._queue_size = config.queue_size
-            self._max_servers = config.max_servers
-            if transport is not self._transport:
-                old = self._transport
-                self._transport = transport
-                (self._retired if id(old) in self._users else idle).append(old)
-            if "workers" in result.changed and self._lanes:
-                self._replace_lanes(config.workers)
+                    idle.append(transport)  # built for nothing
+            else:
+                self._config = config
+                self._queue_size = config.queue_size
+                self._max_servers = config.max_servers
+                with self._tlock:
+                    if transport is not self._transport:
+                        old = self._transport
+                        self._transport = transport
+                        (self._retired if id(old) in self._users else idle).append(old)
+                if "workers" in result.changed and self._lanes:
+                    self._replace_lanes(config.workers)
             monitor = self._monitor
         for old in idle:
             close_quietly(old)
+        if closed:
+            raise LightdSyncError("reload: the engine is closed")
         if monitor is not None:
             monitor.interval = config.health_interval
             if {"url", "token", "transport", "enabled"} & set(result.changed):
