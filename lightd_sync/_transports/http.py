@@ -10,7 +10,7 @@ import ssl
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import urllib3
@@ -26,6 +26,7 @@ from .._exceptions import (
 )
 from .._logutil import get_logger, safe_log
 from .._model import Update
+from . import _direct
 from ._pools import Pool, Proxy, choose_proxy, plan_pools
 from .base import Transport
 from .protocol import (
@@ -38,6 +39,10 @@ from .protocol import (
 )
 
 __all__ = ["HttpTransport"]
+
+# What a request returns: urllib3's response, or the direct POST's answer.
+# (A string: urllib3 1.26 has no BaseHTTPResponse at run time.)
+_Response = Union["urllib3.BaseHTTPResponse", _direct.Answer]
 
 log = get_logger("transport")
 
@@ -165,6 +170,9 @@ class HttpTransport(Transport):
         self._post_headers = request_headers(config.token, post=True)
         self._get_headers = request_headers(config.token, post=False)
         self._update_path = f"{self._base_path}/update"
+        self._post_head = _direct.encode_head(
+            self._update_path, urlsplit(self.url).netloc, self._post_headers
+        )
         self._health_path = f"{self._base_path}/health"
         # Guards _closed and replacing _conn (in a forked child).
         self._lock = threading.Lock()
@@ -218,8 +226,12 @@ class HttpTransport(Transport):
         path: str,
         body: Optional[bytes],
         headers: dict[str, str],
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> _Response:
         manager, pool = conn
+        if manager is None and body is not None:  # a POST straight to the remote: the hot path
+            return _direct.post(
+                pool, self._post_head, headers.get("X-Lightd-Event-Id"), body, self._timeout
+            )
         kw: dict[str, Any] = {
             "body": body,
             "headers": headers,
@@ -237,7 +249,7 @@ class HttpTransport(Transport):
         path: str,
         body: Optional[bytes],
         headers: Optional[dict[str, str]] = None,
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> _Response:
         if self._closed:
             raise RemoteUnreachableError(f"{method} {path}: the transport is closed")
         if self._pid != os.getpid():  # a forked child whose fork hook did not run (uWSGI)
@@ -279,7 +291,7 @@ class HttpTransport(Transport):
             f"{what}: {reason}".replace(self._scrub, "<token>"), retryable=True
         )
 
-    def _judge(self, verdict: _Verdict, what: str, response: urllib3.BaseHTTPResponse) -> None:
+    def _judge(self, verdict: _Verdict, what: str, response: _Response) -> None:
         status = response.status
         if 300 <= status < 400:
             to = _shown_location(response.headers.get("Location"))
