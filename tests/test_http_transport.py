@@ -285,3 +285,25 @@ def test_a_connection_that_completes_after_close_cuts_itself(fault_remote: Fault
         conn.sock.send(b"GET / HTTP/1.1\r\n\r\n")
     conn.close()
     assert not fault_remote.requests
+
+
+# -- the direct POST path (_transports/_direct.py) --------------------------------
+
+
+def test_the_post_names_the_host_and_port_and_its_length(remote: ScriptedRemote) -> None:
+    with HttpTransport(http_config(remote.url + "/api")) as t:
+        t.send(attrs.evolve(Update("s", "ready"), event_id="01a22852-b2c9-7000-bf90-988d229c7f0c"))
+    [req] = remote.posts()
+    assert f"127.0.0.1:{remote.port}" == req.headers["Host"]
+    assert str(len(req.body)) == req.headers["Content-Length"]
+    assert "01a22852-b2c9-7000-bf90-988d229c7f0c" == req.headers["X-Lightd-Event-Id"]
+
+
+def test_a_remote_that_closes_after_each_answer_is_followed() -> None:
+    """`Connection: close` answers: every next POST opens a new connection and succeeds."""
+    closing = Reply(headers=(("Content-Type", "application/json"), ("Connection", "close")))
+    for server in scripted(closing):
+        with HttpTransport(http_config(server.url)) as t:
+            for _ in range(5):
+                t.send(Update("s", "ready"))
+        assert 5 == len(server.posts())
