@@ -19,6 +19,7 @@ from ._lanes import Lane
 from ._logutil import get_logger, safe_log
 from ._model import (
     _STATUS_BY_VALUE,
+    MAX_SERVER_ID_LENGTH,
     HealthState,
     Lifecycle,
     Status,
@@ -37,7 +38,6 @@ log = get_logger("engine")
 
 #: What ``timeout=None`` means for :meth:`SyncEngine.close` and :meth:`SyncEngine.flush`.
 DEFAULT_WAIT = 5.0
-_MAX_SERVER = 255
 
 # Every engine, for the fork hook; engines with threads, for the exit hook.
 # Weak: an engine the daemon dropped is not kept alive by us.
@@ -179,7 +179,7 @@ class SyncEngine(Reloading):
             st = parse_status(status)  # raises the error that says what is wrong
         if (
             type(server) is not str
-            or not 0 < len(server) <= _MAX_SERVER
+            or not 0 < len(server) <= MAX_SERVER_ID_LENGTH
             or not server.isprintable()
         ):
             check_server_id(server)
