@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +33,6 @@ from .servers import (
     Reply,
     Request,
     ScriptedRemote,
-    SilentServer,
     serving,
     wait_until,
 )
@@ -48,30 +46,6 @@ def scripted(reply: Reply) -> Iterator[ScriptedRemote]:
 def transport(remote: ScriptedRemote) -> Iterator[HttpTransport]:
     with HttpTransport(http_config(remote.url + "/api")) as t:
         yield t
-
-
-def test_close_wakes_a_request_blocked_on_a_silent_remote(silent: SilentServer) -> None:
-    """close() from another thread makes a blocked send fail at once, not after the timeout."""
-    t = HttpTransport(http_config(silent.url, timeout=30))
-    errors: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            t.send(Update("s", "ready"))
-        except BaseException as exc:
-            errors.append(exc)
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    assert silent.accepted.acquire(timeout=5)
-    started = time.monotonic()
-    t.close()
-    sender.join(5)
-    assert not sender.is_alive()
-    assert time.monotonic() - started < 2
-    [err] = errors
-    assert isinstance(err, RemoteUnreachableError)
-    assert "closed" in str(err)
 
 
 def test_keep_alive_reuses_connections(remote: ScriptedRemote, transport: HttpTransport) -> None:

@@ -7,8 +7,6 @@ import logging
 import os
 import ssl
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from lightd_sync import (
 from lightd_sync._transports.requests_transport import RequestsTransport
 
 from .conftest import TOKEN, LogCapture, http_config
-from .servers import Reply, ScriptedRemote, SilentServer, serving
+from .servers import Reply, ScriptedRemote, serving
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -53,35 +51,6 @@ def transport(remote: ScriptedRemote) -> Iterator[RequestsTransport]:
 
 
 # -- the cases of test_http_transport.py -------------------------------------------
-
-
-@pytest.mark.parametrize("scheme", ["http", "https"])
-def test_close_wakes_a_request_blocked_on_a_silent_remote(
-    silent: SilentServer, scheme: str
-) -> None:
-    """Waiting for the answer, or (https) in the TLS handshake: close() ends it at once."""
-    t = RequestsTransport(http_config(silent.url.replace("http", scheme, 1), timeout=30))
-    errors: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            t.send(Update("s", "ready"))
-        except BaseException as exc:
-            errors.append(exc)
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    assert silent.accepted.acquire(timeout=5)
-    started = time.monotonic()
-    t.close()
-    sender.join(5)
-    assert not sender.is_alive()
-    assert time.monotonic() - started < 2
-    [err] = errors
-    assert isinstance(err, RemoteUnreachableError)
-    assert "closed" in str(err)
-    with pytest.raises(RemoteUnreachableError, match="the transport is closed"):
-        t.send(Update("s", "ready"))
 
 
 def test_keep_alive_reuses_connections(

@@ -8,6 +8,7 @@ servers on 127.0.0.1. What only one transport does is tested in its own module.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Callable
@@ -192,3 +193,36 @@ def test_a_remote_echoing_the_token_never_leaks_it(make: Make) -> None:
 
 def test_repr_has_no_token(transport: Transport) -> None:
     assert TOKEN not in repr(transport)
+
+
+@pytest.mark.parametrize(
+    ("make", "scheme"),
+    [(HttpTransport, "http"), (RequestsTransport, "http"), (RequestsTransport, "https")],
+    ids=["http", "requests", "requests-tls-handshake"],
+)
+def test_close_wakes_a_request_blocked_on_a_silent_remote(
+    silent: SilentServer, make: Make, scheme: str
+) -> None:
+    """Waiting for the answer, or in the TLS handshake: close() from another thread ends it."""
+    t = make(http_config(silent.url.replace("http", scheme, 1), timeout=30))
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            t.send(Update("s", "ready"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert silent.accepted.acquire(timeout=5)
+    started = time.monotonic()
+    t.close()
+    sender.join(5)
+    assert not sender.is_alive()
+    assert time.monotonic() - started < 2
+    [err] = errors
+    assert isinstance(err, RemoteUnreachableError)
+    assert "closed" in str(err)
+    with pytest.raises(RemoteUnreachableError, match="the transport is closed"):
+        t.send(Update("s", "ready"))
