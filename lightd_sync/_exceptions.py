@@ -27,6 +27,7 @@ __all__ = [
     "LightdSyncError",
     "RemoteRejectedError",
     "RemoteTimeoutError",
+    "REASONS",
     "RemoteUnreachableError",
 ]
 
@@ -58,7 +59,12 @@ class DeliveryError(LightdSyncError):
         status: The HTTP status code, when the remote answered at all.
         retryable: Whether sending the same request again may succeed
             (connection errors, timeouts, 429, 502, 503, 504).
-        retry_after: Seconds the remote asked us to wait (``Retry-After``).
+        retry_after: Seconds the remote asked us to wait (``Retry-After``),
+            as the remote said it (the engine caps it at ``max_retry_after``).
+        reason: A short stable code for why (see :data:`REASONS`); by default
+            derived from the class and *status*.
+
+    .. versionadded:: 0.2.0 *reason*.
     """
 
     def __init__(
@@ -68,19 +74,53 @@ class DeliveryError(LightdSyncError):
         status: Optional[int] = None,
         retryable: bool = False,
         retry_after: Optional[float] = None,
+        reason: Optional[str] = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        if reason is None:
+            reason = self._default_reason()
+        elif reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}; expected one of {', '.join(REASONS)}")
+        self.reason = reason
+
+    def _default_reason(self) -> str:
+        status = self.status
+        if status is None:
+            return "unreachable"
+        if status in (401, 403):
+            return "auth"
+        if 300 <= status < 400:
+            return "redirect"
+        if 400 <= status < 500:
+            return "http_4xx"
+        if status >= 500:
+            return "http_5xx"
+        return "rejected"
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only arguments do not survive the default pickling.
         return (
             _rebuild,
-            (type(self), self.message, self.status, self.retryable, self.retry_after),
+            (type(self), self.message, self.status, self.retryable, self.retry_after, self.reason),
         )
+
+
+#: Every reason a delivery can fail for, as :attr:`DeliveryError.reason` gives it.
+REASONS = (
+    "timeout",  # no complete answer within remote.timeout
+    "unreachable",  # refused, reset, DNS, TLS, proxy: nothing usable answered
+    "auth",  # 401 or 403
+    "http_4xx",  # another 4xx
+    "http_5xx",  # a 5xx
+    "rejected",  # 2xx without "success": true, or a body that is not JSON
+    "too_large",  # the answer was larger than the engine reads (64 KiB)
+    "redirect",  # 3xx: never followed (it would carry the token elsewhere)
+    "closed",  # cut off by close() (or the transport was closed)
+)
 
 
 def _rebuild(
@@ -89,8 +129,9 @@ def _rebuild(
     status: Optional[int],
     retryable: bool,
     retry_after: Optional[float],
+    reason: str,
 ) -> DeliveryError:
-    return cls(message, status=status, retryable=retryable, retry_after=retry_after)
+    return cls(message, status=status, retryable=retryable, retry_after=retry_after, reason=reason)
 
 
 class RemoteUnreachableError(DeliveryError):
@@ -99,6 +140,9 @@ class RemoteUnreachableError(DeliveryError):
 
 class RemoteTimeoutError(DeliveryError):
     """The remote did not answer within the configured ``timeout``."""
+
+    def _default_reason(self) -> str:
+        return "timeout"
 
 
 class AuthRejectedError(DeliveryError):
