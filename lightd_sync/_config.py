@@ -245,6 +245,9 @@ class RemoteConfig:
     shutdown_timeout: float = attrs.field(
         default=2.0, converter=_to_float, validator=_positive_number
     )
+    max_retry_after: float = attrs.field(
+        default=300.0, converter=_to_float, validator=_positive_number
+    )
     verify: bool = attrs.field(default=True, validator=_bool)
     ca_bundle: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
     client_cert: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)

@@ -1,4 +1,23 @@
-"""The sync engine: takes updates from the daemon's threads and delivers them in the background."""
+"""
+The sync engine: the facade that owns the public API and the lifecycle.
+
+Each piece of state has one owner (see ``docs/engine.md``):
+
+- :class:`~lightd_sync._ledger.Ledger`: admission into the lanes, the queue
+  bound, every counter, the latency histogram, the log throttles;
+- :class:`~lightd_sync._book.ResyncBook`: each server's latest update and the
+  ones the remote missed;
+- :class:`~lightd_sync._slot.TransportSlot`: the transport in use and the ones
+  a reload replaced;
+- :class:`~lightd_sync._lanes.Lanes`: the delivery threads of one generation;
+- :class:`~lightd_sync._delivery.Deliverer`: what a lane does with an update,
+  asking the :class:`~lightd_sync._policy.DeliveryPolicy` (a frozen value)
+  what follows each failure, and the remote's ``Retry-After`` pause;
+- :class:`~lightd_sync._health.HealthMonitor`: the health timer thread.
+
+:class:`SyncEngine` wires them, starts and stops their threads, and swaps
+them on :meth:`~SyncEngine.reload`.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +31,21 @@ import weakref
 from types import TracebackType
 from typing import Optional, Union
 
+from ._book import ResyncBook
 from ._config import RemoteConfig, load_config
-from ._core import close_quietly
-from ._health import HealthMonitor
-from ._lanes import Lane
+from ._delivery import Deliverer, OutcomeHook
+from ._exceptions import ConfigError, LightdSyncError
+from ._forksafe import after_fork_in_child
+from ._health import HealthMonitor, HealthTracker
+from ._lanes import Lanes
+from ._ledger import DROPPED, Ledger
 from ._logutil import get_logger, safe_log
 from ._model import (
     _STATUS_BY_VALUE,
+    MAX_MESSAGE_LENGTH,
     MAX_SERVER_ID_LENGTH,
     HealthState,
+    LatencyHistogram,
     Lifecycle,
     Status,
     SyncStats,
@@ -28,7 +53,10 @@ from ._model import (
     parse_lifecycle,
     parse_status,
 )
-from ._reload import Reloading
+from ._pending import Pending
+from ._policy import DeliveryPolicy, bounded
+from ._reload import TRANSPORT_KEYS, ReloadResult, SighupReload
+from ._slot import TransportSlot, close_quietly
 from ._transports.base import Transport
 from ._transports.registry import make_transport
 
@@ -39,12 +67,11 @@ log = get_logger("engine")
 #: What ``timeout=None`` means for :meth:`SyncEngine.close` and :meth:`SyncEngine.flush`.
 DEFAULT_WAIT = 5.0
 
-# Every engine, for the fork hook; engines with threads, for the exit hook.
-# Weak: an engine the daemon dropped is not kept alive by us.
-_ALL: weakref.WeakSet[SyncEngine] = weakref.WeakSet()
+# Engines with threads, for the exit hook. Weak: an engine the daemon dropped
+# is not kept alive by us. A WeakSet is thread-safe for add/discard/iteration copies.
 _OPEN: weakref.WeakSet[SyncEngine] = weakref.WeakSet()
-_hooks_lock = threading.Lock()  # guards _hooks_installed
-_hooks_installed = False
+_exit_hook_lock = threading.Lock()  # guards _exit_hook_installed
+_exit_hook_installed = False
 
 
 def _close_all_at_exit() -> None:
@@ -54,28 +81,36 @@ def _close_all_at_exit() -> None:
         return
     deadline = time.monotonic() + max(e.config.shutdown_timeout for e in engines)
     for engine in engines:  # stop taking updates everywhere first, so all drain at once
-        engine._begin_close()
+        engine._ledger.close()
     for engine in engines:
         engine.close(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _reset_all_in_child() -> None:
-    for engine in list(_ALL):
-        engine._reset_after_fork()
+def _install_exit_hook() -> None:
+    global _exit_hook_installed
+    with _exit_hook_lock:
+        if not _exit_hook_installed:
+            atexit.register(_close_all_at_exit)
+            _exit_hook_installed = True
 
 
-def _install_hooks() -> None:
-    global _hooks_installed
-    with _hooks_lock:
-        if _hooks_installed:
-            return
-        atexit.register(_close_all_at_exit)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_reset_all_in_child)
-        _hooks_installed = True
+def _reset_exit_hook_lock() -> None:
+    global _exit_hook_lock
+    _exit_hook_lock = threading.Lock()
 
 
-class SyncEngine(Reloading):
+after_fork_in_child(_reset_exit_hook_lock)
+
+
+def _budget(timeout: Optional[float]) -> float:
+    """Seconds to wait for a ``timeout`` argument: any non-negative number, inf included."""
+    if timeout is None:
+        return DEFAULT_WAIT
+    seconds = float(timeout)
+    return seconds if seconds > 0 else 0.0  # negative and nan mean "do not wait"
+
+
+class SyncEngine:
     """
     Deliver status updates to the remote from a bounded pool of background threads.
 
@@ -87,7 +122,8 @@ class SyncEngine(Reloading):
 
     Failed deliveries are retried ``config.retries`` times when that can help;
     with ``config.resync`` the latest update of every server that the remote
-    missed is re-sent once it answers again.
+    missed is re-sent once it answers again (at most once per server per
+    ``health_interval``).
 
     Threads (named ``lightd-sync-…``, daemon) start on the first call that
     needs them. :meth:`close` (or leaving a ``with`` block) delivers what it
@@ -99,36 +135,86 @@ class SyncEngine(Reloading):
         config: The validated remote config.
         transport: Use this transport instead of the one *config* selects
             (for tests, or a transport built by hand); it is kept on reload.
+        on_outcome: Called with an :class:`~lightd_sync.Outcome` once for
+            every update when it is settled: from a lane thread for
+            delivered, failed and superseded updates, from the calling thread
+            for dropped ones; never while a library lock is held. What it
+            raises is logged (throttled) and never stops delivery.
 
     Raises:
         ConfigError: *config* names a transport that does not exist.
+
+    .. versionadded:: 0.2.0 *on_outcome*.
     """
 
-    def __init__(self, config: RemoteConfig, *, transport: Optional[Transport] = None) -> None:
+    def __init__(
+        self,
+        config: RemoteConfig,
+        *,
+        transport: Optional[Transport] = None,
+        on_outcome: Optional[OutcomeHook] = None,
+    ) -> None:
         if not isinstance(config, RemoteConfig):
             raise TypeError(f"config must be a RemoteConfig, not {type(config).__name__}")
+        if on_outcome is not None and not callable(on_outcome):
+            raise TypeError(f"on_outcome must be callable, not {type(on_outcome).__name__}")
         self._own_transport = transport is None
-        self._init_state(config, transport if transport is not None else make_transport(config))
-        self._init_lifecycle()
+        self._on_outcome = on_outcome
         self._source: Optional[str] = None
-        _install_hooks()
-        _ALL.add(self)
+        self._config = config
+        self._build(config, transport if transport is not None else make_transport(config))
+        # One reload at a time (it builds a transport: I/O, so not under _lifecycle).
+        self._reload_lock = threading.Lock()
+        after_fork_in_child(self._after_fork_in_child)
+        _install_exit_hook()
 
-    def _init_lifecycle(self) -> None:
+    def _build(self, config: RemoteConfig, transport: Transport) -> None:
+        """Make the collaborators and the lifecycle state (in __init__ and in a forked child)."""
+        self._ledger = Ledger(config.queue_size)
+        self._book = ResyncBook(config.max_servers, resync=config.resync)
+        self._slot = TransportSlot(transport)
+        self._deliverer = Deliverer(
+            self._ledger,
+            self._book,
+            self._slot,
+            DeliveryPolicy.from_config(config),
+            on_missed=self._probe,
+            on_outcome=self._on_outcome,
+        )
+        self._health = HealthTracker(self._check_transport, on_healthy=self._resync)
+        self._deliverer.secret = self._health.secret = config.token
+        # Guards the lifecycle: _pid, _closing, _lanes, _old_lanes, _gates,
+        # _monitor and _sighup. Reentrant: close() may run in a signal handler
+        # that interrupted start() or close() in the same thread.
+        self._lifecycle = threading.RLock()
         self._pid: Optional[int] = None  # the process whose threads run; None: not started
-        self._start_lock = threading.Lock()  # guards starting the threads once per process
-        self._close_lock = threading.Lock()  # guards _close_done: one close at a time
-        self._close_done = False
-        self._stopping = False  # _begin_close ran (guarded by _lock)
-        self._reload_lock = threading.Lock()  # one reload at a time
-        self._gate: Optional[threading.Event] = None  # new lanes wait on it after a reload
-        self._reload_waker: Optional[threading.Event] = None  # set by the SIGHUP handler
-        self._reload_thread: Optional[threading.Thread] = None
-        self._old_lanes: list[Lane] = []  # lanes a reload replaced, until they end
+        self._closing = False  # close() began: nothing starts any more
+        self._closed = threading.Event()  # close() finished
+        self._lanes: Optional[Lanes] = None
+        self._old_lanes: list[Lanes] = []  # replaced by a reload, until they end
+        self._gates: list[threading.Event] = []  # new lanes wait on them after a reload
+        self._generation = 0
+        self._monitor: Optional[HealthMonitor] = None
+        self._sighup: Optional[SighupReload] = None
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's threads, locks, queues and counters."""
+        closing = self._closing
+        self._build(self._config, self._slot.current)
+        self._reload_lock = threading.Lock()
+        if closing:
+            self._closing = True
+            self._ledger.close()
+            self._closed.set()
+        _OPEN.discard(self)
 
     @classmethod
     def from_file(
-        cls, path: Union[str, os.PathLike[str]], *, transport: Optional[Transport] = None
+        cls,
+        path: Union[str, os.PathLike[str]],
+        *,
+        transport: Optional[Transport] = None,
+        on_outcome: Optional[OutcomeHook] = None,
     ) -> SyncEngine:
         """
         Build an engine from a Lightd ``config.json`` (environment overrides apply).
@@ -138,15 +224,16 @@ class SyncEngine(Reloading):
         Raises:
             ConfigError: The file cannot be read or is invalid.
         """
-        engine = cls(load_config(path), transport=transport)
+        engine = cls(load_config(path), transport=transport, on_outcome=on_outcome)
         engine._source = os.fspath(path)
         return engine
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("running" if self._pid else "idle")
+        running = self._pid == os.getpid()
+        state = "closed" if self._closing else ("running" if running else "idle")
         return (
-            f"<SyncEngine {state} transport={self._transport!r} "
-            f"workers={self._config.workers} pending={self._pending}>"
+            f"<SyncEngine {state} transport={self._slot.current!r} "
+            f"workers={self._config.workers} pending={self._ledger.stats().pending}>"
         )
 
     @property
@@ -155,9 +242,27 @@ class SyncEngine(Reloading):
         return self._config
 
     @property
+    def source(self) -> Optional[str]:
+        """
+        The ``config.json`` the engine was built from (:meth:`from_file`), or ``None``.
+
+        .. versionadded:: 0.2.0
+        """
+        return self._source
+
+    @property
+    def closed(self) -> bool:
+        """
+        Whether :meth:`close` was called: updates are dropped from then on.
+
+        .. versionadded:: 0.2.0
+        """
+        return self._closing
+
+    @property
     def transport(self) -> Transport:
         """The transport updates are sent through now."""
-        return self._transport
+        return self._slot.current
 
     # -- the hot path ------------------------------------------------------
 
@@ -189,11 +294,17 @@ class SyncEngine(Reloading):
         """
         Queue an error update of *server* (``"error": "failed"`` with *message* as ``data``).
 
-        Returns and raises as :meth:`update`; *message* must be a string.
+        A *message* longer than 8,192 characters is cut to its first 8,192
+        (never refused). Returns and raises as :meth:`update`; *message* must
+        be a string.
+
+        .. versionchanged:: 0.2.0 Long messages are cut to 8,192 characters.
         """
         check_server_id(server)
         if not isinstance(message, str):
             raise TypeError(f"message must be a str, not {type(message).__name__}")
+        if len(message) > MAX_MESSAGE_LENGTH:
+            message = message[:MAX_MESSAGE_LENGTH]
         return self._submit(server, Status.FAILED, message)
 
     def lifecycle(
@@ -217,28 +328,26 @@ class SyncEngine(Reloading):
     def _submit(self, server: str, status: Status, data: Optional[str]) -> bool:
         if self._pid != os.getpid():
             self._start()
-        lock = self._lock
-        lock.acquire()  # cheaper than `with` on the hot path
-        try:
-            if self._enqueue_locked([server, status, data, None, True]):
-                return True
-            due = self._drop_log.hit()
-        finally:
-            lock.release()
-        if due is not None:
-            why = (
-                "the engine is closed"
-                if self._closed
-                else f"the queue is full ({self._queue_size})"
-            )
+        item = Pending(server, status, data)
+        self._book.record(item)
+        dropped = self._ledger.admit(item)
+        if dropped is None:
+            return True
+        reason, due = dropped
+        if reason == "queue_full":
+            self._book.missed(item)  # re-sent once the queue has room and the remote is healthy
+        if due:
+            why = "the engine is closed" if reason == "closed" else "the queue is full"
             safe_log(
                 log,
                 logging.WARNING,
-                "dropped %d update(s): %s (drops are summed up at most once per %g s)",
+                "dropped %d update(s): %s (%d); drops are summed up at most once per %g s",
                 due,
                 why,
-                self._drop_log.window,
+                self._ledger.queue_size,
+                self._ledger.drop_window(),
             )
+        self._deliverer.notify(item, DROPPED, reason)
         return False
 
     # -- lifecycle ---------------------------------------------------------
@@ -250,40 +359,31 @@ class SyncEngine(Reloading):
         return self
 
     def _start(self) -> None:
-        if self._pid is not None and self._pid != os.getpid():
-            self._reset_after_fork()  # a pre-forking server whose fork hook did not run
-        with self._start_lock:
-            if self._pid == os.getpid() or self._closed:
+        with self._lifecycle:
+            if self._pid is not None and self._pid != os.getpid():
+                self._after_fork_in_child()  # a pre-forking server whose fork hook did not run
+            if self._pid == os.getpid() or self._closing:
                 return
-            lanes = self._new_lanes(self._config.workers, None)
-            monitor = HealthMonitor(self._health, self._config.health_interval)
+            config = self._config
+            lanes = Lanes(config.workers, self._deliverer.deliver)
+            monitor = HealthMonitor(self._health, config.health_interval)
             try:
                 if sys.is_finalizing():
                     raise RuntimeError("the interpreter is shutting down")
-                for lane in lanes:
-                    lane.start()
+                lanes.start()
                 monitor.start()
             except RuntimeError as exc:  # "can't create new thread at interpreter shutdown"
-                with self._lock:
-                    self._closed = True
-                for lane in lanes:
-                    lane.stop()
+                self._closing = True
+                self._ledger.close()
+                lanes.stop()
                 monitor.stop()
+                self._closed.set()
                 safe_log(log, logging.WARNING, "not started: %s; updates are dropped", exc)
                 return
-            with self._lock:
-                self._lanes, self._nlanes = lanes, len(lanes)
-                self._monitor = monitor
-                self._pid = os.getpid()
-            _OPEN.add(self)
-
-    def _reset_after_fork(self) -> None:
-        """In a forked child: forget the parent's threads, locks, queues and counters."""
-        was_closed = self._closed
-        self._init_state(self._config, self._transport)
-        self._init_lifecycle()
-        self._closed = self._close_done = was_closed
-        _OPEN.discard(self)
+            self._ledger.reroute(lanes)
+            self._lanes, self._monitor = lanes, monitor
+            self._pid = os.getpid()
+        _OPEN.add(self)
 
     def __enter__(self) -> SyncEngine:
         return self.start()
@@ -301,69 +401,59 @@ class SyncEngine(Reloading):
         Deliver what is queued until *timeout* seconds have passed, then stop.
 
         Returns by the deadline even when the remote never answers: requests
-        still in flight are cut off and what is left is counted as failed. No
-        ``lightd-sync`` thread remains. Idempotent, safe from any thread and
-        from a signal handler; later updates are dropped.
+        still in flight are cut off and what is left is counted as failed
+        (reason ``closed``). No ``lightd-sync`` thread remains, except one
+        blocked in a DNS lookup, which cannot be interrupted and ends by itself
+        within ``timeout``. Idempotent, safe from any thread, concurrently
+        with any other call, and from a signal handler; later updates are
+        dropped.
 
         Args:
-            timeout: Seconds to wait at most; ``None`` means 5 seconds.
+            timeout: Seconds to wait at most (any non-negative number,
+                ``math.inf`` included); ``None`` means 5 seconds.
         """
-        budget = DEFAULT_WAIT if timeout is None else max(0.0, float(timeout))
+        budget = _budget(timeout)
         deadline = time.monotonic() + budget
-        if not self._close_lock.acquire(timeout=budget):
-            return  # another thread is closing; it keeps its own deadline
+        with self._lifecycle:
+            if self._closing:
+                first = False
+            else:
+                first = self._closing = True
+                lanes = [*self._old_lanes, *([self._lanes] if self._lanes else [])]
+                monitor, sighup = self._monitor, self._sighup
+                self._ledger.close()  # stops the current lanes after what is queued
+        if not first:  # another call is closing: wait for it, within our own deadline
+            self._closed.wait(bounded(deadline - time.monotonic()))
+            return
         try:
-            if not self._close_done:
-                self._begin_close()
-                self._finish_close(deadline, budget)
-                self._close_done = True
+            self._finish_close(lanes, monitor, sighup, deadline, budget)
         finally:
-            self._close_lock.release()
+            self._closed.set()
+            _OPEN.discard(self)
 
-    def _begin_close(self) -> None:
-        """Take no more updates and tell every thread to finish what is queued."""
-        with self._lock:
-            self._closed = True
-            if self._stopping:
-                return
-            self._stopping = True
-            for lane in self._lanes:
-                lane.stop()
-            if self._gate is not None:
-                self._gate.set()
-            if self._reload_waker is not None:
-                self._reload_waker.set()
-            monitor = self._monitor
+    def _finish_close(
+        self,
+        lanes: list[Lanes],
+        monitor: Optional[HealthMonitor],
+        sighup: Optional[SighupReload],
+        deadline: float,
+        budget: float,
+    ) -> None:
         if monitor is not None:
             monitor.stop()
-
-    def _finish_close(self, deadline: float, budget: float) -> None:
-        with self._lock:
-            lanes, monitor = list(self._lanes), self._monitor
-            lanes += self._old_lanes
         # Leave a little of the budget to cut off requests that never end.
         soft = deadline - min(0.1, budget / 10)
-        if not all(lane.join(soft - time.monotonic()) for lane in lanes):
-            self._abort.set()
-        with self._tlock:
-            transports = [self._transport, *self._retired]
-            self._retired = []
-        for transport in transports:
-            close_quietly(transport)
-        ended = all(lane.join(deadline - time.monotonic()) for lane in lanes)
+        if not all(lane.join(soft) for lane in lanes):
+            self._deliverer.abort.set()
+            for gate in self._gates:  # the lanes behind a gate fail what they hold, at once
+                gate.set()
+        self._slot.close_all()
+        ended = all(lane.join(deadline) for lane in lanes)
         if monitor is not None:
-            ended = monitor.join(deadline - time.monotonic()) and ended
-        if self._reload_thread is not None:
-            self._reload_thread.join(max(0.0, deadline - time.monotonic()))
-            ended = ended and not self._reload_thread.is_alive()
-        with self._lock:
-            left = self._pending
-            self._failed += left
-            self._pending = 0
-            self._final = True
-            self._idle.notify_all()
-            drops, fails = self._drop_log.take(), self._fail_log.take()
-        _OPEN.discard(self)
+            ended = monitor.join(deadline) and ended
+        if sighup is not None:
+            ended = sighup.stop(deadline) and ended
+        left, drops, fails = self._ledger.finish()
         if drops:
             safe_log(log, logging.WARNING, "%d more update(s) were dropped before close", drops)
         if fails or left:
@@ -377,6 +467,155 @@ class SyncEngine(Reloading):
         if not ended:
             safe_log(log, logging.WARNING, "a delivery thread did not stop by the close deadline")
 
+    # -- reload ------------------------------------------------------------------
+
+    def reload(self, config: Optional[RemoteConfig] = None) -> ReloadResult:
+        """
+        Apply a new config to the running engine; nothing queued is lost.
+
+        With no argument, re-read the file the engine was built from
+        (:meth:`from_file`). The new config is validated first: if it is
+        invalid nothing changes. Otherwise a new transport is built when a key
+        that shapes it changed; updates in flight finish on the old one (closed
+        once idle), queued and new ones go through the new one. ``workers``,
+        ``queue_size``, ``health_interval`` and the delivery policy change too;
+        per-server order holds across the change.
+
+        Raises:
+            ConfigError: The new config is invalid, or there is no file to re-read.
+            LightdSyncError: The engine is closed.
+
+        .. versionadded:: 0.1.0
+        """
+        with self._reload_lock:
+            if config is None:
+                if self._source is None:
+                    raise ConfigError(
+                        "reload: this engine was not built from a file; pass a RemoteConfig"
+                    )
+                config = load_config(self._source)
+            elif not isinstance(config, RemoteConfig):
+                raise TypeError(f"config must be a RemoteConfig, not {type(config).__name__}")
+            result = ReloadResult.between(self._config, config)
+            if not result.changed:
+                return result
+            changed = set(result.changed)
+            rebuild = self._own_transport and bool(TRANSPORT_KEYS & changed)
+            transport = make_transport(config) if rebuild else None
+            old = self._apply(config, transport, result)
+            if old is not None:
+                close_quietly(old)
+        safe_log(
+            log, logging.INFO, "reloaded the remote config; changed: %s", ", ".join(result.changed)
+        )
+        return result
+
+    def _apply(
+        self, config: RemoteConfig, transport: Optional[Transport], result: ReloadResult
+    ) -> Optional[Transport]:
+        """Swap in what *config* changes; return a transport to close (no lock held then)."""
+        changed = set(result.changed)
+        with self._lifecycle:
+            if self._closing:
+                if transport is not None:
+                    close_quietly(transport)  # built for nothing; nothing else waits on it
+                raise LightdSyncError("reload: the engine is closed")
+            self._config = config
+            self._ledger.resize(config.queue_size)
+            self._book.max_servers = config.max_servers
+            self._book.resync = config.resync
+            self._deliverer.policy = DeliveryPolicy.from_config(config)
+            self._deliverer.secret = self._health.secret = config.token
+            old = self._slot.swap(transport) if transport is not None else None
+            if "workers" in changed and self._lanes is not None:
+                self._replace_lanes(config.workers)
+            monitor = self._monitor
+        if monitor is not None:
+            monitor.interval = config.health_interval
+            if {"url", "token", "transport", "enabled"} & changed:
+                self._health.reset()
+            monitor.poke(0.0)
+        return old
+
+    def _replace_lanes(self, count: int) -> None:
+        """Route to *count* new lanes that wait until the old ones drained. Under _lifecycle."""
+        old = self._lanes
+        assert old is not None
+        gate = threading.Event()
+        old.on_drained = gate.set
+        self._generation += 1
+        lanes = Lanes(
+            count, self._deliverer.deliver, name_suffix=f"-g{self._generation}", gate=gate
+        )
+        lanes.start()
+        self._ledger.reroute(lanes)  # stops the old lanes after what they hold
+        self._old_lanes = [lane for lane in self._old_lanes if lane.alive]
+        self._old_lanes.append(old)
+        self._gates = [g for g in self._gates if not g.is_set()]
+        self._gates.append(gate)
+        self._lanes = lanes
+
+    def install_sighup_reload(self) -> None:
+        """
+        Reload from the file on ``SIGHUP`` (POSIX), the usual daemon convention.
+
+        The signal handler only wakes a ``lightd-sync-reload`` thread, which
+        reloads: a reload inside the handler could interrupt this engine's
+        own ``update()`` in the same thread. The handler it replaces (if any)
+        is still called, after the reload is scheduled. Errors are logged,
+        never raised. Call it from the main thread; :meth:`close` ends the
+        thread and, called from the main thread, restores the old handler
+        (from another thread Python cannot: then ours stays, and only calls
+        the old one).
+
+        .. versionadded:: 0.1.0
+        .. versionchanged:: 0.2.0 The replaced handler is called and restored.
+        """
+        with self._lifecycle:
+            if self._closing or self._sighup is not None:
+                return
+            self._sighup = sighup = SighupReload(self.reload)
+        sighup.install()
+
+    # -- health and resync ---------------------------------------------------
+
+    def _check_transport(self) -> None:
+        transport = self._slot.acquire()
+        try:
+            transport.check_health()  # a failed check raises: HealthTracker records it
+        finally:
+            self._slot.release(transport)
+
+    def _probe(self) -> None:
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.probe()
+
+    def _resync(self) -> None:
+        """
+        After every healthy check: re-send what the remote missed and is due.
+
+        Only as many as the queue has room for; the rest wait for the next
+        healthy check, so a resync never drops anything itself.
+        """
+        if not self._book.missed_count or self._ledger.closed:
+            return
+        due = self._book.due(self._deliverer.policy.resync_interval)
+        if not due:
+            return
+        left = self._ledger.admit_resync(due)
+        if left:
+            self._book.give_back(left)
+        sent = len(due) - len(left)
+        if sent:
+            safe_log(
+                log,
+                logging.INFO,
+                "re-sending the latest status of %d servers the remote missed (%d more wait)",
+                sent,
+                self._book.missed_count,
+            )
+
     # -- waiting and observing -----------------------------------------------
 
     def flush(self, timeout: Optional[float] = None) -> bool:
@@ -384,37 +623,36 @@ class SyncEngine(Reloading):
         Wait until nothing is pending.
 
         Args:
-            timeout: Seconds to wait at most; ``None`` means 5 seconds.
+            timeout: Seconds to wait at most (any non-negative number,
+                ``math.inf`` included); ``None`` means 5 seconds.
 
         Returns:
             ``True`` if everything was delivered or given up on in time.
         """
-        budget = DEFAULT_WAIT if timeout is None else max(0.0, float(timeout))
-        deadline = time.monotonic() + budget
-        with self._lock:
-            self._flush_waiters += 1
-            try:
-                while self._pending > 0:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._idle.wait(remaining)
-                return True
-            finally:
-                self._flush_waiters -= 1
+        return self._ledger.wait_idle(time.monotonic() + _budget(timeout))
 
     def stats(self) -> SyncStats:
         """Return a consistent snapshot of the counters."""
-        with self._lock:
-            return SyncStats(
-                submitted=self._submitted,
-                delivered=self._delivered,
-                failed=self._failed,
-                dropped=self._dropped,
-                pending=self._pending,
-                superseded=self._superseded,
-                resynced=self._resynced,
-            )
+        return self._ledger.stats()
+
+    def outcome_reasons(self) -> dict[tuple[str, str], int]:
+        """
+        Return how many updates failed, were dropped or superseded, by ``(result, reason)``.
+
+        The counts of one result sum to its counter in :meth:`stats`, e.g.
+        ``{("failed", "timeout"): 3, ("dropped", "queue_full"): 1}``.
+
+        .. versionadded:: 0.2.0
+        """
+        return self._ledger.reasons()
+
+    def latency_histogram(self) -> LatencyHistogram:
+        """
+        Return how long successful deliveries took, as a histogram.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._ledger.latency()
 
     @property
     def health(self) -> HealthState:

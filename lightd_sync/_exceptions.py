@@ -123,7 +123,7 @@ REASONS = (
 )
 
 
-def _rebuild(
+def _rebuild(  # noqa: PLR0917  (pickle passes the arguments by position)
     cls: type[DeliveryError],
     message: str,
     status: Optional[int],

@@ -8,8 +8,10 @@ import time
 from typing import Callable, Optional
 
 from ._exceptions import DeliveryError
-from ._logutil import get_logger, safe_log
+from ._forksafe import after_fork_in_child
+from ._logutil import get_logger, safe_log, scrub
 from ._model import HealthState
+from ._policy import bounded, testing_mode
 
 __all__ = ["HealthMonitor", "HealthTracker"]
 
@@ -36,9 +38,15 @@ class HealthTracker:
     ) -> None:
         self.check_fn = check
         self._on_healthy = on_healthy
+        #: The token, to scrub from what a transport's bug says.
+        self.secret: Optional[str] = None
         # Guards _state: checks may run in the timer thread and a caller at once.
         self._lock = threading.Lock()
         self._state = HealthState()
+        after_fork_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def state(self) -> HealthState:
@@ -54,7 +62,7 @@ class HealthTracker:
         except DeliveryError as exc:
             error = exc.message
         except Exception as exc:  # a transport bug must not kill the timer thread
-            error = f"the transport's health check raised {exc!r}"
+            error = scrub(f"the transport's health check raised {exc!r}", self.secret)
         latency = time.monotonic() - started
         with self._lock:
             before = self._state
@@ -95,21 +103,32 @@ class HealthMonitor:
     """
     The timer thread: a check right after start, then every :attr:`interval` seconds.
 
-    :meth:`poke` asks for an earlier check (the engine does so when
+    :meth:`probe` asks for an earlier check (the engine does so when
     deliveries fail, so that an outage shorter than the interval is still
-    noticed and what it lost is re-sent). :meth:`stop` wakes the thread at
-    once; a check in progress ends when the transport is closed.
+    noticed and what it lost is re-sent); probes back off (0.25 s, 0.5 s, ...
+    up to the interval) until a check finds the remote healthy. :meth:`stop`
+    wakes the thread at once; a check in progress ends when the transport is
+    closed.
     """
+
+    #: The first delay of the early checks that follow failed deliveries.
+    PROBE_DELAY = 0.25
 
     def __init__(self, tracker: HealthTracker, interval: float) -> None:
         self._tracker = tracker
         self.interval = interval
-        # Guards _due: when the next check is due (time.monotonic()).
+        # Guards _due (when the next check is due, time.monotonic()) and
+        # _probe_delay (how soon the next probe checks).
         self._lock = threading.Lock()
         self._due = 0.0
+        self._probe_delay = self.PROBE_DELAY
         self._stopped = False
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lightd-sync-health", daemon=True)
+        after_fork_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Start the thread."""
@@ -118,6 +137,14 @@ class HealthMonitor:
     def poke(self, delay: float = 0.0) -> None:
         """Check within *delay* seconds (earlier than planned, never later)."""
         with self._lock:
+            self._due = min(self._due, time.monotonic() + bounded(delay))
+        self._wake.set()
+
+    def probe(self) -> None:
+        """Check soon: sooner than the interval, later each time until the remote is healthy."""
+        with self._lock:
+            delay = 0.0 if testing_mode() else self._probe_delay
+            self._probe_delay = min(self._probe_delay * 2, self.interval)
             self._due = min(self._due, time.monotonic() + delay)
         self._wake.set()
 
@@ -126,11 +153,11 @@ class HealthMonitor:
         self._stopped = True
         self._wake.set()
 
-    def join(self, timeout: float) -> bool:
-        """Wait up to *timeout* seconds for the thread to end; True if it has."""
+    def join(self, deadline: float) -> bool:
+        """Wait until *deadline* (``time.monotonic()``) for the thread to end; True if it has."""
         if self._thread.ident is None:
             return True
-        self._thread.join(max(0.0, timeout))
+        self._thread.join(bounded(deadline - time.monotonic()))
         return not self._thread.is_alive()
 
     def _run(self) -> None:
@@ -138,9 +165,11 @@ class HealthMonitor:
             with self._lock:
                 wait = self._due - time.monotonic()
             if wait > 0:
-                self._wake.wait(wait)
+                self._wake.wait(bounded(wait))
                 self._wake.clear()
                 continue  # re-read _due: a poke may have moved it, or stop() was called
-            self._tracker.check()
+            state = self._tracker.check()
             with self._lock:
-                self._due = time.monotonic() + self.interval
+                self._due = time.monotonic() + bounded(self.interval)
+                if state.healthy:
+                    self._probe_delay = self.PROBE_DELAY

@@ -1,82 +1,111 @@
-"""Lanes: the delivery threads. One server always maps to the same lane."""
+"""Lanes: the delivery threads of one generation."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Optional
+import time
+from typing import Callable, Optional
 
-__all__ = ["STOP", "Lane"]
+from ._forksafe import after_fork_in_child
+from ._pending import Pending
+from ._policy import bounded
 
-#: Put on a lane's queue to make its thread finish after what is queued before it.
-STOP: Any = object()
+__all__ = ["Lanes"]
 
 
-class Lane:
+class Lanes:
     """
-    One delivery thread with its own FIFO queue.
+    A fixed set of delivery threads, each with its own FIFO queue.
 
-    Updates of one server all go through one lane, so they are delivered in
+    One server always maps to the same lane, so its updates are delivered in
     the order submitted and never two at once, while lanes run in parallel.
-    The lane is unbounded by itself; the engine bounds the sum of all lanes.
+    The queues are unbounded by themselves: the engine's ledger bounds their
+    sum and is the only caller of :meth:`put`. A reload that changes
+    ``workers`` builds a new :class:`Lanes` whose threads wait on *gate*
+    until the old ones have drained, so no update overtakes an older one.
 
     Args:
-        name: The thread's name (``lightd-sync-lane-…``).
-        deliver: Called with each item and this lane, in the lane's thread.
-        gate: If given, the thread waits for it before delivering anything
-            (new lanes wait for the old ones to drain after a reload, so
-            that no server's updates overtake each other).
+        count: How many lanes.
+        deliver: Called in a lane's thread with each item it takes.
+        name_suffix: Added to the thread names (``lightd-sync-lane-0-g2``).
+        gate: If given, the threads deliver nothing before it is set.
     """
-
-    __slots__ = ("_deliver", "_gate", "_queue", "_thread", "not_before", "on_exit", "put")
 
     def __init__(
         self,
-        name: str,
-        deliver: Callable[[Any, Lane], None],
+        count: int,
+        deliver: Callable[[Pending], None],
+        *,
+        name_suffix: str = "",
         gate: Optional[threading.Event] = None,
     ) -> None:
         self._deliver = deliver
         self._gate = gate
-        #: Called in the lane's thread when it ends (a reload counts old lanes out).
-        self.on_exit: Optional[Callable[[], None]] = None
-        # SimpleQueue: put() is one C call and never blocks (the hot path).
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.put = self._queue.put
-        #: time.monotonic() before which this lane sends nothing (the remote's Retry-After).
-        self.not_before = 0.0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # SimpleQueue: put() is one C call that never blocks (the hot path).
+        self._queues: list[queue.SimpleQueue[Optional[Pending]]] = [
+            queue.SimpleQueue() for _ in range(count)
+        ]
+        self._threads = [
+            threading.Thread(
+                target=self._run,
+                args=(q,),
+                name=f"lightd-sync-lane-{i}{name_suffix}",
+                daemon=True,
+            )
+            for i, q in enumerate(self._queues)
+        ]
+        self.count = count
+        #: Called in the last lane thread that ends (a reload opens the next gate).
+        self.on_drained: Optional[Callable[[], None]] = None
+        # Guards _running: lane threads not ended yet.
+        self._running_lock = threading.Lock()
+        self._running = count
+        after_fork_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._running_lock = threading.Lock()
+
+    def put(self, item: Pending) -> None:
+        """Queue *item* on its server's lane (the ledger calls this, under its lock)."""
+        self._queues[hash(item.server) % self.count].put(item)
 
     def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
+        """Start every thread."""
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to finish once what is queued now is delivered."""
-        self._queue.put(STOP)
+        """Ask every thread to end once what is queued now is delivered."""
+        for q in self._queues:
+            q.put(None)  # the thread ends when it gets to it
 
-    def join(self, timeout: float) -> bool:
-        """Wait up to *timeout* seconds for the thread to end; True if it has."""
-        if self._thread.ident is None:  # never started
-            return True
-        self._thread.join(max(0.0, timeout))
-        return not self._thread.is_alive()
+    def join(self, deadline: float) -> bool:
+        """Wait until *deadline* (``time.monotonic()``) at most; True if every thread ended."""
+        for thread in self._threads:
+            if thread.ident is None:  # never started
+                continue
+            thread.join(bounded(deadline - time.monotonic()))
+        return not self.alive
 
     @property
     def alive(self) -> bool:
-        """Whether the thread is running."""
-        return self._thread.is_alive()
+        """Whether any thread is still running."""
+        return any(t.is_alive() for t in self._threads)
 
-    def _run(self) -> None:
-        if self._gate is not None:
-            self._gate.wait()
-        get, deliver = self._queue.get, self._deliver
+    def _run(self, q: queue.SimpleQueue[Optional[Pending]]) -> None:
         try:
+            if self._gate is not None:
+                self._gate.wait()
+            get, deliver = q.get, self._deliver
             while True:
                 item = get()
-                if item is STOP:
+                if item is None:
                     return
-                deliver(item, self)
+                deliver(item)
         finally:
-            if self.on_exit is not None:
-                self.on_exit()
+            with self._running_lock:
+                self._running -= 1
+                last = self._running == 0
+            if last and self.on_drained is not None:
+                self.on_drained()

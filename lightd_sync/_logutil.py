@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
 
-__all__ = ["Throttle", "get_logger", "safe_log"]
+__all__ = ["Throttle", "get_logger", "safe_log", "scrub"]
 
 #: Default window within which repeated events are summed into one log line.
 LOG_WINDOW = 10.0
@@ -18,16 +19,30 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"lightd_sync.{name}")
 
 
-def safe_log(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+def scrub(text: str, secret: Optional[str]) -> str:
+    """*text* with every occurrence of *secret* replaced by ``<token>``."""
+    if secret and secret in text:
+        return text.replace(secret, "<token>")
+    return text
+
+
+def safe_log(
+    logger: logging.Logger,
+    level: int,
+    msg: str,
+    *args: object,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> None:
     """
     Log unless the interpreter is shutting down.
 
     A daemon thread that logs during finalization can take the stderr lock
     and never give it back (a known way to crash interpreters at exit).
+    *extra* becomes attributes of the record (``lightd_server``, ...).
     """
     if sys.is_finalizing():
         return
-    logger.log(level, msg, *args)
+    logger.log(level, msg, *args, extra=extra)
 
 
 class Throttle:

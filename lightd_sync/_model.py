@@ -13,6 +13,8 @@ __all__ = [
     "Lifecycle",
     "Status",
     "LatencyHistogram",
+    "MAX_MESSAGE_LENGTH",
+    "Outcome",
     "SyncStats",
     "Update",
     "check_server_id",
@@ -21,6 +23,8 @@ __all__ = [
 
 #: The longest server id the protocol's reference remote accepts.
 MAX_SERVER_ID_LENGTH = 255
+#: The longest error message sent; :meth:`SyncEngine.error` cuts longer ones to this.
+MAX_MESSAGE_LENGTH = 8192
 
 
 class Status(str, enum.Enum):
@@ -284,3 +288,33 @@ class LatencyHistogram:
             running += n
             out.append((bound, running))
         return out
+
+
+#: Every ``result`` an :class:`Outcome` can have.
+RESULTS = ("delivered", "failed", "dropped", "superseded")
+
+
+@attrs.frozen
+class Outcome:
+    """
+    How one update ended, as ``SyncEngine(on_outcome=...)`` is told.
+
+    Attributes:
+        update: The update, with its event id.
+        result: ``"delivered"``, ``"failed"``, ``"dropped"`` or ``"superseded"``.
+        reason: ``None`` when delivered; otherwise a short stable code:
+            dropped ``queue_full`` or ``closed``; failed ``timeout``,
+            ``unreachable``, ``auth``, ``http_4xx``, ``http_5xx``, ``rejected``,
+            ``too_large``, ``redirect`` or ``closed``; superseded ``superseded``.
+        attempts: Requests made for it (0 for a dropped update).
+        latency: Seconds from ``update()`` to this outcome; ``None`` for a
+            dropped update.
+
+    .. versionadded:: 0.2.0
+    """
+
+    update: Update
+    result: str
+    reason: Optional[str]
+    attempts: int
+    latency: Optional[float]

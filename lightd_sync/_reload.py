@@ -1,28 +1,28 @@
-"""Reload: applying a new config to a running engine, and saying what changed."""
+"""Reload: what a new config changed, and reloading on ``SIGHUP``."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-from typing import Any, Optional
+import time
+from types import FrameType
+from typing import Any, Callable, Optional, Union
 
 import attrs
 
-from ._config import RemoteConfig, load_config
-from ._core import EngineCore, close_quietly
-from ._exceptions import ConfigError, LightdSyncError
-from ._lanes import Lane
+from ._config import RemoteConfig
+from ._exceptions import LightdSyncError
+from ._forksafe import after_fork_in_child
 from ._logutil import get_logger, safe_log
-from ._transports.base import Transport
-from ._transports.registry import make_transport
+from ._policy import bounded
 
-__all__ = ["ReloadResult", "Reloading"]
+__all__ = ["TRANSPORT_KEYS", "ReloadResult", "SighupReload"]
 
 log = get_logger("engine")
 
-# Keys whose change needs a new transport; the others apply to the running one.
-_TRANSPORT_KEYS = frozenset(
+#: Keys whose change needs a new transport; the others apply to the running one.
+TRANSPORT_KEYS = frozenset(
     {"enabled", "url", "token", "transport", "path", "timeout", "workers", "verify"}
     | {"ca_bundle", "client_cert", "client_key", "proxy"}
 )
@@ -64,138 +64,86 @@ class ReloadResult:
         }
 
 
-class Reloading(EngineCore):
-    """The reload part of :class:`~lightd_sync.SyncEngine` (see its methods)."""
+_Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
 
-    # Set by SyncEngine.__init__ / _init_lifecycle.
-    _source: Optional[str]
-    _own_transport: bool
-    _reload_lock: threading.Lock  # one reload at a time
-    _gate: Optional[threading.Event]
-    _old_lanes: list[Lane]
-    _reload_waker: Optional[threading.Event]
-    _reload_thread: Optional[threading.Thread]
 
-    def reload(self, config: Optional[RemoteConfig] = None) -> ReloadResult:
-        """
-        Apply a new config to the running engine; nothing queued is lost.
+class SighupReload:
+    """
+    Reload on ``SIGHUP``: the handler only wakes a ``lightd-sync-reload`` thread, which reloads.
 
-        With no argument, re-read the file the engine was built from
-        (:meth:`from_file`). The new config is validated first: if it is
-        invalid nothing changes. Otherwise a new transport is built when a key
-        that shapes it changed; updates in flight finish on the old one (closed
-        once idle), queued and new ones go through the new one. ``workers``,
-        ``queue_size``, ``health_interval`` and the delivery policy change too;
-        per-server order holds across the change.
+    A reload inside the handler could interrupt the engine's own ``update()``
+    in the same thread. The handler that was installed before is called
+    after the reload is scheduled, and :meth:`stop` puts it back (from the
+    main thread; from another thread Python cannot, so ours stays and only
+    calls the previous one from then on).
 
-        Raises:
-            ConfigError: The new config is invalid, or there is no file to re-read.
-            LightdSyncError: The engine is closed.
+    Args:
+        reload: Re-reads the file and applies it (``SyncEngine.reload``).
+    """
 
-        .. versionadded:: 0.1.0
-        """
-        with self._reload_lock:
-            if config is None:
-                if self._source is None:
-                    raise ConfigError(
-                        "reload: this engine was not built from a file; pass a RemoteConfig"
-                    )
-                config = load_config(self._source)
-            elif not isinstance(config, RemoteConfig):
-                raise TypeError(f"config must be a RemoteConfig, not {type(config).__name__}")
-            result = ReloadResult.between(self._config, config)
-            if not result.changed:
-                return result
-            rebuild = self._own_transport and bool(_TRANSPORT_KEYS & set(result.changed))
-            transport = make_transport(config) if rebuild else self._transport
-            self._apply(config, transport, result)
-        safe_log(
-            log, logging.INFO, "reloaded the remote config; changed: %s", ", ".join(result.changed)
-        )
-        return result
+    def __init__(self, reload: Callable[[], ReloadResult]) -> None:
+        self._reload = reload
+        self._wake = threading.Event()
+        self._stopped = False
+        self._previous: _Handler = None
+        # Guards _installed (whether our handler is in place).
+        self._lock = threading.Lock()
+        self._installed = False
+        self._thread = threading.Thread(target=self._run, name="lightd-sync-reload", daemon=True)
+        after_fork_in_child(self._after_fork_in_child)
 
-    def _apply(self, config: RemoteConfig, transport: Transport, result: ReloadResult) -> None:
-        idle: list[Transport] = []  # transports to close now (no I/O under the locks)
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        """Install the handler and start the thread (call it from the main thread)."""
         with self._lock:
-            closed = self._closed
-            if closed:
-                if transport is not self._transport:
-                    idle.append(transport)  # built for nothing
-            else:
-                self._config = config
-                self._queue_size = config.queue_size
-                self._max_servers = config.max_servers
-                with self._tlock:
-                    if transport is not self._transport:
-                        old = self._transport
-                        self._transport = transport
-                        (self._retired if id(old) in self._users else idle).append(old)
-                if "workers" in result.changed and self._lanes:
-                    self._replace_lanes(config.workers)
-            monitor = self._monitor
-        for old in idle:
-            close_quietly(old)
-        if closed:
-            raise LightdSyncError("reload: the engine is closed")
-        if monitor is not None:
-            monitor.interval = config.health_interval
-            if {"url", "token", "transport", "enabled"} & set(result.changed):
-                self._health.reset()
-            monitor.poke(0.0)
-
-    def _replace_lanes(self, count: int) -> None:
-        """Route to *count* new lanes; they wait until the old ones drained. Under _lock."""
-        gate = threading.Event()
-        old_lanes = self._lanes
-        waiting = [len(old_lanes)]
-
-        def one_old_lane_ended() -> None:
-            with self._lock:
-                waiting[0] -= 1
-                if waiting[0] == 0:
-                    gate.set()
-
-        for lane in old_lanes:
-            lane.on_exit = one_old_lane_ended
-            lane.stop()
-        lanes = self._new_lanes(count, gate)
-        for lane in lanes:
-            lane.start()
-        self._lanes, self._nlanes, self._gate = lanes, len(lanes), gate
-        self._old_lanes = [lane for lane in self._old_lanes if lane.alive]
-        self._old_lanes.extend(old_lanes)
-
-    def install_sighup_reload(self) -> None:
-        """
-        Reload from the file on ``SIGHUP`` (POSIX), the usual daemon convention.
-
-        The signal handler only wakes a ``lightd-sync-reload`` thread, which
-        reloads: a reload inside the handler could interrupt this engine's
-        own ``update()`` in the same thread. Errors are logged, never raised.
-        Call it from the main thread; :meth:`close` ends the thread.
-
-        .. versionadded:: 0.1.0
-        """
-        with self._lock:
-            if self._closed or self._reload_waker is not None:
+            if self._installed or self._stopped:
                 return
-            waker = threading.Event()
-            thread = threading.Thread(
-                target=self._reload_loop, args=(waker,), name="lightd-sync-reload", daemon=True
-            )
-            self._reload_waker, self._reload_thread = waker, thread
-        thread.start()
-        signal.signal(signal.SIGHUP, lambda signum, frame: waker.set())
+            self._installed = True
+        self._previous = signal.signal(signal.SIGHUP, self._handle)
+        self._thread.start()
 
-    def _reload_loop(self, waker: threading.Event) -> None:
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        self._wake.set()
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)
+
+    def stop(self, deadline: float) -> bool:
+        """End the thread (by *deadline*, ``time.monotonic()``) and restore the old handler."""
+        self._stopped = True
+        self._wake.set()
+        with self._lock:
+            installed, self._installed = self._installed, False
+        if installed and threading.current_thread() is threading.main_thread():
+            try:
+                if signal.getsignal(signal.SIGHUP) == self._handle:
+                    previous = self._previous
+                    signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
+            except (ValueError, TypeError):  # not the main interpreter, or a foreign handler
+                pass
+        if self._thread.ident is None:
+            return True
+        self._thread.join(bounded(deadline - time.monotonic()))
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
         while True:
-            waker.wait()
-            waker.clear()
-            if self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopped:
                 return
             try:
-                result = self.reload()
+                result = self._reload()
             except LightdSyncError as exc:
                 safe_log(log, logging.ERROR, "SIGHUP reload failed, config unchanged: %s", exc)
+            except Exception as exc:  # never let a reload end the thread
+                safe_log(
+                    log,
+                    logging.ERROR,
+                    "SIGHUP reload failed, config unchanged: %s",
+                    type(exc).__name__,
+                )
             else:
                 safe_log(log, logging.INFO, "SIGHUP reload: %d keys changed", len(result.changed))

@@ -238,13 +238,13 @@ class ApiApp:
     def _reload(self) -> _Answer:
         engine = self.engine
         # Private state of a sibling module: the engine has no public flag for either.
-        if engine._source is None:
+        if engine.source is None:
             raise _RejectError(
                 409,
                 "this engine was not built from a file (SyncEngine.from_file); "
                 "there is nothing to reload",
             )
-        if engine._closed:
+        if engine.closed:
             raise _RejectError(409, "the engine is closed")
         try:
             result = engine.reload()

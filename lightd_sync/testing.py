@@ -42,12 +42,13 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._config import RemoteConfig
 from ._model import Status, parse_status
+from ._testkit import RecordingTransport, TestingMode, set_testing
 from ._wsgi import StartResponse, WSGIApplication, WSGIEnvironment, WsgiServer, serve
 
 if TYPE_CHECKING:
     from .receiver import ReceiverApp
 
-__all__ = ["LightdRemote", "read_events"]
+__all__ = ["LightdRemote", "RecordingTransport", "TestingMode", "read_events", "set_testing"]
 
 _SHOWN = 50  # updates listed at most in a wait_for failure
 

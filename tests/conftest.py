@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lightd_sync import RemoteConfig, SyncEngine
+from lightd_sync import RemoteConfig
+from lightd_sync.testing import set_testing
 
 from .servers import ScriptedRemote, SilentServer, lightd_threads, serving, wait_until
 
@@ -65,10 +66,18 @@ def no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries wait milliseconds, not seconds, in tests (the policy is the same)."""
-    monkeypatch.setattr(SyncEngine, "backoff_base", 0.005)
-    monkeypatch.setattr(SyncEngine, "backoff_cap", 0.05)
+def fast_backoff(request: pytest.FixtureRequest) -> Iterator[None]:
+    """
+    Retries wait 0 s in tests (testing mode: the policy is the same, the waits are not).
+
+    A test that measures real waits (Retry-After, backoff) is marked ``real_waits``.
+    """
+    if request.node.get_closest_marker("real_waits"):
+        with set_testing(False):
+            yield
+    else:
+        with set_testing(True):
+            yield
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,9 @@ from typing import Callable
 import pytest
 
 from lightd_sync import RemoteConfig, SyncEngine, SyncStats, Transport, Update
-from lightd_sync._retry import backoff_delay
+from lightd_sync._exceptions import RemoteRejectedError
+from lightd_sync._policy import DeliveryPolicy
+from lightd_sync.testing import RecordingTransport
 
 from .conftest import http_config
 from .servers import (
@@ -57,10 +59,15 @@ def run_remote(script: Callable[[Request], Reply]) -> ScriptedRemote:
 
 
 def test_backoff_is_full_jitter_capped_and_honours_retry_after() -> None:
-    delays = [backoff_delay(a, base=0.5, cap=10) for a in range(1, 12) for _ in range(20)]
+    policy = DeliveryPolicy(backoff_base=0.5, backoff_cap=10)
+    delays = [policy.backoff(a) for a in range(1, 12) for _ in range(20)]
     assert all(0 <= d <= 10 for d in delays)
-    assert max(backoff_delay(1, base=0.5, cap=10) for _ in range(50)) <= 0.5
-    assert 7 <= backoff_delay(1, base=0.5, cap=10, retry_after=7)
+    assert max(policy.backoff(1) for _ in range(50)) <= 0.5
+    busy = RemoteRejectedError("busy", status=503, retry_after=7)
+    decision = policy.after_failure(busy, 0)
+    assert decision.retry
+    assert 7 <= decision.delay
+    assert 7 == decision.pause
 
 
 @pytest.mark.parametrize(("status", "attempts"), [(503, 3), (502, 3), (429, 3), (500, 1), (400, 1)])
@@ -121,6 +128,7 @@ def test_retry_after_holds_the_lane() -> None:
         remote.stop()
 
 
+@pytest.mark.real_waits
 def test_retry_after_wait_is_measured() -> None:
     script = Switchable()
     script.per_server["s"] = [Reply(status=503, headers=(("Retry-After", "1"),))]
@@ -137,26 +145,28 @@ def test_retry_after_wait_is_measured() -> None:
 
 def test_a_newer_update_supersedes_one_being_retried() -> None:
     """The remote only needs the latest state: a stale retry gives way to the newer update."""
-    script = Switchable()
-    script.per_server["s"] = [Reply(status=503)] * 3
-    remote = run_remote(script)
-    gate = threading.Event()
-    try:
-        engine = SyncEngine(http_config(remote.url, retries=5, workers=1, resync=False))
-        engine.backoff_base = engine.backoff_cap = 0.3
-        with engine:
-            engine.update("s", "installing")
-            assert remote.wait_for(lambda reqs: len(reqs) >= 1)
-            engine.update("s", "ready")
-            gate.set()
-            assert engine.flush(10)
-            stats = engine.stats()
-        assert 1 == stats.superseded
-        assert 1 == stats.delivered
-        assert stats.balanced
-        assert "ready" == remote.posts()[-1].json()["status"]
-    finally:
-        remote.stop()
+    first_attempt = threading.Event()
+    newer_queued = threading.Event()
+
+    def remote(update: Update) -> None:
+        if update.status == "installing":
+            first_attempt.set()
+            assert newer_queued.wait(5)
+            raise RemoteRejectedError("busy", status=503, retryable=True)
+
+    transport = RecordingTransport(remote)
+    config = RemoteConfig(retries=5, workers=1, resync=False)
+    with SyncEngine(config, transport=transport) as engine:
+        engine.update("s", "installing")
+        assert first_attempt.wait(5)
+        engine.update("s", "ready")
+        newer_queued.set()
+        assert engine.flush(10)
+        stats = engine.stats()
+    assert 1 == stats.superseded
+    assert 1 == stats.delivered
+    assert stats.balanced
+    assert ["installing", "ready"] == [u.status for u in transport.sent]
 
 
 def test_resync_after_an_outage_sends_every_servers_latest_status() -> None:
@@ -218,8 +228,8 @@ def test_resync_memory_is_bounded_by_max_servers() -> None:
         for i in range(5000):
             engine.update(f"s{i}", "ready")
         assert engine.flush(10)
-        assert 100 >= len(engine._latest)
-        assert 100 >= len(engine._unacked)
+        assert 100 >= len(engine._book)
+        assert 100 >= engine._book.missed_count
 
 
 def _child_uses_engine(engine: SyncEngine, conn: object) -> None:
