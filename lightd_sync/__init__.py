@@ -27,7 +27,7 @@ from ._exceptions import (
     RemoteTimeoutError,
     RemoteUnreachableError,
 )
-from ._model import HealthState, LatencyHistogram, Lifecycle, Status, SyncStats, Update
+from ._model import HealthState, LatencyHistogram, Lifecycle, Outcome, Status, SyncStats, Update
 from ._reload import ReloadResult
 from ._transports.base import Transport
 from ._transports.file import FileTransport
@@ -45,6 +45,7 @@ __all__ = [
     "Lifecycle",
     "LightdSyncError",
     "NullTransport",
+    "Outcome",
     "ReloadResult",
     "RemoteConfig",
     "RemoteRejectedError",

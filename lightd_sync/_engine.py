@@ -367,6 +367,11 @@ class SyncEngine:
             config = self._config
             lanes = Lanes(config.workers, self._deliverer.deliver)
             monitor = HealthMonitor(self._health, config.health_interval)
+            # Routed and marked started before any thread starts: a call that a
+            # signal handler makes meanwhile queues its update and returns.
+            self._ledger.reroute(lanes)
+            self._lanes, self._monitor = lanes, monitor
+            self._pid = os.getpid()
             try:
                 if sys.is_finalizing():
                     raise RuntimeError("the interpreter is shutting down")
@@ -375,14 +380,11 @@ class SyncEngine:
             except RuntimeError as exc:  # "can't create new thread at interpreter shutdown"
                 self._closing = True
                 self._ledger.close()
-                lanes.stop()
                 monitor.stop()
+                self._ledger.finish()  # what was queued meanwhile fails (closed)
                 self._closed.set()
                 safe_log(log, logging.WARNING, "not started: %s; updates are dropped", exc)
                 return
-            self._ledger.reroute(lanes)
-            self._lanes, self._monitor = lanes, monitor
-            self._pid = os.getpid()
         _OPEN.add(self)
 
     def __enter__(self) -> SyncEngine:
