@@ -35,11 +35,16 @@ ENV_OVERRIDES = {
     "LIGHTD_REMOTE_ENABLED": "enabled",
     "LIGHTD_REMOTE_URL": "url",
     "LIGHTD_REMOTE_TOKEN": "token",
+    "LIGHTD_REMOTE_STATE_PATH": "state_path",
 }
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _TRANSPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _MAX_PATH = 4096
+#: The largest number of seconds any duration key may hold: one day. Beyond
+#: it, threading's timeouts overflow (``OverflowError``) and a lane or the
+#: health timer would sleep for longer than any daemon runs between restarts.
+MAX_SECONDS = 86_400
 
 
 def redact_token(token: Optional[str]) -> Optional[str]:
@@ -60,7 +65,7 @@ def _token_repr(token: Optional[str]) -> str:
 
 
 def _fail(key: str, expect: str, value: object) -> ConfigError:
-    return ConfigError(f"remote.{key}: expected {expect}, got {value!r}")
+    return ConfigError(f"remote.{key}: expected {expect}, got {_shown_number(value)}")
 
 
 def _is_number(value: object) -> bool:
@@ -73,17 +78,43 @@ def _to_float(value: Any) -> Any:
         return value
     try:
         return float(value)
-    except OverflowError:  # an int too large for a float: the validator refuses inf
-        return math.inf
+    except OverflowError:  # an int too large for a float: the validator names it
+        return value
+
+
+def _shown_number(value: object) -> str:
+    """*value* for a message; an int too long for ``repr`` (or a page) by its size."""
+    if type(value) is int and value.bit_length() > 64:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"an integer of about {digits} digits"
+    return repr(value)
 
 
 def _to_path(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-def _positive_number(inst: object, attr: attrs.Attribute[float], value: object) -> None:
-    if not (isinstance(value, float) and math.isfinite(value) and value > 0):
-        raise _fail(attr.name, "a number > 0", value)
+def _to_user_path(value: Any) -> Any:
+    """A path with ``~`` expanded (no file system access beyond the user database)."""
+    value = _to_path(value)
+    return os.path.expanduser(value) if isinstance(value, str) and "\0" not in value else value
+
+
+def _seconds(inst: object, attr: attrs.Attribute[float], value: object) -> None:
+    """A duration: a float > 0 and at most :data:`MAX_SECONDS` (so inf, nan and huge ints fail)."""
+    positive = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not (isinstance(value, float) and math.isnan(value))
+        and value > 0
+    )
+    if not positive:
+        raise ConfigError(f"remote.{attr.name}: expected a number > 0, got {_shown_number(value)}")
+    if not (isinstance(value, float) and value <= MAX_SECONDS):
+        raise ConfigError(
+            f"remote.{attr.name}: expected a number of seconds > 0 and at most "
+            f"{MAX_SECONDS} (one day), got {_shown_number(value)}"
+        )
 
 
 def _int_between(low: int, high: int) -> Callable[[object, attrs.Attribute[int], object], None]:
@@ -222,10 +253,23 @@ class RemoteConfig:
         client_key: The client certificate's key, when not in ``client_cert``.
         proxy: An ``http://`` or ``https://`` proxy URL (no credentials in it);
             overrides ``HTTPS_PROXY``/``HTTP_PROXY``.
+        max_retry_after: The longest pause, in seconds, that a remote's
+            ``Retry-After`` can impose; a longer one is cut to it (and logged).
+        state_path: A crash-safe state file holding each server's latest
+            update and whether the remote acknowledged it, so that a restart
+            of the daemon (even ``kill -9`` during an outage) still lets the
+            remote converge. ``~`` is expanded here; the file itself is opened
+            by the engine, never by :func:`load_config` (see the engine docs
+            for the file and its limits). ``None``: memory only.
+
+    Every duration (``timeout``, ``health_interval``, ``shutdown_timeout``,
+    ``max_retry_after``) is a number of seconds > 0 and at most
+    :data:`MAX_SECONDS` (86,400: one day).
 
     .. versionadded:: 0.1.0 ``retries``, ``resync``, ``max_servers``,
        ``shutdown_timeout``, ``verify``, ``ca_bundle``, ``client_cert``,
        ``client_key`` and ``proxy``.
+    .. versionadded:: 0.2.0 ``max_retry_after`` and ``state_path``.
     """
 
     enabled: bool = attrs.field(default=False, validator=_bool)
@@ -233,23 +277,21 @@ class RemoteConfig:
     token: Optional[str] = attrs.field(default=None, validator=_token, repr=_token_repr)
     transport: str = attrs.field(default="http", validator=_transport)
     path: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
-    timeout: float = attrs.field(default=10.0, converter=_to_float, validator=_positive_number)
-    health_interval: float = attrs.field(
-        default=30.0, converter=_to_float, validator=_positive_number
-    )
+    timeout: float = attrs.field(default=10.0, converter=_to_float, validator=_seconds)
+    health_interval: float = attrs.field(default=30.0, converter=_to_float, validator=_seconds)
     workers: int = attrs.field(default=4, validator=_int_between(1, 64))
     queue_size: int = attrs.field(default=1000, validator=_int_between(1, 10_000_000))
     retries: int = attrs.field(default=2, validator=_int_between(0, 10))
     resync: bool = attrs.field(default=True, validator=_bool)
     max_servers: int = attrs.field(default=10_000, validator=_int_between(1, 10_000_000))
-    shutdown_timeout: float = attrs.field(
-        default=2.0, converter=_to_float, validator=_positive_number
-    )
+    shutdown_timeout: float = attrs.field(default=2.0, converter=_to_float, validator=_seconds)
     verify: bool = attrs.field(default=True, validator=_bool)
     ca_bundle: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
     client_cert: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
     client_key: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
     proxy: Optional[str] = attrs.field(default=None, converter=_url_without_slash, validator=_url)
+    max_retry_after: float = attrs.field(default=300.0, converter=_to_float, validator=_seconds)
+    state_path: Optional[str] = attrs.field(default=None, converter=_to_user_path, validator=_path)
 
     def __attrs_post_init__(self) -> None:
         if self.client_key is not None and self.client_cert is None:
@@ -383,8 +425,8 @@ def load_config(
         source: A path to the file, or the already-parsed dict of the whole file.
             A missing ``remote`` object means sync is disabled.
         env: Where to read the overrides ``LIGHTD_REMOTE_ENABLED`` (true/false/
-            1/0/yes/no), ``LIGHTD_REMOTE_URL`` and ``LIGHTD_REMOTE_TOKEN``; an
-            empty variable counts as unset.
+            1/0/yes/no), ``LIGHTD_REMOTE_URL``, ``LIGHTD_REMOTE_TOKEN`` and
+            ``LIGHTD_REMOTE_STATE_PATH``; an empty variable counts as unset.
 
     Raises:
         ConfigError: The file cannot be read or parsed, or a value is invalid;

@@ -26,6 +26,16 @@ NO_ENV: dict[str, str] = {}
 
 fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
 
 def enabled(**remote: Any) -> dict[str, Any]:
     """A whole config.json dict whose remote section is enabled and valid, plus *remote*."""
@@ -162,9 +172,19 @@ def test_remote_must_be_an_object(remote: Any) -> None:
         ("timeout", -1.5, "remote.timeout: expected a number > 0, got -1.5"),
         ("timeout", True, "remote.timeout: expected a number > 0, got True"),
         ("timeout", None, "remote.timeout: expected a number > 0, got None"),
-        ("timeout", 10**400, "remote.timeout: expected a number > 0, got inf"),
+        (
+            "timeout",
+            10**400,
+            "remote.timeout: expected a number of seconds > 0 and at most 86400 (one day), "
+            "got an integer of about 401 digits",
+        ),
         ("health_interval", math.nan, "remote.health_interval: expected a number > 0, got nan"),
-        ("health_interval", math.inf, "remote.health_interval: expected a number > 0, got inf"),
+        (
+            "health_interval",
+            math.inf,
+            "remote.health_interval: expected a number of seconds > 0 and at most 86400 "
+            "(one day), got inf",
+        ),
         ("health_interval", "30", "remote.health_interval: expected a number > 0, got '30'"),
         ("workers", "10", "remote.workers: expected a whole number from 1 to 64, got '10'"),
         ("workers", 4.0, "remote.workers: expected a whole number from 1 to 64, got 4.0"),
@@ -272,6 +292,163 @@ def test_file_transport_needs_no_url_or_token(tmp_path: pathlib.Path) -> None:
     config = load_config({"remote": remote}, env=NO_ENV)
     assert config.effective_transport == "file"
     assert config.url is None
+
+
+# --- durations: timeout, health_interval, shutdown_timeout, max_retry_after ------------
+
+DURATIONS = ["timeout", "health_interval", "shutdown_timeout", "max_retry_after"]
+AT_MOST = "expected a number of seconds > 0 and at most 86400 (one day), got "
+
+
+def test_max_retry_after_defaults_to_five_minutes() -> None:
+    config = load_config(enabled(), env=NO_ENV)
+    assert config.max_retry_after == 300.0
+    assert load_config(enabled(max_retry_after=5), env=NO_ENV).max_retry_after == 5.0
+
+
+@pytest.mark.parametrize("key", DURATIONS)
+@pytest.mark.parametrize("value", [86_400, 86_400.0, 1e-9, 0.5])
+def test_durations_up_to_one_day_are_accepted(key: str, value: float) -> None:
+    config = load_config(enabled(**{key: value}), env=NO_ENV)
+    assert getattr(config, key) == value
+    assert type(getattr(config, key)) is float
+
+
+@pytest.mark.parametrize("key", DURATIONS)
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (86_400.001, "86400.001"),
+        (86_401, "86401.0"),
+        (1e10, "10000000000.0"),
+        (math.inf, "inf"),
+        (2**64, "1.8446744073709552e+19"),
+        (10**400, "an integer of about 401 digits"),
+        (10**5000, "an integer of about 5001 digits"),  # repr() of it would raise ValueError
+    ],
+    ids=["just-over", "86401", "1e10", "inf", "2**64", "10**400", "10**5000"],
+)
+def test_durations_above_one_day_are_refused(key: str, value: float, shown: str) -> None:
+    assert config_error(enabled(**{key: value})) == f"remote.{key}: {AT_MOST}{shown}"
+
+
+@pytest.mark.parametrize("key", DURATIONS)
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(math.nan, "nan"), (-math.inf, "-inf"), (-(10**400), "an integer of about 401 digits"),
+     (0, "0.0"), ("300", "'300'"), (False, "False"), (None, "None")],
+)  # fmt: skip
+def test_durations_that_are_not_positive_numbers(key: str, value: Any, shown: str) -> None:
+    assert (
+        config_error(enabled(**{key: value})) == f"remote.{key}: expected a number > 0, got {shown}"
+    )
+
+
+def test_huge_int_for_a_whole_number_key_is_named_by_its_size() -> None:
+    message = config_error(enabled(workers=10**5000))
+    assert message == (
+        "remote.workers: expected a whole number from 1 to 64, got an integer of about 5001 digits"
+    )
+
+
+@fast
+@given(
+    key=st.sampled_from(DURATIONS),
+    value=st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers()
+    | st.integers(min_value=2**1000, max_value=2**20000),
+)
+def test_any_number_for_a_duration_is_accepted_iff_within_one_day(key: str, value: float) -> None:
+    result = config_or_message(enabled(**{key: value}))  # never OverflowError or ValueError
+    nan = isinstance(value, float) and math.isnan(value)
+    in_range = not nan and 0 < value <= 86_400
+    if in_range:
+        assert isinstance(result, RemoteConfig)
+        assert getattr(result, key) == float(value)
+    else:
+        assert isinstance(result, str)
+        assert result.startswith(f"remote.{key}: expected a number ")
+        assert len(result) < 200
+
+
+def test_durations_built_in_code_are_capped_too() -> None:
+    with pytest.raises(ConfigError, match=r"^remote\.max_retry_after: .*at most 86400"):
+        RemoteConfig(max_retry_after=86_401)
+    with pytest.raises(ConfigError, match=r"^remote\.shutdown_timeout: .*at most 86400"):
+        attrs.evolve(RemoteConfig(), shutdown_timeout=math.inf)
+
+
+# --- state_path -------------------------------------------------------------------------
+
+
+def test_state_path_defaults_to_none() -> None:
+    assert load_config(enabled(), env=NO_ENV).state_path is None
+    assert RemoteConfig().state_path is None
+
+
+def test_state_path_expands_the_home_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/lightd")
+    config = load_config(enabled(state_path="~/sync/state.db"), env=NO_ENV)
+    assert config.state_path == "/home/lightd/sync/state.db"
+    assert RemoteConfig(state_path="~/x").state_path == "/home/lightd/x"
+    assert load_config(enabled(state_path="rel/state.db"), env=NO_ENV).state_path == "rel/state.db"
+
+
+def test_state_path_may_be_path_like(tmp_path: pathlib.Path) -> None:
+    config = RemoteConfig(state_path=tmp_path / "state.db")  # type: ignore[arg-type]
+    assert config.state_path == os.fspath(tmp_path / "state.db")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", "remote.state_path: expected a file path, got ''"),
+        ("a\0b", "remote.state_path: expected a file path, got 'a\\x00b'"),
+        ("x" * 4097, "remote.state_path: expected a file path, got '" + "x" * 4097 + "'"),
+        (5, "remote.state_path: expected a string, got 5"),
+        (False, "remote.state_path: expected a string, got False"),
+        (["/a"], "remote.state_path: expected a string, got ['/a']"),
+    ],
+)
+def test_bad_state_path(value: Any, expected: str) -> None:
+    assert config_error(enabled(state_path=value)) == expected
+
+
+def test_load_config_does_not_touch_the_state_file(tmp_path: pathlib.Path) -> None:
+    # A FIFO would block an open() for ever; a missing folder would be created by a makedirs.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert load_config(enabled(state_path=str(fifo)), env=NO_ENV).state_path == str(fifo)
+    missing = tmp_path / "no" / "such" / "state.db"
+    assert load_config(enabled(state_path=str(missing)), env=NO_ENV).state_path == str(missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_env_state_path_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/lightd")
+    env = {"LIGHTD_REMOTE_STATE_PATH": "~/state.db"}
+    config = load_config(enabled(state_path="/var/lib/a.db"), env=env)
+    assert config.state_path == "/home/lightd/state.db"
+    empty = {"LIGHTD_REMOTE_STATE_PATH": ""}  # counts as unset
+    assert load_config(enabled(state_path="/var/lib/a.db"), env=empty).state_path == "/var/lib/a.db"
+
+
+def test_env_bad_state_path_names_the_variable() -> None:
+    message = config_error(enabled(), env={"LIGHTD_REMOTE_STATE_PATH": "a\0b"})
+    assert message == (
+        "remote.state_path: expected a file path, got 'a\\x00b' (set by LIGHTD_REMOTE_STATE_PATH)"
+    )
+
+
+@fast
+@given(value=st.text(max_size=50) | json_values)
+def test_any_state_path_is_accepted_or_named(value: Any) -> None:
+    result = config_or_message(enabled(state_path=value))
+    if isinstance(result, RemoteConfig):
+        assert value is None or (isinstance(value, str) and value and "\0" not in value)
+        assert result.state_path == (None if value is None else os.path.expanduser(value))
+    else:
+        assert result.startswith("remote.state_path: expected a "), result
 
 
 # --- url --------------------------------------------------------------------------------
@@ -474,15 +651,6 @@ def test_env_is_not_read_from_os_environ_when_given() -> None:
 
 # --- properties -------------------------------------------------------------------------
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=8,
-)
 urlish = st.builds(
     "{}{}".format,
     st.sampled_from(["http://", "https://", "ftp://", "", "https://user:pw@", "//"]),
@@ -534,7 +702,7 @@ good_tokens = st.builds(
     "lightd_{}".format,
     st.text(alphabet=string.ascii_letters + string.digits + string.punctuation, min_size=13),
 )
-positive = st.floats(min_value=1e-3, max_value=1e6) | st.integers(1, 10**6)
+positive = st.floats(min_value=1e-3, max_value=86_400) | st.integers(1, 86_400)
 
 
 @st.composite
@@ -555,6 +723,8 @@ def good_configs(draw: st.DrawFn) -> RemoteConfig:
         health_interval=draw(positive),
         workers=draw(st.integers(1, 64)),
         queue_size=draw(st.integers(1, 10_000_000)),
+        max_retry_after=draw(positive),
+        state_path=draw(st.none() | st.just("/var/lib/lightd/sync-state.db")),
     )
 
 
