@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import difflib
 import functools
-import ipaddress
 import json
 import math
 import os
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
-from urllib.parse import urlsplit
 
 import attrs
 
+from ._config_url import hide_userinfo, is_loopback_url, normalize_url
 from ._exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -135,57 +134,18 @@ def _optional_str(inst: object, attr: attrs.Attribute[Optional[str]], value: obj
         raise _fail(attr.name, "a string", value)
 
 
-def is_loopback_url(url: str) -> bool:
-    """True if *url* points at this machine (``localhost`` or a loopback address)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _to_url(value: Any) -> Any:
+    """The attrs converter of ``remote.url``: a string is checked and normalized."""
+    return normalize_url("url", value, userinfo=False) if isinstance(value, str) else value
 
 
-def _shown_url(url: str) -> str:
-    """*url* as a message shows it: not at all if it has an ``@`` (a password is a secret too)."""
-    return repr(url) if "@" not in url else "a URL with '@' (not shown: it may hold a password)"
+def _to_proxy(value: Any) -> Any:
+    """The attrs converter of ``remote.proxy``: like ``url``, but ``user:password@`` is allowed."""
+    return normalize_url("proxy", value, userinfo=True) if isinstance(value, str) else value
 
 
-def _url(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise _fail(attr.name, "a string", value)
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        if "@" in value:  # exc may quote the password
-            raise ConfigError(f"remote.{attr.name}: not a valid URL: {_shown_url(value)}") from None
-        raise ConfigError(f"remote.{attr.name}: {exc} in {value!r}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(
-            f"remote.{attr.name}: must start with https:// or http://, got {_shown_url(value)}"
-        )
-    if not parts.hostname:
-        raise ConfigError(f"remote.{attr.name}: has no host name: {_shown_url(value)}")
-    if parts.username is not None or parts.password is not None:
-        # Do not echo the URL: the password in it is a secret too.
-        raise ConfigError(
-            f"remote.{attr.name}: must not contain user:password@; the token authenticates requests"
-        )
-    if parts.query or parts.fragment:
-        raise ConfigError(
-            f"remote.{attr.name}: must not have a ?query or #fragment: {_shown_url(value)}"
-        )
-    if port == 0:
-        raise ConfigError(
-            f"remote.{attr.name}: port 0 is not a port to connect to: {_shown_url(value)}"
-        )
-    if any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise ConfigError(
-            f"remote.{attr.name}: contains whitespace or control characters: {_shown_url(value)}"
-        )
+def _proxy_repr(url: Optional[str]) -> str:
+    return repr(None if url is None else hide_userinfo(url))
 
 
 def _token(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
@@ -214,10 +174,6 @@ def _path(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> 
         raise _fail(attr.name, "a file path", value)
 
 
-def _url_without_slash(value: Any) -> Any:
-    return value.rstrip("/") if isinstance(value, str) else value
-
-
 @attrs.frozen
 class RemoteConfig:
     """
@@ -231,6 +187,8 @@ class RemoteConfig:
     Attributes:
         enabled: Turn remote sync on. ``False`` means the null transport.
         url: Base URL of the remote API; ``/update`` and ``/health`` are appended.
+            Normalized so that it can be sent as it is: a non-ASCII host is
+            IDNA-encoded, the path percent-encoded, the trailing ``/`` dropped.
         token: Shared secret, sent as ``Authorization: Bearer <token>``.
         transport: ``"http"``, ``"file"``, ``"null"``, or a plugin's name.
         path: The file the ``file`` transport appends to.
@@ -251,8 +209,10 @@ class RemoteConfig:
         ca_bundle: A PEM file of CA certificates to trust (a private CA).
         client_cert: A PEM client certificate, for mutual TLS.
         client_key: The client certificate's key, when not in ``client_cert``.
-        proxy: An ``http://`` or ``https://`` proxy URL (no credentials in it);
-            overrides ``HTTPS_PROXY``/``HTTP_PROXY``.
+        proxy: An ``http://`` or ``https://`` proxy URL, normalized like ``url``;
+            overrides ``HTTPS_PROXY``/``HTTP_PROXY``. It may hold
+            ``user:password@`` (sent as ``Proxy-Authorization``), which
+            ``repr``, :meth:`redacted` and error messages never show.
         max_retry_after: The longest pause, in seconds, that a remote's
             ``Retry-After`` can impose; a longer one is cut to it (and logged).
         state_path: A crash-safe state file holding each server's latest
@@ -273,7 +233,7 @@ class RemoteConfig:
     """
 
     enabled: bool = attrs.field(default=False, validator=_bool)
-    url: Optional[str] = attrs.field(default=None, converter=_url_without_slash, validator=_url)
+    url: Optional[str] = attrs.field(default=None, converter=_to_url, validator=_optional_str)
     token: Optional[str] = attrs.field(default=None, validator=_token, repr=_token_repr)
     transport: str = attrs.field(default="http", validator=_transport)
     path: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
@@ -289,7 +249,12 @@ class RemoteConfig:
     ca_bundle: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
     client_cert: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
     client_key: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
-    proxy: Optional[str] = attrs.field(default=None, converter=_url_without_slash, validator=_url)
+    proxy: Optional[str] = attrs.field(
+        default=None,
+        converter=_to_proxy,
+        validator=_optional_str,
+        repr=_proxy_repr,
+    )
     max_retry_after: float = attrs.field(default=300.0, converter=_to_float, validator=_seconds)
     state_path: Optional[str] = attrs.field(default=None, converter=_to_user_path, validator=_path)
 
@@ -313,9 +278,16 @@ class RemoteConfig:
         return self.transport if self.enabled else "null"
 
     def redacted(self) -> dict[str, Any]:
-        """Return the config as a dict that is safe to log or show (token redacted)."""
+        """
+        Return the config as a dict that is safe to log or show.
+
+        The token is redacted (:func:`redact_token`) and a proxy's
+        ``user:password@`` is shown as ``***@``.
+        """
         values = attrs.asdict(self)
         values["token"] = redact_token(self.token)
+        if self.proxy is not None:
+            values["proxy"] = hide_userinfo(self.proxy)
         return values
 
 
@@ -324,15 +296,33 @@ def make_converter() -> cattrs.Converter:
     """
     Build the one cattrs converter of lightd_sync (once, on first use).
 
-    It maps JSON objects onto our classes, refuses unknown keys, and passes
-    every value through unchanged so that the classes' validators judge it
-    (cattrs would otherwise turn ``"false"`` into ``True``).
+    cattrs maps the JSON object onto :class:`RemoteConfig` and refuses unknown
+    keys (:exc:`cattrs.ForbiddenExtraKeysError`); the values themselves pass
+    through unchanged to the attrs converters and validators of the class.
+    Why cattrs does not judge the values, precisely:
+
+    - Its structure hooks for ``bool``, ``int``, ``float`` and ``str`` coerce by
+      design (``bool("false")`` is ``True``, ``int("10")`` is ``10``,
+      ``str(5)`` is ``'5'``), which our config must never do.
+    - Strict hooks in their place would be a second copy of the rules: the
+      attrs validators must stay, because a :class:`RemoteConfig` built in code
+      (or by :func:`attrs.evolve`) has to obey exactly the same ones.
+    - :func:`cattrs.transform_error` names a key only for errors raised by that
+      key's structure hook. What the class itself raises (the validators, and
+      the checks across keys such as "``url`` is required when enabled") it
+      reports as ``invalid value @ $``, without the key; and its texts
+      ("invalid value for type, expected float") cannot say a range.
+
+    ``detailed_validation=False`` makes cattrs raise the first error as it is,
+    our :class:`ConfigError` (whose message already starts with the key path)
+    or the unknown-key error, so no exception group has to be searched.
     """
     import cattrs  # only load_config needs it: keeps `import lightd_sync` cheap
 
-    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    for tp in (bool, int, float, str, Optional[str]):
-        converter.register_structure_hook(tp, lambda value, _type: value)
+    field_types = {a.type for a in attrs.fields(attrs.resolve_types(RemoteConfig))}
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
+    for tp in field_types:  # bool, int, float, str, Optional[str]
+        converter.register_structure_hook(tp, lambda value, _: value)
     return converter
 
 
@@ -343,23 +333,13 @@ def _closest(key: str) -> str:
     return f"remote.{key}: unknown key; {hint}"
 
 
-def _find_config_error(exc: BaseException) -> Optional[ConfigError]:
-    if isinstance(exc, ConfigError):
-        return exc
+def _structure(values: dict[Any, Any]) -> RemoteConfig:
     from cattrs import ForbiddenExtraKeysError
 
-    if isinstance(exc, ForbiddenExtraKeysError):
-        return ConfigError(_closest(sorted(map(str, exc.extra_fields))[0]))
-    for inner in getattr(exc, "exceptions", ()):
-        found = _find_config_error(inner)
-        if found is not None:
-            return found
-    return None
-
-
-def _first_config_error(exc: BaseException) -> ConfigError:
-    """Find the most telling error inside cattrs' exception groups."""
-    return _find_config_error(exc) or ConfigError(f"remote: {exc}")
+    try:
+        return make_converter().structure(values, RemoteConfig)
+    except ForbiddenExtraKeysError as exc:
+        raise ConfigError(_closest(sorted(map(str, exc.extra_fields))[0])) from None
 
 
 def _parse_bool_env(name: str, raw: str) -> bool:
@@ -447,10 +427,9 @@ def load_config(
         values[key] = _parse_bool_env(var, raw) if key == "enabled" else raw
         from_env[key] = var
     try:
-        return make_converter().structure(values, RemoteConfig)
-    except Exception as exc:  # cattrs wraps what the validators raised
-        error = _first_config_error(exc)
+        return _structure(values)
+    except ConfigError as error:
         for key, var in from_env.items():
             if str(error).startswith(f"remote.{key}:"):
-                error = ConfigError(f"{error} (set by {var})")
+                raise ConfigError(f"{error} (set by {var})") from None
         raise error from None

@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 
 import attrs
 import pytest
+import urllib3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,15 @@ json_values = st.recursive(
     | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=8,
+)
+urlish = st.builds(
+    "{}{}".format,
+    st.sampled_from(["http://", "https://", "ftp://", "", "https://user:pw@", "//"]),
+    st.text(max_size=30),
+)
+hosts = st.one_of(
+    st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9]{0,6}){0,2}", fullmatch=True),
+    st.sampled_from(["127.0.0.1", "[::1]", "10.0.0.7"]),
 )
 
 
@@ -518,6 +528,159 @@ def test_url_with_user_and_password_says_why() -> None:
     )
 
 
+# --- url normalization: what load_config accepts can be sent as it is -----------------
+
+
+@pytest.mark.parametrize(
+    ("url", "normal"),
+    [
+        ("https://bücher.example/api", "https://xn--bcher-kva.example/api"),
+        ("https://BÜCHER.Example/API", "https://xn--bcher-kva.example/API"),
+        ("HTTPS://Remote.EXAMPLE:0443/", "https://remote.example:443"),
+        ("https://例え.テスト/", "https://xn--r8jz45g.xn--zckzah"),
+        ("https://remote.example/статус", "https://remote.example/%D1%81%D1%82%D0%B0%D1%82%D1%83%D1%81"),
+        ("https://remote.example/a%2fb", "https://remote.example/a%2Fb"),  # kept, upper-cased
+        ("https://remote.example/100%25", "https://remote.example/100%25"),  # not encoded twice
+        ("https://remote.example/100%", "https://remote.example/100%25"),  # a stray % is encoded
+        ("https://remote.example/%zz", "https://remote.example/%25zz"),
+        ('https://remote.example/a"<>^`{|}\\', "https://remote.example/a%22%3C%3E%5E%60%7B%7C%7D%5C"),
+        ("https://remote.example/a;b=c:d@e!$&'()*+,~", "https://remote.example/a;b=c:d@e!$&'()*+,~"),
+        ("https://remote.example//api//", "https://remote.example//api"),
+        ("http://[::1]:8080/api", "http://[::1]:8080/api"),
+        ("http://[FE80::1]/api", "http://[fe80::1]/api"),
+        ("http://remote.example.:80", "http://remote.example.:80"),
+        ("http://remote.example:/api", "http://remote.example/api"),
+    ],
+)  # fmt: skip
+def test_url_is_normalized_to_what_is_sent(url: str, normal: str) -> None:
+    config = load_config(enabled(url=url), env=NO_ENV)
+    assert config.url == normal
+    assert RemoteConfig(url=url).url == normal  # built in code: the same
+    assert RemoteConfig(url=normal).url == normal  # idempotent
+    assert urllib3.util.parse_url(normal).url == normal
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://straße.example", "remote.url: the host name holds 'ß', which the IDNA "
+         "standards encode differently; write ss or xn--zca as you mean it: "),
+        ("https://ςφ.example", "remote.url: the host name holds 'ς', "),
+        ("https://a..b/api", "remote.url: the host name cannot be IDNA-encoded (label empty"),
+        ("https://" + "x" * 64 + ".example", "remote.url: the host name cannot be IDNA-encoded"),
+        ("https://ex\u00adample\u0000.com", "remote.url: contains whitespace or control"),
+        ("https://ho$t.example/api", "remote.url: the host name may hold only letters, "),
+        ("https://ho%41st.example", "remote.url: the host name may hold only letters, "),
+        ("https://a\\b.example", "remote.url: the host name may hold only letters, "),
+        ("https://remote.example/a/../b", "remote.url: must not have '.' or '..' path segments"),
+        ("https://remote.example/./b", "remote.url: must not have '.' or '..' path segments"),
+        ("https://remote.example/a/%2E%2e", "remote.url: must not have '.' or '..' path segments"),
+        ("https://remote.example/api?", "remote.url: must not have a ?query or #fragment"),
+        ("http://[fe80::1%25eth0]/api", "remote.url: "),
+        ("http://[127.0.0.1]/api", "remote.url: "),
+        ("http://[v1.x]/api", "remote.url: "),  # each Python words these three its own way
+        ("https://remote.example/\u200b", "remote.url: contains whitespace or control"),
+    ],
+)  # fmt: skip
+def test_url_that_cannot_be_sent_is_refused(url: str, expected: str) -> None:
+    assert config_error(enabled(url=url)).startswith(expected)
+    with pytest.raises(ConfigError, match=r"^remote\.url: "):
+        RemoteConfig(url=url)
+
+
+unicode_host = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
+)
+url_text = st.builds(
+    "{}://{}{}{}{}".format,
+    st.sampled_from(["http", "https", "HTTP", "ftp"]),
+    st.one_of(
+        hosts,
+        unicode_host,
+        st.from_regex(r"[a-zA-Zä-ü0-9.\-]{1,20}", fullmatch=True),
+        st.just("[::1]"),
+        st.just("user:pw@remote.example"),
+    ),
+    st.one_of(st.just(""), st.integers(0, 70000).map(":{}".format), st.just(":")),
+    st.text(max_size=20).map(lambda t: "/" + t),
+    st.sampled_from(["", "/", "?q", "#f"]),
+)
+
+
+@fast
+@given(url=url_text | urlish | st.text(max_size=40))
+def test_any_url_load_config_accepts_is_ascii_and_round_trips(url: str) -> None:
+    result = config_or_message(enabled(url=url))
+    if isinstance(result, str):
+        assert result.startswith("remote.url: "), result
+        assert ":pw" not in result
+        return
+    normal = result.url
+    assert normal is not None
+    assert normal.isascii()
+    assert not any(ch.isspace() or not ch.isprintable() for ch in normal)
+    assert urllib3.util.parse_url(normal).url == normal
+    assert not normal.endswith("/")
+    assert RemoteConfig(url=normal).url == normal
+
+
+# --- proxy credentials -------------------------------------------------------------------
+
+PROXY = "http://lightd:pr0xy-s3cret@proxy.example:3128"
+
+
+def test_proxy_may_carry_credentials_never_shown() -> None:
+    config = load_config(enabled(proxy=PROXY), env=NO_ENV)
+    assert config.proxy == PROXY
+    for text in (repr(config), str(config), repr(config.redacted()), json.dumps(config.redacted())):
+        assert "pr0xy-s3cret" not in text
+        assert "lightd:" not in text
+    assert config.redacted()["proxy"] == "http://***@proxy.example:3128"
+    assert "proxy='http://***@proxy.example:3128'" in repr(config)
+    assert RemoteConfig(proxy=None).redacted()["proxy"] is None
+
+
+def test_proxy_credentials_are_percent_encoded_and_reach_the_header() -> None:
+    import base64
+
+    from lightd_sync._transports._pools import Proxy, choose_proxy
+
+    config = RemoteConfig(
+        enabled=True,
+        url=URL,
+        token=TOKEN,
+        proxy="http://us@er:p@ss wörd@proxy.example:3128".replace(" ", ""),
+    )
+    assert config.proxy == "http://us%40er:p%40ssw%C3%B6rd@proxy.example:3128"
+    proxy = choose_proxy(config)
+    assert isinstance(proxy, Proxy)
+    assert proxy.url == "http://proxy.example:3128"
+    expected = base64.b64encode("us@er:p@sswörd".encode()).decode()
+    assert proxy.headers == {"Proxy-Authorization": f"Basic {expected}"}
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        "ftp://lightd:pr0xy-s3cret@proxy.example",
+        "http://lightd:pr0xy-s3cret@proxy.example:99999",
+        "http://lightd:pr0xy-s3cret@proxy.example:0",
+        "http://lightd:pr0xy-s3cret@straße.example",
+        "http://lightd:pr0xy-s3cret@ho$t.example",
+        "http://lightd:pr0xy-s3cret@proxy.example/a/../b",
+        "http://lightd:pr0xy-s3cret@proxy.example/?x",
+        "http://lightd:pr0xy-s3cret@[::1",
+        "http://lightd:pr0xy-s3cret@[127.0.0.1]",
+        "http://lightd:pr0xy-s3cret@proxy.example/a b",
+        "http://lightd:pr0xy-s3cret@",
+    ],
+)
+def test_bad_proxy_never_echoes_the_password(proxy: str) -> None:
+    message = config_error(enabled(proxy=proxy))
+    assert message.startswith("remote.proxy: "), message
+    assert "s3cret" not in message
+
+
 # --- token ------------------------------------------------------------------------------
 
 
@@ -651,12 +814,6 @@ def test_env_is_not_read_from_os_environ_when_given() -> None:
 
 # --- properties -------------------------------------------------------------------------
 
-urlish = st.builds(
-    "{}{}".format,
-    st.sampled_from(["http://", "https://", "ftp://", "", "https://user:pw@", "//"]),
-    st.text(max_size=30),
-)
-
 
 @fast
 @given(key=st.sampled_from(KEYS), value=json_values | urlish)
@@ -684,10 +841,6 @@ def test_any_remote_object_is_accepted_or_a_config_error(remote: dict[str, Any])
         assert TOKEN not in result
 
 
-hosts = st.one_of(
-    st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9]{0,6}){0,2}", fullmatch=True),
-    st.sampled_from(["127.0.0.1", "[::1]", "10.0.0.7"]),
-)
 paths = st.lists(st.from_regex(r"[A-Za-z0-9._~-]{1,8}", fullmatch=True), max_size=3)
 good_urls = st.builds(
     lambda scheme, host, port, segments: (
