@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import attrs
 
+from ._config_secrets import TOKEN_FILE_VAR, read_token_file, warn_if_shared
 from ._config_url import hide_userinfo, is_loopback_url, normalize_url
 from ._exceptions import ConfigError
 
@@ -34,6 +35,7 @@ ENV_OVERRIDES = {
     "LIGHTD_REMOTE_ENABLED": "enabled",
     "LIGHTD_REMOTE_URL": "url",
     "LIGHTD_REMOTE_TOKEN": "token",
+    TOKEN_FILE_VAR: "token",  # after LIGHTD_REMOTE_TOKEN: the file wins
     "LIGHTD_REMOTE_STATE_PATH": "state_path",
 }
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -351,23 +353,44 @@ def _parse_bool_env(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}: expected true/false/1/0/yes/no, got {raw!r}")
 
 
-def _read_json(path: Union[str, os.PathLike[str]]) -> Any:
+def _read_json(path: Union[str, os.PathLike[str]]) -> tuple[Any, int]:
+    """The parsed file at *path*, and its mode (for :func:`warn_if_shared`)."""
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read the config file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text), mode
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{name}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
     except (ValueError, RecursionError) as exc:  # an int over 4300 digits; nesting too deep
         raise ConfigError(f"{name}: invalid JSON: {exc}") from None
+
+
+def _document(
+    source: Union[str, os.PathLike[str], Mapping[str, Any]],
+) -> tuple[Mapping[str, Any], Optional[int]]:
+    mode: Optional[int] = None
+    if isinstance(source, Mapping):
+        document: Any = source
+        where = "config"
+    elif isinstance(source, (str, os.PathLike)):
+        document, mode = _read_json(source)
+        where = os.fspath(source)
+    else:
+        raise TypeError(
+            f"source must be a path or a dict of config.json, not {type(source).__name__}"
+        )
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"{where}: the top level must be a JSON object")
+    return document, mode
 
 
 def read_document(source: Union[str, os.PathLike[str], Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -378,19 +401,7 @@ def read_document(source: Union[str, os.PathLike[str], Mapping[str, Any]]) -> Ma
         ConfigError: The file cannot be read, is not JSON, or is not a JSON object.
         TypeError: *source* is neither a path nor a mapping.
     """
-    if isinstance(source, Mapping):
-        document: Any = source
-        where = "config"
-    elif isinstance(source, (str, os.PathLike)):
-        document = _read_json(source)
-        where = os.fspath(source)
-    else:
-        raise TypeError(
-            f"source must be a path or a dict of config.json, not {type(source).__name__}"
-        )
-    if not isinstance(document, Mapping):
-        raise ConfigError(f"{where}: the top level must be a JSON object")
-    return document
+    return _document(source)[0]
 
 
 def load_config(
@@ -405,26 +416,48 @@ def load_config(
         source: A path to the file, or the already-parsed dict of the whole file.
             A missing ``remote`` object means sync is disabled.
         env: Where to read the overrides ``LIGHTD_REMOTE_ENABLED`` (true/false/
-            1/0/yes/no), ``LIGHTD_REMOTE_URL``, ``LIGHTD_REMOTE_TOKEN`` and
-            ``LIGHTD_REMOTE_STATE_PATH``; an empty variable counts as unset.
+            1/0/yes/no), ``LIGHTD_REMOTE_URL``, ``LIGHTD_REMOTE_TOKEN``,
+            ``LIGHTD_REMOTE_TOKEN_FILE`` and ``LIGHTD_REMOTE_STATE_PATH``; an
+            empty variable counts as unset, except ``LIGHTD_REMOTE_TOKEN_FILE``
+            (an error).
+
+    ``LIGHTD_REMOTE_TOKEN_FILE`` names a file that holds the token (surrounding
+    whitespace stripped); it wins over ``remote.token`` and
+    ``LIGHTD_REMOTE_TOKEN``. A token file, or a ``config.json`` holding a
+    token, that is readable by group or others logs a WARNING on the
+    ``lightd_sync.config`` logger.
 
     Raises:
         ConfigError: The file cannot be read or parsed, or a value is invalid;
-            the message names the key path (or file, line and column).
+            the message names the key path (or file, line and column, or the
+            variable).
+
+    .. versionadded:: 0.2.0 ``LIGHTD_REMOTE_TOKEN_FILE`` and ``LIGHTD_REMOTE_STATE_PATH``.
     """
-    document = read_document(source)
+    document, mode = _document(source)
     remote = document.get("remote", {})
     if remote is None:
         remote = {}
     if not isinstance(remote, Mapping):
         raise ConfigError(f"remote: expected a JSON object, got {type(remote).__name__}")
+    if mode is not None and isinstance(remote.get("token"), str):
+        warn_if_shared(
+            mode,
+            "%s holds remote.token and is readable by group or others: chmod 600 it, "
+            "or move the token to %s",
+            os.fspath(source),  # type: ignore[arg-type]  # a path: mode is only set for one
+            TOKEN_FILE_VAR,
+        )
     values = dict(remote)
     from_env: dict[str, str] = {}
     for var, key in ENV_OVERRIDES.items():
         raw = env.get(var)
-        if not raw:
+        if var == TOKEN_FILE_VAR and raw is not None:
+            values[key] = read_token_file(raw)  # set but empty: a ConfigError
+        elif not raw:
             continue
-        values[key] = _parse_bool_env(var, raw) if key == "enabled" else raw
+        else:
+            values[key] = _parse_bool_env(var, raw) if key == "enabled" else raw
         from_env[key] = var
     try:
         return _structure(values)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pathlib
+import stat
 import string
 import tempfile
 from collections.abc import Iterator
@@ -841,7 +843,10 @@ def test_any_remote_object_is_accepted_or_a_config_error(remote: dict[str, Any])
         assert TOKEN not in result
 
 
-paths = st.lists(st.from_regex(r"[A-Za-z0-9._~-]{1,8}", fullmatch=True), max_size=3)
+paths = st.lists(
+    st.from_regex(r"[A-Za-z0-9._~-]{1,8}", fullmatch=True).filter(lambda s: s not in (".", "..")),
+    max_size=3,
+)
 good_urls = st.builds(
     lambda scheme, host, port, segments: (
         f"{scheme}://{host}{port}" + "".join(f"/{s}" for s in segments)
@@ -918,3 +923,160 @@ def test_any_file_content_is_a_config_or_a_config_error(
     result = config_or_message(path)
     if not isinstance(result, RemoteConfig):
         assert result.startswith((f"{path}: ", "remote")), result
+
+
+# --- LIGHTD_REMOTE_TOKEN_FILE and files readable by others ------------------------------
+
+OTHER = "lightd_0123456789abcdef0123456789abcdef"
+CONFIG_LOGGER = "lightd_sync.config"
+
+
+def token_file(folder: pathlib.Path, content: Union[str, bytes], mode: int = 0o600) -> str:
+    path = folder / "token"
+    if isinstance(content, str):
+        content = content.encode()
+    path.write_bytes(content)
+    path.chmod(mode)
+    return str(path)
+
+
+def shared_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == CONFIG_LOGGER and r.levelname == "WARNING" and "readable by" in r.getMessage()
+    ]
+
+
+def test_token_file_wins_over_the_file_and_the_variable(tmp_path: pathlib.Path) -> None:
+    path = token_file(tmp_path, f"\n  {OTHER}\r\n\n")
+    env = {"LIGHTD_REMOTE_TOKEN": TOKEN, "LIGHTD_REMOTE_TOKEN_FILE": path}
+    assert load_config(enabled(), env=env).token == OTHER
+    assert load_config({}, env={**env, "LIGHTD_REMOTE_ENABLED": "1", "LIGHTD_REMOTE_URL": URL}) == (
+        RemoteConfig(enabled=True, url=URL, token=OTHER)
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: str(d / "missing"), "cannot read '{path}': No such file or directory"),
+        (os.fspath, "'{path}' is not a regular file (drwx"),
+        (lambda d: token_file(d, ""), "'{path}' is empty"),
+        (lambda d: token_file(d, " \n\t\n"), "'{path}' is empty"),
+        (lambda d: token_file(d, b"\xff" + TOKEN.encode()), "'{path}' is not UTF-8 text"),
+        (lambda d: token_file(d, TOKEN * 2000), "'{path}' is larger than 65536 bytes"),
+        (lambda d: "a\0b", "cannot read 'a\\x00b': embedded null byte"),
+    ],
+    ids=["missing", "folder", "empty", "whitespace", "not-utf8", "huge", "nul"],
+)
+def test_token_file_that_cannot_be_used(tmp_path: pathlib.Path, make: Any, expected: str) -> None:
+    path = make(tmp_path)
+    message = config_error(enabled(), env={"LIGHTD_REMOTE_TOKEN_FILE": path})
+    assert message.startswith("LIGHTD_REMOTE_TOKEN_FILE: " + expected.format(path=path)), message
+
+
+def test_token_file_that_is_a_fifo_fails_at_once(tmp_path: pathlib.Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # an open() without O_NONBLOCK would wait for a writer for ever
+    message = config_error(enabled(), env={"LIGHTD_REMOTE_TOKEN_FILE": str(fifo)})
+    assert message.startswith(f"LIGHTD_REMOTE_TOKEN_FILE: {str(fifo)!r} is not a regular file (prw")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_token_file_without_permission(tmp_path: pathlib.Path) -> None:
+    path = token_file(tmp_path, TOKEN, mode=0o000)
+    message = config_error(enabled(), env={"LIGHTD_REMOTE_TOKEN_FILE": path})
+    assert message == f"LIGHTD_REMOTE_TOKEN_FILE: cannot read {path!r}: Permission denied"
+
+
+def test_token_file_set_to_an_empty_string_is_an_error() -> None:
+    message = config_error(enabled(), env={"LIGHTD_REMOTE_TOKEN_FILE": ""})
+    assert message == (
+        "LIGHTD_REMOTE_TOKEN_FILE: set to an empty string; name the token file, or unset it"
+    )
+
+
+def test_token_file_with_a_bad_token_names_the_variable_not_the_token(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = token_file(tmp_path, f"{TOKEN}\nsecond line")
+    message = config_error(enabled(), env={"LIGHTD_REMOTE_TOKEN_FILE": path})
+    assert message == (
+        "remote.token: must be usable as an HTTP header value (printable ASCII, no whitespace "
+        "or control characters) (set by LIGHTD_REMOTE_TOKEN_FILE)"
+    )
+    assert "second" not in message
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o666])
+def test_token_file_readable_by_others_logs_a_warning(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    path = token_file(tmp_path, OTHER, mode=mode)
+    with caplog.at_level(logging.WARNING, logger=CONFIG_LOGGER):
+        assert load_config(enabled(), env={"LIGHTD_REMOTE_TOKEN_FILE": path}).token == OTHER
+    [warning] = shared_warnings(caplog)
+    assert warning.startswith(f"LIGHTD_REMOTE_TOKEN_FILE: {path!r} is readable by group or others")
+    assert warning.endswith(f"({stat.filemode(0o100000 | mode)})")
+    assert OTHER not in caplog.text
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_private_token_file_logs_nothing(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    path = token_file(tmp_path, OTHER, mode=mode)
+    with caplog.at_level(logging.DEBUG, logger="lightd_sync"):
+        load_config(enabled(), env={"LIGHTD_REMOTE_TOKEN_FILE": path})
+    assert shared_warnings(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "remote", "warned"),
+    [
+        (0o644, enabled(), True),
+        (0o640, enabled(), True),
+        (0o600, enabled(), False),
+        (0o644, {"remote": {"enabled": False}}, False),  # no token in it
+        (0o644, {"remote": {"enabled": False, "token": None}}, False),
+    ],
+)
+def test_config_file_with_a_token_readable_by_others_logs_a_warning(
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    mode: int,
+    remote: dict[str, Any],
+    warned: bool,
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(remote), encoding="utf-8")
+    path.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger=CONFIG_LOGGER):
+        load_config(path, env=NO_ENV)
+    warnings = shared_warnings(caplog)
+    assert len(warnings) == int(warned)
+    if warned:
+        assert warnings[0].startswith(f"{path} holds remote.token and is readable by group")
+        assert "LIGHTD_REMOTE_TOKEN_FILE" in warnings[0]
+    assert TOKEN not in caplog.text
+
+
+@fast
+@given(content=st.binary(max_size=200) | st.text(max_size=60).map(str.encode))
+def test_any_token_file_is_a_token_or_a_config_error_without_its_contents(
+    scratch: pathlib.Path, content: bytes
+) -> None:
+    path = scratch / "token"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    try:
+        config = load_config(enabled(), env={"LIGHTD_REMOTE_TOKEN_FILE": str(path)})
+    except ConfigError as exc:
+        message = str(exc)
+        assert message.startswith(("LIGHTD_REMOTE_TOKEN_FILE: ", "remote.token: ")), message
+        stripped = content.strip()
+        if len(stripped) >= 4:
+            assert repr(stripped.decode("utf-8", "replace"))[1:-1] not in message
+    else:
+        assert config.token == content.decode().strip()
