@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import difflib
 import functools
-import ipaddress
 import json
 import math
 import os
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
-from urllib.parse import urlsplit
 
 import attrs
 
+from ._config_secrets import TOKEN_FILE_VAR, read_token_file, warn_if_shared
+from ._config_url import hide_userinfo, is_loopback_url, normalize_url
 from ._exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -35,11 +35,17 @@ ENV_OVERRIDES = {
     "LIGHTD_REMOTE_ENABLED": "enabled",
     "LIGHTD_REMOTE_URL": "url",
     "LIGHTD_REMOTE_TOKEN": "token",
+    TOKEN_FILE_VAR: "token",  # after LIGHTD_REMOTE_TOKEN: the file wins
+    "LIGHTD_REMOTE_STATE_PATH": "state_path",
 }
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _TRANSPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _MAX_PATH = 4096
+#: The largest number of seconds any duration key may hold: one day. Beyond
+#: it, threading's timeouts overflow (``OverflowError``) and a lane or the
+#: health timer would sleep for longer than any daemon runs between restarts.
+MAX_SECONDS = 86_400
 
 
 def redact_token(token: Optional[str]) -> Optional[str]:
@@ -60,7 +66,7 @@ def _token_repr(token: Optional[str]) -> str:
 
 
 def _fail(key: str, expect: str, value: object) -> ConfigError:
-    return ConfigError(f"remote.{key}: expected {expect}, got {value!r}")
+    return ConfigError(f"remote.{key}: expected {expect}, got {_shown_number(value)}")
 
 
 def _is_number(value: object) -> bool:
@@ -73,17 +79,43 @@ def _to_float(value: Any) -> Any:
         return value
     try:
         return float(value)
-    except OverflowError:  # an int too large for a float: the validator refuses inf
-        return math.inf
+    except OverflowError:  # an int too large for a float: the validator names it
+        return value
+
+
+def _shown_number(value: object) -> str:
+    """*value* for a message; an int too long for ``repr`` (or a page) by its size."""
+    if type(value) is int and value.bit_length() > 64:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"an integer of about {digits} digits"
+    return repr(value)
 
 
 def _to_path(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-def _positive_number(inst: object, attr: attrs.Attribute[float], value: object) -> None:
-    if not (isinstance(value, float) and math.isfinite(value) and value > 0):
-        raise _fail(attr.name, "a number > 0", value)
+def _to_user_path(value: Any) -> Any:
+    """A path with ``~`` expanded (no file system access beyond the user database)."""
+    value = _to_path(value)
+    return os.path.expanduser(value) if isinstance(value, str) and "\0" not in value else value
+
+
+def _seconds(inst: object, attr: attrs.Attribute[float], value: object) -> None:
+    """A duration: a float > 0 and at most :data:`MAX_SECONDS` (so inf, nan and huge ints fail)."""
+    positive = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not (isinstance(value, float) and math.isnan(value))
+        and value > 0
+    )
+    if not positive:
+        raise ConfigError(f"remote.{attr.name}: expected a number > 0, got {_shown_number(value)}")
+    if not (isinstance(value, float) and value <= MAX_SECONDS):
+        raise ConfigError(
+            f"remote.{attr.name}: expected a number of seconds > 0 and at most "
+            f"{MAX_SECONDS} (one day), got {_shown_number(value)}"
+        )
 
 
 def _int_between(low: int, high: int) -> Callable[[object, attrs.Attribute[int], object], None]:
@@ -104,57 +136,18 @@ def _optional_str(inst: object, attr: attrs.Attribute[Optional[str]], value: obj
         raise _fail(attr.name, "a string", value)
 
 
-def is_loopback_url(url: str) -> bool:
-    """True if *url* points at this machine (``localhost`` or a loopback address)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _to_url(value: Any) -> Any:
+    """The attrs converter of ``remote.url``: a string is checked and normalized."""
+    return normalize_url("url", value, userinfo=False) if isinstance(value, str) else value
 
 
-def _shown_url(url: str) -> str:
-    """*url* as a message shows it: not at all if it has an ``@`` (a password is a secret too)."""
-    return repr(url) if "@" not in url else "a URL with '@' (not shown: it may hold a password)"
+def _to_proxy(value: Any) -> Any:
+    """The attrs converter of ``remote.proxy``: like ``url``, but ``user:password@`` is allowed."""
+    return normalize_url("proxy", value, userinfo=True) if isinstance(value, str) else value
 
 
-def _url(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise _fail(attr.name, "a string", value)
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        if "@" in value:  # exc may quote the password
-            raise ConfigError(f"remote.{attr.name}: not a valid URL: {_shown_url(value)}") from None
-        raise ConfigError(f"remote.{attr.name}: {exc} in {value!r}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(
-            f"remote.{attr.name}: must start with https:// or http://, got {_shown_url(value)}"
-        )
-    if not parts.hostname:
-        raise ConfigError(f"remote.{attr.name}: has no host name: {_shown_url(value)}")
-    if parts.username is not None or parts.password is not None:
-        # Do not echo the URL: the password in it is a secret too.
-        raise ConfigError(
-            f"remote.{attr.name}: must not contain user:password@; the token authenticates requests"
-        )
-    if parts.query or parts.fragment:
-        raise ConfigError(
-            f"remote.{attr.name}: must not have a ?query or #fragment: {_shown_url(value)}"
-        )
-    if port == 0:
-        raise ConfigError(
-            f"remote.{attr.name}: port 0 is not a port to connect to: {_shown_url(value)}"
-        )
-    if any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise ConfigError(
-            f"remote.{attr.name}: contains whitespace or control characters: {_shown_url(value)}"
-        )
+def _proxy_repr(url: Optional[str]) -> str:
+    return repr(None if url is None else hide_userinfo(url))
 
 
 def _token(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> None:
@@ -183,10 +176,6 @@ def _path(inst: object, attr: attrs.Attribute[Optional[str]], value: object) -> 
         raise _fail(attr.name, "a file path", value)
 
 
-def _url_without_slash(value: Any) -> Any:
-    return value.rstrip("/") if isinstance(value, str) else value
-
-
 @attrs.frozen
 class RemoteConfig:
     """
@@ -200,6 +189,8 @@ class RemoteConfig:
     Attributes:
         enabled: Turn remote sync on. ``False`` means the null transport.
         url: Base URL of the remote API; ``/update`` and ``/health`` are appended.
+            Normalized so that it can be sent as it is: a non-ASCII host is
+            IDNA-encoded, the path percent-encoded, the trailing ``/`` dropped.
         token: Shared secret, sent as ``Authorization: Bearer <token>``.
         transport: ``"http"``, ``"file"``, ``"null"``, or a plugin's name.
         path: The file the ``file`` transport appends to.
@@ -220,39 +211,54 @@ class RemoteConfig:
         ca_bundle: A PEM file of CA certificates to trust (a private CA).
         client_cert: A PEM client certificate, for mutual TLS.
         client_key: The client certificate's key, when not in ``client_cert``.
-        proxy: An ``http://`` or ``https://`` proxy URL (no credentials in it);
-            overrides ``HTTPS_PROXY``/``HTTP_PROXY``.
+        proxy: An ``http://`` or ``https://`` proxy URL, normalized like ``url``;
+            overrides ``HTTPS_PROXY``/``HTTP_PROXY``. It may hold
+            ``user:password@`` (sent as ``Proxy-Authorization``), which
+            ``repr``, :meth:`redacted` and error messages never show.
+        max_retry_after: The longest pause, in seconds, that a remote's
+            ``Retry-After`` can impose; a longer one is cut to it (and logged).
+        state_path: A crash-safe state file holding each server's latest
+            update and whether the remote acknowledged it, so that a restart
+            of the daemon (even ``kill -9`` during an outage) still lets the
+            remote converge. ``~`` is expanded here; the file itself is opened
+            by the engine, never by :func:`load_config` (see the engine docs
+            for the file and its limits). ``None``: memory only.
+
+    Every duration (``timeout``, ``health_interval``, ``shutdown_timeout``,
+    ``max_retry_after``) is a number of seconds > 0 and at most
+    :data:`MAX_SECONDS` (86,400: one day).
 
     .. versionadded:: 0.1.0 ``retries``, ``resync``, ``max_servers``,
        ``shutdown_timeout``, ``verify``, ``ca_bundle``, ``client_cert``,
        ``client_key`` and ``proxy``.
+    .. versionadded:: 0.2.0 ``max_retry_after`` and ``state_path``.
     """
 
     enabled: bool = attrs.field(default=False, validator=_bool)
-    url: Optional[str] = attrs.field(default=None, converter=_url_without_slash, validator=_url)
+    url: Optional[str] = attrs.field(default=None, converter=_to_url, validator=_optional_str)
     token: Optional[str] = attrs.field(default=None, validator=_token, repr=_token_repr)
     transport: str = attrs.field(default="http", validator=_transport)
     path: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
-    timeout: float = attrs.field(default=10.0, converter=_to_float, validator=_positive_number)
-    health_interval: float = attrs.field(
-        default=30.0, converter=_to_float, validator=_positive_number
-    )
+    timeout: float = attrs.field(default=10.0, converter=_to_float, validator=_seconds)
+    health_interval: float = attrs.field(default=30.0, converter=_to_float, validator=_seconds)
     workers: int = attrs.field(default=4, validator=_int_between(1, 64))
     queue_size: int = attrs.field(default=1000, validator=_int_between(1, 10_000_000))
     retries: int = attrs.field(default=2, validator=_int_between(0, 10))
     resync: bool = attrs.field(default=True, validator=_bool)
     max_servers: int = attrs.field(default=10_000, validator=_int_between(1, 10_000_000))
-    shutdown_timeout: float = attrs.field(
-        default=2.0, converter=_to_float, validator=_positive_number
-    )
-    max_retry_after: float = attrs.field(
-        default=300.0, converter=_to_float, validator=_positive_number
-    )
+    shutdown_timeout: float = attrs.field(default=2.0, converter=_to_float, validator=_seconds)
     verify: bool = attrs.field(default=True, validator=_bool)
     ca_bundle: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
     client_cert: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
     client_key: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_path)
-    proxy: Optional[str] = attrs.field(default=None, converter=_url_without_slash, validator=_url)
+    proxy: Optional[str] = attrs.field(
+        default=None,
+        converter=_to_proxy,
+        validator=_optional_str,
+        repr=_proxy_repr,
+    )
+    max_retry_after: float = attrs.field(default=300.0, converter=_to_float, validator=_seconds)
+    state_path: Optional[str] = attrs.field(default=None, converter=_to_user_path, validator=_path)
 
     def __attrs_post_init__(self) -> None:
         if self.client_key is not None and self.client_cert is None:
@@ -274,9 +280,16 @@ class RemoteConfig:
         return self.transport if self.enabled else "null"
 
     def redacted(self) -> dict[str, Any]:
-        """Return the config as a dict that is safe to log or show (token redacted)."""
+        """
+        Return the config as a dict that is safe to log or show.
+
+        The token is redacted (:func:`redact_token`) and a proxy's
+        ``user:password@`` is shown as ``***@``.
+        """
         values = attrs.asdict(self)
         values["token"] = redact_token(self.token)
+        if self.proxy is not None:
+            values["proxy"] = hide_userinfo(self.proxy)
         return values
 
 
@@ -285,15 +298,33 @@ def make_converter() -> cattrs.Converter:
     """
     Build the one cattrs converter of lightd_sync (once, on first use).
 
-    It maps JSON objects onto our classes, refuses unknown keys, and passes
-    every value through unchanged so that the classes' validators judge it
-    (cattrs would otherwise turn ``"false"`` into ``True``).
+    cattrs maps the JSON object onto :class:`RemoteConfig` and refuses unknown
+    keys (:exc:`cattrs.ForbiddenExtraKeysError`); the values themselves pass
+    through unchanged to the attrs converters and validators of the class.
+    Why cattrs does not judge the values, precisely:
+
+    - Its structure hooks for ``bool``, ``int``, ``float`` and ``str`` coerce by
+      design (``bool("false")`` is ``True``, ``int("10")`` is ``10``,
+      ``str(5)`` is ``'5'``), which our config must never do.
+    - Strict hooks in their place would be a second copy of the rules: the
+      attrs validators must stay, because a :class:`RemoteConfig` built in code
+      (or by :func:`attrs.evolve`) has to obey exactly the same ones.
+    - :func:`cattrs.transform_error` names a key only for errors raised by that
+      key's structure hook. What the class itself raises (the validators, and
+      the checks across keys such as "``url`` is required when enabled") it
+      reports as ``invalid value @ $``, without the key; and its texts
+      ("invalid value for type, expected float") cannot say a range.
+
+    ``detailed_validation=False`` makes cattrs raise the first error as it is,
+    our :class:`ConfigError` (whose message already starts with the key path)
+    or the unknown-key error, so no exception group has to be searched.
     """
     import cattrs  # only load_config needs it: keeps `import lightd_sync` cheap
 
-    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    for tp in (bool, int, float, str, Optional[str]):
-        converter.register_structure_hook(tp, lambda value, _type: value)
+    field_types = {a.type for a in attrs.fields(attrs.resolve_types(RemoteConfig))}
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
+    for tp in field_types:  # bool, int, float, str, Optional[str]
+        converter.register_structure_hook(tp, lambda value, _: value)
     return converter
 
 
@@ -304,23 +335,13 @@ def _closest(key: str) -> str:
     return f"remote.{key}: unknown key; {hint}"
 
 
-def _find_config_error(exc: BaseException) -> Optional[ConfigError]:
-    if isinstance(exc, ConfigError):
-        return exc
+def _structure(values: dict[Any, Any]) -> RemoteConfig:
     from cattrs import ForbiddenExtraKeysError
 
-    if isinstance(exc, ForbiddenExtraKeysError):
-        return ConfigError(_closest(sorted(map(str, exc.extra_fields))[0]))
-    for inner in getattr(exc, "exceptions", ()):
-        found = _find_config_error(inner)
-        if found is not None:
-            return found
-    return None
-
-
-def _first_config_error(exc: BaseException) -> ConfigError:
-    """Find the most telling error inside cattrs' exception groups."""
-    return _find_config_error(exc) or ConfigError(f"remote: {exc}")
+    try:
+        return make_converter().structure(values, RemoteConfig)
+    except ForbiddenExtraKeysError as exc:
+        raise ConfigError(_closest(sorted(map(str, exc.extra_fields))[0])) from None
 
 
 def _parse_bool_env(name: str, raw: str) -> bool:
@@ -332,23 +353,44 @@ def _parse_bool_env(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}: expected true/false/1/0/yes/no, got {raw!r}")
 
 
-def _read_json(path: Union[str, os.PathLike[str]]) -> Any:
+def _read_json(path: Union[str, os.PathLike[str]]) -> tuple[Any, int]:
+    """The parsed file at *path*, and its mode (for :func:`warn_if_shared`)."""
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read the config file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text), mode
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{name}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
     except (ValueError, RecursionError) as exc:  # an int over 4300 digits; nesting too deep
         raise ConfigError(f"{name}: invalid JSON: {exc}") from None
+
+
+def _document(
+    source: Union[str, os.PathLike[str], Mapping[str, Any]],
+) -> tuple[Mapping[str, Any], Optional[int]]:
+    mode: Optional[int] = None
+    if isinstance(source, Mapping):
+        document: Any = source
+        where = "config"
+    elif isinstance(source, (str, os.PathLike)):
+        document, mode = _read_json(source)
+        where = os.fspath(source)
+    else:
+        raise TypeError(
+            f"source must be a path or a dict of config.json, not {type(source).__name__}"
+        )
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"{where}: the top level must be a JSON object")
+    return document, mode
 
 
 def read_document(source: Union[str, os.PathLike[str], Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -359,19 +401,7 @@ def read_document(source: Union[str, os.PathLike[str], Mapping[str, Any]]) -> Ma
         ConfigError: The file cannot be read, is not JSON, or is not a JSON object.
         TypeError: *source* is neither a path nor a mapping.
     """
-    if isinstance(source, Mapping):
-        document: Any = source
-        where = "config"
-    elif isinstance(source, (str, os.PathLike)):
-        document = _read_json(source)
-        where = os.fspath(source)
-    else:
-        raise TypeError(
-            f"source must be a path or a dict of config.json, not {type(source).__name__}"
-        )
-    if not isinstance(document, Mapping):
-        raise ConfigError(f"{where}: the top level must be a JSON object")
-    return document
+    return _document(source)[0]
 
 
 def load_config(
@@ -386,32 +416,53 @@ def load_config(
         source: A path to the file, or the already-parsed dict of the whole file.
             A missing ``remote`` object means sync is disabled.
         env: Where to read the overrides ``LIGHTD_REMOTE_ENABLED`` (true/false/
-            1/0/yes/no), ``LIGHTD_REMOTE_URL`` and ``LIGHTD_REMOTE_TOKEN``; an
-            empty variable counts as unset.
+            1/0/yes/no), ``LIGHTD_REMOTE_URL``, ``LIGHTD_REMOTE_TOKEN``,
+            ``LIGHTD_REMOTE_TOKEN_FILE`` and ``LIGHTD_REMOTE_STATE_PATH``; an
+            empty variable counts as unset, except ``LIGHTD_REMOTE_TOKEN_FILE``
+            (an error).
+
+    ``LIGHTD_REMOTE_TOKEN_FILE`` names a file that holds the token (surrounding
+    whitespace stripped); it wins over ``remote.token`` and
+    ``LIGHTD_REMOTE_TOKEN``. A token file, or a ``config.json`` holding a
+    token, that is readable by group or others logs a WARNING on the
+    ``lightd_sync.config`` logger.
 
     Raises:
         ConfigError: The file cannot be read or parsed, or a value is invalid;
-            the message names the key path (or file, line and column).
+            the message names the key path (or file, line and column, or the
+            variable).
+
+    .. versionadded:: 0.2.0 ``LIGHTD_REMOTE_TOKEN_FILE`` and ``LIGHTD_REMOTE_STATE_PATH``.
     """
-    document = read_document(source)
+    document, mode = _document(source)
     remote = document.get("remote", {})
     if remote is None:
         remote = {}
     if not isinstance(remote, Mapping):
         raise ConfigError(f"remote: expected a JSON object, got {type(remote).__name__}")
+    if mode is not None and isinstance(remote.get("token"), str):
+        warn_if_shared(
+            mode,
+            "%s holds remote.token and is readable by group or others: chmod 600 it, "
+            "or move the token to %s",
+            os.fspath(source),  # type: ignore[arg-type]  # a path: mode is only set for one
+            TOKEN_FILE_VAR,
+        )
     values = dict(remote)
     from_env: dict[str, str] = {}
     for var, key in ENV_OVERRIDES.items():
         raw = env.get(var)
-        if not raw:
+        if var == TOKEN_FILE_VAR and raw is not None:
+            values[key] = read_token_file(raw)  # set but empty: a ConfigError
+        elif not raw:
             continue
-        values[key] = _parse_bool_env(var, raw) if key == "enabled" else raw
+        else:
+            values[key] = _parse_bool_env(var, raw) if key == "enabled" else raw
         from_env[key] = var
     try:
-        return make_converter().structure(values, RemoteConfig)
-    except Exception as exc:  # cattrs wraps what the validators raised
-        error = _first_config_error(exc)
+        return _structure(values)
+    except ConfigError as error:
         for key, var in from_env.items():
             if str(error).startswith(f"remote.{key}:"):
-                error = ConfigError(f"{error} (set by {var})")
+                raise ConfigError(f"{error} (set by {var})") from None
         raise error from None

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 
