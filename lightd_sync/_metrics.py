@@ -18,6 +18,9 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
+from collections.abc import Mapping
+
+from ._exceptions import REASONS
 from ._model import HealthState, LatencyHistogram, SyncStats
 
 __all__ = ["CONTENT_TYPE", "render_metrics"]
@@ -70,18 +73,34 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
-def render_metrics(stats: SyncStats, health: HealthState, latency: LatencyHistogram) -> str:
+#: The reasons an update is dropped for.
+DROP_REASONS = ("queue_full", "closed")
+
+
+def render_metrics(
+    stats: SyncStats,
+    health: HealthState,
+    latency: LatencyHistogram,
+    reasons: Optional[Mapping[tuple[str, str], int]] = None,
+    version: Optional[str] = None,
+) -> str:
     """
     Return the exposition of one engine's counters, health and delivery latency.
 
     Metric families: ``lightd_sync_updates_total{outcome=delivered|failed|dropped|superseded}``,
+    ``lightd_sync_updates_failed_total{reason=...}``,
+    ``lightd_sync_updates_dropped_total{reason=...}`` (every reason, 0 included, so
+    the series exist from the start; they sum to the ``outcome`` totals),
     ``lightd_sync_updates_submitted_total`` and ``lightd_sync_updates_resynced_total``
     (counters); ``lightd_sync_updates_pending``, ``lightd_sync_remote_healthy``,
-    ``lightd_sync_health_check_latency_seconds`` and
-    ``lightd_sync_health_consecutive_failures`` (gauges); ``lightd_sync_delivery_seconds``
-    (histogram).
+    ``lightd_sync_health_check_latency_seconds``,
+    ``lightd_sync_health_consecutive_failures`` and ``lightd_sync_info{version=...}``
+    (gauges); ``lightd_sync_delivery_seconds`` (histogram).
     """
     out = _Writer()
+    if version is not None:
+        out.family("lightd_sync_info", "gauge", "The lightd-sync library; always 1.")
+        out.sample("lightd_sync_info", 1, {"version": version})
     out.family(
         "lightd_sync_updates_total",
         "counter",
@@ -90,6 +109,13 @@ def render_metrics(stats: SyncStats, health: HealthState, latency: LatencyHistog
     )
     for outcome in ("delivered", "failed", "dropped", "superseded"):
         out.sample("lightd_sync_updates_total", getattr(stats, outcome), {"outcome": outcome})
+    if reasons is not None:
+        for result, known in (("failed", REASONS), ("dropped", DROP_REASONS)):
+            name = f"lightd_sync_updates_{result}_total"
+            out.family(name, "counter", f"Updates {result}, by reason (sums to the outcome total).")
+            extra = sorted({r for (res, r) in reasons if res == result} - set(known))
+            for reason in (*known, *extra):
+                out.sample(name, reasons.get((result, reason), 0), {"reason": reason})
     out.family(
         "lightd_sync_updates_submitted_total",
         "counter",

@@ -36,12 +36,15 @@ def lightd_remote() -> Iterator[LightdRemote]:
     ``.config(**overrides)``, ``.updates``, ``.wait_for(server, status)``,
     ``.fail_next(n, status)``, ``.delay(seconds)``, ``.down()``/``.up()``.
     Close the engines you build on it within the test (``with SyncEngine(...)``).
+    Testing mode is on during the test (:func:`lightd_sync.testing.set_testing`):
+    retries and early health checks do not wait.
     """
-    from lightd_sync.testing import LightdRemote
+    from lightd_sync.testing import LightdRemote, set_testing
 
     remote = LightdRemote().start()
     try:
-        yield remote
+        with set_testing():
+            yield remote
     finally:
         ended = remote.stop(_TEARDOWN_TIMEOUT)
     assert ended, f"lightd_remote: the server threads of {remote!r} did not end in time"
@@ -55,12 +58,15 @@ def lightd_file_sync(tmp_path: Path) -> Iterator[SyncEngine]:
     Its file is ``engine.config.path``; after ``engine.flush()``,
     :func:`lightd_sync.testing.read_events` returns the bodies it logged.
     Closed after the test (at most 5 seconds), leaving no thread behind.
+    Testing mode is on during the test, as with ``lightd_remote``.
     """
     from lightd_sync import RemoteConfig, SyncEngine
+    from lightd_sync.testing import set_testing
 
     path = tmp_path / "lightd-sync-events.jsonl"
     engine = SyncEngine(RemoteConfig(enabled=True, transport="file", path=str(path)))
     try:
-        yield engine
+        with set_testing():
+            yield engine
     finally:
         engine.close(_TEARDOWN_TIMEOUT)

@@ -262,7 +262,15 @@ class ApiApp:
 
     def _metrics(self) -> _Answer:
         engine = self.engine
-        return 200, render_metrics(engine.stats(), engine.health, engine.latency_histogram())
+        from ._version import version
+
+        return 200, render_metrics(
+            engine.stats(),
+            engine.health,
+            engine.latency_histogram(),
+            engine.outcome_reasons(),
+            version(),
+        )
 
 
 def create_app(engine: SyncEngine, *, token: str) -> ApiApp:

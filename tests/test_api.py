@@ -335,8 +335,19 @@ def test_metrics_parse_and_agree_with_the_engine(
         "lightd_sync_health_check_latency_seconds": "gauge",
         "lightd_sync_health_consecutive_failures": "gauge",
         "lightd_sync_delivery_seconds": "histogram",
+        "lightd_sync_updates_failed_total": "counter",
+        "lightd_sync_updates_dropped_total": "counter",
+        "lightd_sync_info": "gauge",
     }
     assert expected == {name: f["type"] for name, f in families.items()}
+    from lightd_sync import __version__
+    from lightd_sync._exceptions import REASONS
+
+    assert 1 == value(families, "lightd_sync_info", version=__version__)
+    for reason in REASONS:
+        assert 0 == value(families, "lightd_sync_updates_failed_total", reason=reason)
+    for reason in ("queue_full", "closed"):
+        assert 0 == value(families, "lightd_sync_updates_dropped_total", reason=reason)
     stats = engine.stats()
     for outcome in ("delivered", "failed", "dropped", "superseded"):
         assert getattr(stats, outcome) == value(
