@@ -16,9 +16,8 @@ have not checked yet.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
-
 from collections.abc import Mapping
+from typing import Optional, Union
 
 from ._exceptions import REASONS
 from ._model import HealthState, LatencyHistogram, SyncStats
