@@ -1,4 +1,4 @@
-"""The testing kit's in-memory half: RecordingTransport, set_testing, SIGHUP chaining, log extras."""
+"""The in-memory testing kit: RecordingTransport, set_testing, SIGHUP chaining, log extras."""
 
 from __future__ import annotations
 
