@@ -474,3 +474,25 @@ def test_null_transport_engine_still_counts(logs: LogCapture) -> None:
         engine.update("s", "ready")
         assert engine.flush(5)
     assert 1 == engine.stats().delivered
+
+
+# -- odd but legal URLs ---------------------------------------------------------
+
+
+def test_a_non_ascii_path_is_delivered_percent_encoded(remote: ScriptedRemote) -> None:
+    from urllib.parse import quote
+
+    config = http_config(f"{remote.url}/статус api")
+    with SyncEngine(config) as engine:
+        assert engine.update("s", "ready")
+        assert engine.flush(5)
+        assert 1 == engine.stats().delivered
+        second = ScriptedRemote().start()
+        try:  # a reload into another such URL
+            engine.reload(http_config(f"{second.url}/ünï"))
+            assert engine.update("s", "installing")
+            assert engine.flush(5)
+            assert [f"/{quote('ünï')}/update"] == [r.path for r in second.posts()]
+        finally:
+            second.stop()
+    assert [f"/{quote('статус api')}/update"] == [r.path for r in remote.posts()]
