@@ -482,7 +482,7 @@ def test_null_transport_engine_still_counts(logs: LogCapture) -> None:
 def test_a_non_ascii_path_is_delivered_percent_encoded(remote: ScriptedRemote) -> None:
     from urllib.parse import quote
 
-    config = http_config(f"{remote.url}/статус api")
+    config = http_config(f"{remote.url}/статус")
     with SyncEngine(config) as engine:
         assert engine.update("s", "ready")
         assert engine.flush(5)
