@@ -127,7 +127,7 @@ class Deliverer:
             if wait > 0:
                 wait_for(self.abort, wait)
                 continue  # re-read: the pause may have grown, or close() ran out of time
-            if attempt and self.book.superseded(item):
+            if attempt and self.ledger.superseded(item):
                 self._settle(item, SUPERSEDED, SUPERSEDED)
                 return
             update = item.update()

@@ -170,8 +170,8 @@ class SyncEngine:
 
     def _build(self, config: RemoteConfig, transport: Transport) -> None:
         """Make the collaborators and the lifecycle state (in __init__ and in a forked child)."""
-        self._ledger = Ledger(config.queue_size)
-        self._book = ResyncBook(config.max_servers, resync=config.resync)
+        self._ledger = Ledger(config.queue_size, config.max_servers)
+        self._book = ResyncBook(self._ledger, config.max_servers, resync=config.resync)
         self._slot = TransportSlot(transport)
         self._deliverer = Deliverer(
             self._ledger,
@@ -329,7 +329,6 @@ class SyncEngine:
         if self._pid != os.getpid():
             self._start()
         item = Pending(server, status, data)
-        self._book.record(item)
         dropped = self._ledger.admit(item)
         if dropped is None:
             return True
@@ -523,7 +522,7 @@ class SyncEngine:
                     close_quietly(transport)  # built for nothing; nothing else waits on it
                 raise LightdSyncError("reload: the engine is closed")
             self._config = config
-            self._ledger.resize(config.queue_size)
+            self._ledger.resize(config.queue_size, config.max_servers)
             self._book.max_servers = config.max_servers
             self._book.resync = config.resync
             self._deliverer.policy = DeliveryPolicy.from_config(config)

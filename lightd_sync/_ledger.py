@@ -1,10 +1,12 @@
 """
 The ledger: where every update is, and how many ended which way.
 
-It admits updates into the lanes (the queue bound, the closed flag), counts
-every outcome by result and reason, keeps the latency histogram and the log
-throttles, and wakes :meth:`SyncEngine.flush` waiters. One lock guards all of
-it, so that every :class:`~lightd_sync.SyncStats` snapshot balances.
+It admits updates into the lanes (the queue bound, the closed flag), knows
+each server's latest update, counts every outcome by result and reason,
+keeps the latency histogram and the log throttles, and wakes
+:meth:`SyncEngine.flush` waiters. One lock guards all of it, so that every
+:class:`~lightd_sync.SyncStats` snapshot balances and ``update()`` takes one
+lock, once.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ class Ledger:
 
     Args:
         queue_size: Updates that may be pending (queued or in flight) at once.
+        max_servers: Servers whose latest update is remembered (least
+            recently updated forgotten first).
         lanes: Where admitted updates go; :meth:`reroute` swaps them on reload.
     """
 
-    def __init__(self, queue_size: int, lanes: Optional[Lanes] = None) -> None:
+    def __init__(
+        self, queue_size: int, max_servers: int = 10_000, lanes: Optional[Lanes] = None
+    ) -> None:
         # Guards every attribute below, and every put on the current lanes (so
         # that nothing is queued behind a lane's stop). Reentrant: update() or
         # close() may run in a signal handler that interrupted update() in the
@@ -55,6 +61,10 @@ class Ledger:
         self.lock = threading.RLock()
         self._idle = threading.Condition(self.lock)  # notified when pending reaches 0
         self.queue_size = queue_size
+        self.max_servers = max_servers
+        # server -> its latest update; a plain dict kept in order of last update
+        # (re-inserted on each one). Read without the lock: one dict read is atomic.
+        self._latest: dict[str, Pending] = {}
         self._lanes = lanes
         self._closed = False  # no more updates are admitted
         self._final = False  # the counts are final: late outcomes are not counted
@@ -86,6 +96,11 @@ class Ledger:
         lock.acquire()  # cheaper than `with` on the hot path
         try:
             self._submitted += 1
+            latest, server = self._latest, item.server
+            latest.pop(server, None)  # re-inserted last: the order is by last update
+            latest[server] = item
+            if len(latest) > self.max_servers:
+                del latest[next(iter(latest))]
             lanes = self._lanes
             if self._pending < self.queue_size and not self._closed and lanes is not None:
                 self._pending += 1
@@ -99,10 +114,28 @@ class Ledger:
         finally:
             lock.release()
 
-    def resize(self, queue_size: int) -> None:
-        """Bound the pending updates to *queue_size* from now on (a reload)."""
+    def resize(self, queue_size: int, max_servers: int) -> None:
+        """Bound the pending updates and the servers remembered from now on (a reload)."""
         with self.lock:
             self.queue_size = queue_size
+            self.max_servers = max_servers
+            latest = self._latest
+            while len(latest) > max_servers:
+                del latest[next(iter(latest))]
+
+    def is_latest(self, item: Pending) -> bool:
+        """Whether *item* is still its server's latest update."""
+        return self._latest.get(item.server) is item
+
+    def superseded(self, item: Pending) -> bool:
+        """Whether a newer update of *item*'s server is queued behind it."""
+        newer = self._latest.get(item.server, item)
+        return newer is not item and newer.queued
+
+    @property
+    def servers(self) -> int:
+        """How many servers' latest updates are remembered."""
+        return len(self._latest)
 
     def admit_resync(self, items: list[Pending]) -> list[Pending]:
         """Queue as many of *items* as there is room for; return the rest (never dropped)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
+from time import monotonic as _monotonic
 from typing import Optional
 
 from ._forksafe import after_fork_in_child
@@ -33,7 +33,6 @@ class Pending:
     """
 
     __slots__ = (
-        "_update",
         "accepted_at",
         "attempts",
         "data",
@@ -48,18 +47,15 @@ class Pending:
         server: str,
         status: Status,
         data: Optional[str],
-        *,
         event_id: Optional[str] = None,
-        accepted_at: Optional[float] = None,
     ) -> None:
         self.server = server
         self.status = status
         self.data = data
         self.event_id = event_id
         self.queued = False
-        self.accepted_at = time.monotonic() if accepted_at is None else accepted_at
+        self.accepted_at = _monotonic()
         self.attempts = 0
-        self._update: Optional[Update] = None
 
     def __repr__(self) -> str:
         return f"<Pending {self.server!r} {self.status.value} event_id={self.event_id}>"
@@ -75,12 +71,8 @@ class Pending:
         return event_id
 
     def update(self) -> Update:
-        """The :class:`~lightd_sync.Update` sent for it (built once)."""
-        built = self._update
-        if built is None:
-            event_id = self.ensure_event_id()
-            built = self._update = Update(self.server, self.status, self.data, event_id=event_id)
-        return built
+        """The :class:`~lightd_sync.Update` sent for it (a lane builds it once per delivery)."""
+        return Update(self.server, self.status, self.data, event_id=self.ensure_event_id())
 
 
 def _reset_in_child() -> None:

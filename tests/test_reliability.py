@@ -228,7 +228,7 @@ def test_resync_memory_is_bounded_by_max_servers() -> None:
         for i in range(5000):
             engine.update(f"s{i}", "ready")
         assert engine.flush(10)
-        assert 100 >= len(engine._book)
+        assert 100 >= engine._ledger.servers
         assert 100 >= engine._book.missed_count
 
 
