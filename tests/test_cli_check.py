@@ -400,3 +400,19 @@ def test_the_token_never_appears_even_when_the_remote_echoes_it(
         proc = run_cli("check", "--config", write_config(tmp_path / "c.json", remote.url), *fmt)
         assert proc.returncode == 1
         assert_no_secret(proc)
+
+
+def test_proxy_credentials_are_sent_to_the_proxy_and_never_shown(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    """``remote.proxy`` may carry ``user:password@`` (the config accepts it from 0.2.0)."""
+    password = "s3cret-proxy-pass"
+    proxy = remote.url.replace("http://", f"http://lightd:{password}@")
+    config = write_config(tmp_path / "c.json", "http://remote.invalid/api", proxy=proxy)
+    proc = run_cli("check", "--config", config)
+    if "remote.proxy" in step_line(proc.stdout, "config") and proc.returncode == 2:
+        pytest.skip("this remote.proxy refuses user:password@ (the config change is elsewhere)")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{remote.url} (from remote.proxy)" in step_line(proc.stdout, "proxy")
+    assert remote.requests[0].headers["Proxy-Authorization"].startswith("Basic ")
+    assert_no_secret(proc, TOKEN, password)
