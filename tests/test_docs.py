@@ -326,3 +326,31 @@ def test_conf_py_serves_mermaid_with_the_docs() -> None:
     assert re.search(r'^mermaid_use_local = "mermaid/mermaid\.esm\.min\.mjs"$', conf, re.M)
     assert re.search(r'^html_static_path = \["_static"\]$', conf, re.M)
     assert "check_offline.py docs/_build/html" in (ROOT / "tox.ini").read_text()
+
+
+# -- README and docs/performance.md -------------------------------------------------
+
+
+def test_the_caller_cost_in_the_readme_is_the_measured_one() -> None:
+    """The README's range is the p99 ratios of docs/performance.md (queue not growing)."""
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    claimed = re.search(r"`update\(\)` costs the caller ([\d.]+)x-([\d.]+)x a", readme)
+    assert claimed is not None, "the README does not give update()'s cost as a ratio"
+    rows = re.findall(
+        r"^\| 1 caller cost p99 \| (silent|refused|full) \| .*? \| ([\d.]+)x \|",
+        page("performance.md"),
+        flags=re.MULTILINE,
+    )
+    ratios = [float(ratio) for _, ratio in rows]
+    assert len(ratios) == 3
+    assert (float(claimed[1]), float(claimed[2])) == (
+        round(min(ratios), 1),
+        round(max(ratios), 1),
+    )
+    assert f"{claimed[1]}x-{claimed[2]}x" in " ".join(page("performance.md").split())
+
+
+def test_performance_md_is_results_then_method_then_limits() -> None:
+    headings = re.findall(r"^## (.+)$", page("performance.md"), flags=re.MULTILINE)
+    assert headings[:3] == ["Results", "Method", "Known limits"]
+    assert headings[-1] == "Receiver"  # the receiver's section goes last
