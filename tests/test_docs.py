@@ -354,3 +354,41 @@ def test_performance_md_is_results_then_method_then_limits() -> None:
     headings = re.findall(r"^## (.+)$", page("performance.md"), flags=re.MULTILINE)
     assert headings[:3] == ["Results", "Method", "Known limits"]
     assert headings[-1] == "Receiver"  # the receiver's section goes last
+
+
+def test_the_loggers_listed_in_troubleshooting_are_the_code_s() -> None:
+    named = set(re.findall(r'get_logger\("(\w+)"\)', "\n".join(
+        path.read_text(encoding="utf-8") for path in PACKAGE.rglob("*.py")
+    )))  # fmt: skip
+    section = page("troubleshooting.md").split("## See the library's log", 1)[1]
+    listed = set(re.findall(r"`lightd_sync\.(\w+)`", section.split("## The checklist", 1)[0]))
+    assert named == listed
+
+
+def test_the_demo_session_in_cli_md_is_what_demo_prints() -> None:
+    (block,) = [b for b in console_blocks("cli.md") if b.startswith("$ lightd-sync demo\n")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightd_sync", "demo"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=cli_env(),
+        timeout=20,
+        check=True,
+    )
+
+    def shape(text: str) -> list[str]:
+        return _shape(re.sub(r"lightd_…\w{4}", "lightd_…", text))
+
+    assert shape(proc.stdout) == shape(block.split("\n", 1)[1])
+
+
+def test_every_error_and_warning_quoted_in_cli_md_is_printed_by_the_code() -> None:
+    quoted = [
+        match[1]
+        for block in console_blocks("cli.md") + console_blocks("troubleshooting.md")
+        for match in re.finditer(r"^lightd-sync: (?:error|warning): (.+)$", block, re.M)
+    ]
+    assert len(quoted) >= 4
+    for message in quoted:
+        assert in_code(re.sub(r"\S+\.jsonl", "X", message)), message
