@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import configparser
 import importlib.metadata
-import importlib.util
 import os
 import re
 import subprocess
@@ -94,8 +93,11 @@ SDIST_MUST_HAVE = [
 
 @pytest.mark.timeout(180)
 def test_the_sdist_installs_and_its_tests_run(tmp_path: Path) -> None:
-    if importlib.util.find_spec("build") is None or importlib.util.find_spec("setuptools") is None:
-        pytest.skip("needs the build package and setuptools (tox -e py311 has them)")
+    for needed in ("build", "setuptools"):  # installed distributions, not a build/ folder
+        try:
+            importlib.metadata.distribution(needed)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.skip(f"needs {needed} installed (tox -e py311 has it)")
     dist = tmp_path / "dist"
     build = ["build", "--sdist", "--no-isolation", "--skip-dependency-check", "--outdir"]
     subprocess.run(
