@@ -2,25 +2,30 @@
 Sphinx configuration of the lightd-sync documentation.
 
 Build: ``tox -e docs`` (HTML and doctests, warnings are errors, nitpicky).
-Everything here works offline: no intersphinx, and the Mermaid diagram is
-rendered by the reader's browser, not at build time.
+The built HTML works offline: no intersphinx, and the Mermaid script is served
+from ``_static/mermaid`` next to the pages, never from a CDN (see
+:func:`_vendor_mermaid`). At every build, ``_ext/wire_capture.py`` captures the
+requests the http transport really sends, for ``protocol.md`` to include.
 """
 
 from __future__ import annotations
 
 import doctest
-import importlib.metadata
-import os
 import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
 from typing import Any
+
+import lightd_sync
 
 project = "lightd-sync"
 author = "The lightd-sync developers"
 copyright = "The lightd-sync developers"
-try:
-    release = importlib.metadata.version("lightd-sync")
-except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
-    release = "0.1.0"
+release = lightd_sync.__version__  # the one place: the installed distribution's metadata
 version = release
 
 extensions = [
@@ -33,7 +38,7 @@ extensions = [
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "examples"]
+exclude_patterns = ["_build", "examples", "_generated", "_ext"]
 
 # -- MyST --------------------------------------------------------------------
 myst_enable_extensions = ["colon_fence", "deflist"]
@@ -43,8 +48,77 @@ myst_fence_as_directive = ["mermaid"]
 # -- HTML --------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"lightd-sync {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
 html_show_sourcelink = False
+
+# -- Mermaid, served with the docs -------------------------------------------
+# The extension's default imports mermaid from a CDN when the page is viewed;
+# offline readers would see the diagrams' source text. The ESM build of the npm
+# package mermaid (MIT licence, kept next to it as LICENSE; 2.8 MB in 72 files)
+# is copied into _static/mermaid instead, at the version the extension expects.
+MERMAID_VERSION = "11.12.1"
+mermaid_version = MERMAID_VERSION
+mermaid_use_local = "mermaid/mermaid.esm.min.mjs"
+mermaid_include_elk = False
+mermaid_include_zenuml = False
+mermaid_d3_zoom = False
+_HERE = Path(__file__).resolve().parent
+_MERMAID_DIR = _HERE / "_static" / "mermaid"
+
+
+def _vendor_mermaid() -> None:
+    """
+    Put mermaid's ESM build into ``_static/mermaid`` (once; the folder is not committed).
+
+    ``npm pack`` fetches the package from the npm registry (npm checks its
+    integrity); only ``dist/mermaid.esm.min.mjs``, its chunks and the licence
+    are kept. An offline machine can copy the folder from another build.
+    """
+    marker = _MERMAID_DIR / f"VERSION-{MERMAID_VERSION}"
+    if marker.exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError(
+            f"docs/_static/mermaid has no mermaid {MERMAID_VERSION} and npm is not installed: "
+            "install npm (it fetches the package once), or copy that folder from another build"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(  # noqa: S603  (npm as found on PATH, fixed arguments)
+            [npm, "pack", f"mermaid@{MERMAID_VERSION}", "--pack-destination", tmp, "--silent"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        (archive,) = Path(tmp).glob("mermaid-*.tgz")
+        if _MERMAID_DIR.exists():
+            shutil.rmtree(_MERMAID_DIR)
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                name = member.name.removeprefix("package/")
+                wanted = name == "LICENSE" or (
+                    name.endswith(".mjs")
+                    and (
+                        name == "dist/mermaid.esm.min.mjs"
+                        or name.startswith("dist/chunks/mermaid.esm.min/")
+                    )
+                )
+                if not (wanted and member.isfile()) or ".." in name.split("/"):
+                    continue
+                target = _MERMAID_DIR / name.removeprefix("dist/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                target.write_bytes(source.read())
+    marker.write_text(f"mermaid {MERMAID_VERSION} from npm, MIT licence (LICENSE)\n")
+
+
+_vendor_mermaid()
+
+# -- the requests on the wire, captured at every build -------------------------
+sys.path.insert(0, str(_HERE / "_ext"))
+import wire_capture  # noqa: E402  (found through the path just added)
+
+wire_capture.write(_HERE / "_generated")
 
 # -- autodoc -----------------------------------------------------------------
 autodoc_member_order = "bysource"
@@ -59,7 +133,7 @@ python_use_unqualified_type_names = True
 
 # -- doctest -----------------------------------------------------------------
 # Every doctest is self-contained; this only spares each page the imports.
-_DOCS = os.path.dirname(os.path.abspath(__file__))
+_DOCS = str(_HERE)
 doctest_global_setup = f"""
 import lightd_sync
 from lightd_sync import *
@@ -119,6 +193,9 @@ nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(_BUILTINS)})"),
     # typing's names as Sphinx prints them once unqualified.
     (r"py:.*", r"(Any|Optional|Union|Callable|Iterable|Iterator|Mapping|IO|PathLike)"),
+    # DeliveryError's docstring names REASONS, which lightd_sync does not export
+    # (yet): nothing public to link to.
+    (r"py:data", r"REASONS"),
     # The WSGI type aliases of the (private) server module.
     (r"py:.*", r"(WSGIApplication|WSGIEnvironment|StartResponse|AuditTarget)"),
 ]

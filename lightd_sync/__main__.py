@@ -2,8 +2,10 @@
 The ``lightd-sync`` command (also ``python -m lightd_sync``).
 
 Exit codes: 0 ok, 1 the thing checked, sent or served failed, 2 usage or
-configuration error, 130 interrupted by Ctrl-C. Errors are one line on
-stderr; ``--debug`` adds the traceback and the library's debug log.
+configuration error (``check`` included: 2 when the config cannot be used),
+130 interrupted by Ctrl-C. Errors are one line on stderr; ``--debug`` adds
+the traceback and the library's DEBUG log (one line per delivery attempt,
+from the logger ``lightd_sync.engine``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = ["build_parser", "main"]
 _EPILOG = """\
 exit codes: 0 ok, 1 the thing checked, sent or served failed,
             2 usage or configuration error, 130 interrupted
+--debug:    tracebacks, and the library's DEBUG log on stderr
+            (each delivery attempt, logger lightd_sync.engine)
 
 Start with `lightd-sync demo`; `lightd-sync COMMAND --help` tells more."""
 

@@ -1,19 +1,15 @@
-"""The installed version, looked up once and only when asked for."""
+"""The version of lightd-sync: written here and nowhere else."""
 
 from __future__ import annotations
 
-import functools
+__all__ = ["__version__", "version"]
 
-__all__ = ["version"]
+#: The one place the version is written. setup.cfg reads it
+#: (``version = attr: lightd_sync._version.__version__``), so the installed
+#: metadata, ``lightd_sync.__version__`` and ``User-Agent`` always agree.
+__version__ = "0.1.0"
 
 
-@functools.cache
 def version() -> str:
-    """Return the installed version of lightd-sync (``"0+unknown"`` when not installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version("lightd-sync")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
+    """Return the version of lightd-sync, e.g. ``"0.1.0"``."""
+    return __version__

@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,8 +32,12 @@ RUN_TIMEOUT = 20
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of a CLI subprocess: UTF-8, and no LIGHTD_REMOTE_* of the developer's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTD_REMOTE_")}
+    """A CLI subprocess's environment: UTF-8; no LIGHTD_REMOTE_* nor proxy of the developer's."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LIGHTD_REMOTE_") and not k.lower().endswith("_proxy")
+    }
     env.update(PYTHONUTF8="1", PYTHONIOENCODING="utf-8", **extra)
     return env
 
@@ -475,3 +480,116 @@ def test_receiver_refuses_a_token_on_the_command_line(
     captured = capsys.readouterr()
     assert "every user of the machine can read" in captured.err
     assert TOKEN not in captured.out + captured.err
+
+
+def test_receiver_that_cannot_listen_exits_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = run_cli("receiver", "--port", str(port), env=cli_env(LIGHTD_REMOTE_TOKEN=TOKEN))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"lightd-sync: error: cannot listen on 127.0.0.1:{port}: ")
+    assert_no_secret(proc)
+
+
+# -- agent ----------------------------------------------------------------------
+
+
+def run_agent(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lightd_sync", "agent", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=cli_env(LIGHTD_API_TOKEN=TOKEN),
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def test_agent_exits_0_at_the_end_of_its_input(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"remote": {"enabled": false}}', encoding="utf-8")
+    proc = run_agent("--config", str(config), "--listen", "127.0.0.1:0")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_agent_that_cannot_listen_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"remote": {"enabled": false}}', encoding="utf-8")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = run_agent("--config", str(config), "--listen", f"127.0.0.1:{port}")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"lightd-sync: error: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_agent_with_a_bad_config_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"remote": {"enabled": true, "timeout": "ten"}}', encoding="utf-8")
+    proc = run_agent("--config", str(config), "--listen", "127.0.0.1:0")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("lightd-sync: error: remote.timeout")
+    assert "Traceback" not in proc.stderr
+
+
+# -- every documented exit code is tested -------------------------------------------
+
+#: (command, exit code) in docs/cli.md's table -> the tests here that make it happen.
+EXIT_CODE_TESTS = {
+    ("demo", 0): ["test_demo_plays_the_three_flows_against_the_receiver_within_5_s"],
+    ("demo", 2): ["test_demo_file_transport_needs_a_path"],
+    ("check", 0): ["test_cli_check.py::test_a_healthy_remote_passes_every_step"],
+    ("check", 1): ["test_cli_check.py::test_a_wrong_token_says_the_tokens_do_not_match"],
+    ("check", 2): ["test_cli_check.py::test_a_bad_or_disabled_config_is_a_failed_step"],
+    ("check", 130): [
+        "test_cli_check.py::test_each_step_is_printed_as_it_is_done_and_ctrl_c_keeps_them"
+    ],
+    ("send", 0): ["test_send_a_status_update"],
+    ("send", 1): ["test_send_refused_by_the_remote_exits_1",
+                  "test_send_to_an_unreachable_remote_exits_1"],
+    ("send", 2): ["test_send_bad_arguments_exit_2", "test_send_with_a_bad_config_exits_2"],
+    ("tail", 0): ["test_tail_prints_one_line_per_update_and_skips_malformed_ones",
+                  "test_tail_follow_sees_appended_lines_and_stops_on_sigterm"],
+    ("tail", 2): ["test_tail_of_a_missing_file_exits_2"],
+    ("receiver", 0): ["test_receiver_serves_until_sigterm"],
+    ("receiver", 1): ["test_receiver_that_cannot_listen_exits_1"],
+    ("receiver", 2): ["test_receiver_without_a_token_exits_2"],
+    ("agent", 0): ["test_agent_exits_0_at_the_end_of_its_input"],
+    ("agent", 1): ["test_agent_that_cannot_listen_exits_1"],
+    ("agent", 2): ["test_agent_with_a_bad_config_exits_2"],
+    ("any", 2): ["test_usage_errors_exit_2"],
+    ("any", 130): ["test_ctrl_c_exits_130_quietly"],
+}  # fmt: skip
+
+
+def documented_exit_codes() -> set[tuple[str, int]]:
+    """``(command, code)`` for every non-empty cell of docs/cli.md's table of exit codes."""
+    text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    table = text.split("<!-- exit codes -->", 2)[1]
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    codes = [int(cell) for cell in header[1:]]
+    found = set()
+    for row in rows[2:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        command = cells[0].strip("`")
+        found |= {(command, code) for code, cell in zip(codes, cells[1:]) if cell != "—"}
+    return found
+
+
+def test_every_documented_exit_code_has_a_test() -> None:
+    import importlib
+
+    assert documented_exit_codes() == set(EXIT_CODE_TESTS)
+    for names in EXIT_CODE_TESTS.values():
+        for name in names:
+            module_name, _, test = name.rpartition("::")
+            module = importlib.import_module(
+                f"tests.{module_name[:-3]}" if module_name else __name__
+            )
+            assert callable(getattr(module, test, None)), name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import ssl
 import time
 from collections.abc import Iterator
@@ -12,12 +13,15 @@ from typing import Any
 import pytest
 
 from lightd_sync.__main__ import main
+from lightd_sync._cli.check import STEPS
 
 from .conftest import TOKEN
 from .servers import Reply, ScriptedRemote, SilentServer, refused_url
 from .test_cli import (
     WRONG_TOKEN,
+    Streaming,
     assert_no_secret,
+    cli_env,
     run_cli,
     running_receiver,
     write_config,
@@ -30,7 +34,8 @@ def receiver() -> Iterator[Any]:
         yield app
 
 
-ALL_STEPS = ["config", "enabled", "url", "dns", "tcp", "health", "token", "latency"]
+#: The steps of a healthy http:// remote (tls is for https:// only).
+ALL_STEPS = [step for step in STEPS if step != "tls"]
 
 
 def marks(stdout: str) -> dict[str, str]:
@@ -38,16 +43,29 @@ def marks(stdout: str) -> dict[str, str]:
     found = {}
     for line in stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] in ("✓", "✗", "!") and parts[1] in [*ALL_STEPS, "tls"]:
+        if len(parts) >= 2 and parts[0] in ("✓", "✗", "!") and parts[1] in STEPS:
             found[parts[1]] = parts[0]
     return found
 
 
-def test_a_healthy_remote_passes_every_step(receiver: Any, tmp_path: Path) -> None:
-    proc = run_cli("check", "--config", write_config(tmp_path / "config.json", receiver.url))
+def step_line(stdout: str, name: str) -> str:
+    """The line of step *name* in check's text output."""
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] == name:
+            return line
+    raise AssertionError(f"no {name} step in {stdout!r}")
+
+
+@pytest.mark.parametrize("transport", ["http", "requests"])
+def test_a_healthy_remote_passes_every_step(transport: str, receiver: Any, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.json", receiver.url, transport=transport)
+    proc = run_cli("check", "--config", config)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert marks(proc.stdout) == dict.fromkeys(ALL_STEPS, "✓")
-    assert "✓ all 8 checks passed" in proc.stdout
+    assert f"{transport}: sends over HTTP to remote.url" in proc.stdout
+    assert "none: connecting directly" in step_line(proc.stdout, "proxy")
+    assert f"✓ all {len(ALL_STEPS)} checks passed" in proc.stdout
     assert "ms round trip" in proc.stdout
     assert_no_secret(proc)
 
@@ -56,11 +74,13 @@ def test_json_output_of_a_healthy_remote(receiver: Any, tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.json", receiver.url)
     proc = run_cli("check", "--config", config, "--json")
     assert proc.returncode == 0
-    document = json.loads(proc.stdout)
+    document = json.loads(proc.stdout)  # the whole of stdout is one document
     assert document["ok"] is True
+    assert document["exit"] == 0
+    assert document["interrupted"] is False
     assert [step["name"] for step in document["steps"]] == ALL_STEPS
     for step in document["steps"]:
-        assert set(step) >= {"name", "ok", "detail", "fix"}
+        assert set(step) == {"name", "ok", "level", "detail", "fix"}
         assert step["ok"] is True
     assert_no_secret(proc)
 
@@ -71,6 +91,7 @@ def test_a_wrong_token_says_the_tokens_do_not_match(receiver: Any, tmp_path: Pat
     assert proc.returncode == 1
     document = json.loads(proc.stdout)
     assert document["ok"] is False
+    assert document["exit"] == 1
     token_step = document["steps"][-1]
     assert token_step["name"] == "token"
     assert token_step["ok"] is False
@@ -83,9 +104,9 @@ def test_a_wrong_token_says_the_tokens_do_not_match(receiver: Any, tmp_path: Pat
 def test_a_refused_port_fails_at_tcp(tmp_path: Path) -> None:
     proc = run_cli("check", "--config", write_config(tmp_path / "config.json", refused_url()))
     assert proc.returncode == 1
-    assert marks(proc.stdout) == {
-        "config": "✓", "enabled": "✓", "url": "✓", "dns": "✓", "tcp": "✗"
-    }  # fmt: skip
+    assert marks(proc.stdout) == dict.fromkeys(ALL_STEPS[: ALL_STEPS.index("tcp")], "✓") | {
+        "tcp": "✗"
+    }
     assert "nothing listens there" in proc.stdout
     assert "fix: start the remote server" in proc.stdout
     assert_no_secret(proc)
@@ -108,6 +129,45 @@ def test_a_server_that_never_answers_fails_at_health_within_the_timeout(tmp_path
     assert_no_secret(proc)
 
 
+def test_each_step_is_printed_as_it_is_done_and_ctrl_c_keeps_them(tmp_path: Path) -> None:
+    """Against a silent remote, the steps before /health show while check still waits."""
+    server = SilentServer().start()
+    check = Streaming("check", "--config", write_config(tmp_path / "c.json", server.url),
+                      "--timeout", "30")  # fmt: skip
+    try:
+        check.wait_for(r"^✓ tcp ", timeout=10)
+        assert server.accepted.acquire(timeout=10)  # the tcp step's connection
+        assert server.accepted.acquire(timeout=10)  # the health request's
+        assert check.proc.poll() is None  # still waiting for /health: nothing was held back
+        assert check.stop(signal.SIGINT) == 130
+    finally:
+        check.close()
+        server.stop()
+    out = check.stdout_text
+    assert marks(out) == dict.fromkeys(ALL_STEPS[: ALL_STEPS.index("tcp") + 1], "✓")
+    assert out.rstrip().endswith(f"! interrupted during health: {len(marks(out))} checks done")
+    assert "Traceback" not in check.stderr_text
+    assert TOKEN not in out + check.stderr_text
+
+
+def test_ctrl_c_with_json_prints_the_steps_done(tmp_path: Path) -> None:
+    server = SilentServer().start()
+    config = write_config(tmp_path / "c.json", server.url)
+    check = Streaming("check", "--config", config, "--timeout", "30", "--json")
+    try:
+        for _ in ("tcp", "health"):  # a connection each: check is at /health now
+            assert server.accepted.acquire(timeout=10)
+        assert check.stop(signal.SIGINT) == 130
+    finally:
+        check.close()
+        server.stop()
+    document = json.loads(check.stdout_text)
+    assert document["interrupted"] is True
+    assert document["ok"] is False
+    assert document["exit"] == 130
+    assert [s["name"] for s in document["steps"]] == ALL_STEPS[: ALL_STEPS.index("tcp") + 1]
+
+
 def test_a_wrong_health_body_fails_at_health(remote: ScriptedRemote, tmp_path: Path) -> None:
     remote.script = lambda request: Reply(body=b"{}")
     proc = run_cli("check", "--config", write_config(tmp_path / "config.json", remote.url))
@@ -123,31 +183,144 @@ def test_an_unresolvable_host_fails_at_dns(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.json", "http://nothing.invalid")
     proc = run_cli("check", "--config", config, "--timeout", "3")
     assert proc.returncode == 1
-    assert marks(proc.stdout) == {"config": "✓", "enabled": "✓", "url": "!", "dns": "✗"}
+    assert marks(proc.stdout) == {
+        "config": "✓", "enabled": "✓", "transport": "✓", "url": "!", "proxy": "✓", "dns": "✗"
+    }  # fmt: skip
     assert "cannot resolve nothing.invalid" in proc.stdout
     assert "hint: use https:// in production" in proc.stdout  # a warning, not a failure
     assert_no_secret(proc)
 
 
 @pytest.mark.parametrize(
-    ("document", "step", "message"),
+    ("document", "step", "message", "code"),
     [
-        ('{"remote": {"enabled": true, "url": }}', "config", "invalid JSON at line 1"),
-        ('{"remote": {"enabled": true, "timeout": "ten"}}', "config", "remote.timeout"),
-        ('{"remote": {"enabled": false}}', "enabled", "remote.enabled is false or missing"),
+        ('{"remote": {"enabled": true, "url": }}', "config", "invalid JSON at line 1", 2),
+        ('{"remote": {"enabled": true, "timeout": "ten"}}', "config", "remote.timeout", 2),
+        (
+            '{"remote": {"enabled": true, "transport": "pigeon", "url": "http://127.0.0.1:9"}}',
+            "transport",
+            "unknown transport 'pigeon'",
+            2,
+        ),
+        ('{"remote": {"enabled": false}}', "enabled", "remote.enabled is false or missing", 1),
     ],
-    ids=["bad-json", "bad-value", "disabled"],
+    ids=["bad-json", "bad-value", "unknown-transport", "disabled"],
 )
 def test_a_bad_or_disabled_config_is_a_failed_step(
-    document: str, step: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    document: str,
+    step: str,
+    message: str,
+    code: int,
+    *,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """A config that cannot be used exits 2, as everywhere; a disabled one is a failed check."""
     config = tmp_path / "config.json"
     config.write_text(document, encoding="utf-8")
-    assert main(["check", "--config", str(config)]) == 1
+    assert main(["check", "--config", str(config)]) == code
     out = capsys.readouterr().out
     assert marks(out)[step] == "✗"
     assert message in out
     assert "fix:" in out
+    assert main(["check", "--config", str(config), "--json"]) == code
+    assert json.loads(capsys.readouterr().out)["exit"] == code
+
+
+def test_a_transport_that_does_not_talk_http_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.json"
+    remote = {"enabled": True, "transport": "file", "path": str(tmp_path / "updates.jsonl")}
+    config.write_text(json.dumps({"remote": remote}), encoding="utf-8")
+    assert main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert marks(out) == {"config": "✓", "enabled": "✓", "transport": "!"}
+    assert "it does not talk HTTP: no remote server to check" in out
+
+
+PLUGIN = '''
+from lightd_sync import HttpTransport, Transport
+
+
+class Pigeon(Transport):
+    """A plugin transport that talks HTTP (through the http transport)."""
+
+    name = "pigeon"
+    talks_http = True
+
+    def __init__(self, config):
+        self.inner = HttpTransport(config)
+
+    def send(self, update):
+        self.inner.send(update)
+
+    def check_health(self):
+        self.inner.check_health()
+
+    def close(self):
+        self.inner.close()
+'''
+
+
+def test_a_plugin_that_says_it_talks_http_is_checked_like_http(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    """A real entry point (a dist-info on PYTHONPATH) registers the plugin."""
+    site = tmp_path / "site"
+    info = site / "pigeon_transport-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "pigeon_transport.py").write_text(PLUGIN, encoding="utf-8")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pigeon-transport\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[lightd_sync.transports]\npigeon = pigeon_transport:Pigeon\n", encoding="utf-8"
+    )
+    config = write_config(tmp_path / "c.json", remote.url, transport="pigeon")
+    proc = run_cli("check", "--config", config, env=cli_env(PYTHONPATH=str(site)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert marks(proc.stdout) == dict.fromkeys(ALL_STEPS, "✓")
+    assert "pigeon: sends over HTTP to remote.url" in proc.stdout
+    assert [r.path for r in remote.requests] == ["/health"] * 4  # health, then 3 for latency
+    assert_no_secret(proc)
+
+
+# -- proxies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["http", "requests"])
+@pytest.mark.parametrize("where", ["remote.proxy", "HTTP_PROXY"])
+def test_the_proxy_is_used_as_delivery_uses_it(
+    transport: str, where: str, remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    """The scripted remote plays the proxy: it sees absolute-form targets."""
+    url = "http://remote.invalid/api"  # only the proxy would resolve it
+    extra = {"proxy": remote.url} if where == "remote.proxy" else {}
+    env = cli_env(HTTP_PROXY=remote.url) if where == "HTTP_PROXY" else cli_env()
+    config = write_config(tmp_path / "c.json", url, transport=transport, **extra)
+    proc = run_cli("check", "--config", config, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{remote.url} (from {where})" in step_line(proc.stdout, "proxy")
+    assert f"connected to the proxy at 127.0.0.1:{remote.port}" in step_line(proc.stdout, "tcp")
+    assert remote.requests[0].path == "http://remote.invalid/api/health"
+    assert_no_secret(proc)
+
+
+def test_no_proxy_makes_check_connect_directly(receiver: Any, tmp_path: Path) -> None:
+    env = cli_env(HTTP_PROXY=refused_url(), NO_PROXY="127.0.0.1")
+    proc = run_cli("check", "--config", write_config(tmp_path / "c.json", receiver.url), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "none: connecting directly" in step_line(proc.stdout, "proxy")
+
+
+def test_a_proxy_that_refuses_fails_at_tcp_naming_the_proxy(receiver: Any, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.json", receiver.url, proxy=refused_url())
+    proc = run_cli("check", "--config", config)
+    assert proc.returncode == 1
+    assert marks(proc.stdout)["tcp"] == "✗"
+    assert "fix: start the proxy, or correct the port in the proxy's URL" in proc.stdout
+
+
+# -- TLS --------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -169,21 +342,77 @@ def tls_remote(tmp_path: Path) -> Iterator[tuple[ScriptedRemote, Path]]:
         remote.stop()
 
 
+@pytest.mark.parametrize("transport", ["http", "requests"])
 def test_tls_is_verified_against_the_trusted_cas(
-    tls_remote: tuple[ScriptedRemote, Path], tmp_path: Path
+    transport: str, tls_remote: tuple[ScriptedRemote, Path], tmp_path: Path
 ) -> None:
     remote, ca_file = tls_remote
-    config = write_config(tmp_path / "config.json", remote.url)
+    config = write_config(tmp_path / "config.json", remote.url, transport=transport)
     untrusted = run_cli("check", "--config", config, "--timeout", "3")
     assert untrusted.returncode == 1
     assert marks(untrusted.stdout)["tls"] == "✗"
-    assert "certificate" in untrusted.stdout
+    assert "certificate of 127.0.0.1 was rejected" in untrusted.stdout
     assert "remote.ca_bundle" in untrusted.stdout  # the fix names how to trust a private CA
+    assert "health" not in marks(untrusted.stdout)
 
-    config = write_config(tmp_path / "trusting.json", remote.url, ca_bundle=str(ca_file))
-    trusted = run_cli("check", "--config", config)
+    trusting = write_config(
+        tmp_path / "trusting.json", remote.url, transport=transport, ca_bundle=str(ca_file)
+    )
+    trusted = run_cli("check", "--config", trusting)
     assert trusted.returncode == 0, trusted.stdout
-    assert marks(trusted.stdout)["tls"] == "✓"
-    assert "certificate verified for 127.0.0.1" in trusted.stdout
+    assert marks(trusted.stdout) == dict.fromkeys(STEPS, "✓")
+    assert "certificate of 127.0.0.1 verified: valid, and from a CA in remote.ca_bundle" in (
+        step_line(trusted.stdout, "tls")
+    )
     assert_no_secret(untrusted)
     assert_no_secret(trusted)
+
+
+@pytest.mark.parametrize("transport", ["http", "requests"])
+def test_verify_false_never_claims_a_verified_certificate(
+    transport: str, tls_remote: tuple[ScriptedRemote, Path], tmp_path: Path
+) -> None:
+    remote, _ = tls_remote
+    config = write_config(tmp_path / "c.json", remote.url, transport=transport, verify=False)
+    proc = run_cli("check", "--config", config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # a warning, not a failure
+    assert marks(proc.stdout)["tls"] == "!"
+    assert "certificate was NOT verified (remote.verify is false)" in proc.stdout
+    assert "verified:" not in proc.stdout
+    assert "hint: set remote.verify to true" in proc.stdout
+    assert_no_secret(proc)
+
+
+def test_a_plain_http_port_behind_https_fails_at_tls(receiver: Any, tmp_path: Path) -> None:
+    url = receiver.url.replace("http://", "https://")
+    proc = run_cli("check", "--config", write_config(tmp_path / "c.json", url), "--timeout", "3")
+    assert proc.returncode == 1
+    assert marks(proc.stdout)["tls"] == "✗"
+    assert "TLS handshake with 127.0.0.1 failed" in proc.stdout
+    assert "https:// vs http://" in proc.stdout
+
+
+def test_the_token_never_appears_even_when_the_remote_echoes_it(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    remote.script = lambda request: Reply(status=500, body=f"bad token {TOKEN}".encode())
+    for fmt in ((), ("--json",)):
+        proc = run_cli("check", "--config", write_config(tmp_path / "c.json", remote.url), *fmt)
+        assert proc.returncode == 1
+        assert_no_secret(proc)
+
+
+def test_proxy_credentials_are_sent_to_the_proxy_and_never_shown(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    """``remote.proxy`` may carry ``user:password@`` (the config accepts it from 0.2.0)."""
+    password = "s3cret-proxy-pass"
+    proxy = remote.url.replace("http://", f"http://lightd:{password}@")
+    config = write_config(tmp_path / "c.json", "http://remote.invalid/api", proxy=proxy)
+    proc = run_cli("check", "--config", config)
+    if "remote.proxy" in step_line(proc.stdout, "config") and proc.returncode == 2:
+        pytest.skip("this remote.proxy refuses user:password@ (the config change is elsewhere)")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{remote.url} (from remote.proxy)" in step_line(proc.stdout, "proxy")
+    assert remote.requests[0].headers["Proxy-Authorization"].startswith("Basic ")
+    assert_no_secret(proc, TOKEN, password)

@@ -104,7 +104,7 @@ def debug_parent() -> argparse.ArgumentParser:
         "--debug",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="show tracebacks and the library's debug log on stderr",
+        help="show tracebacks and the library's DEBUG log on stderr",
     )
     return parent
 

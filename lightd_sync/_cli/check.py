@@ -1,9 +1,11 @@
 """
 ``lightd-sync check --config config.json``: walk the protocol's troubleshooting list.
 
-Each step prints one line, ✓ / ! / ✗, and on ✗ the fix. A failed step ends
-the walk when the steps after it could only fail the same way (no TCP, no
-TLS; no answer, no token check).
+Each step prints one line, ✓ / ! / ✗, as soon as it is done, and on ✗ the
+fix. A failed step ends the walk when the steps after it could only fail the
+same way (no TCP, no TLS; no answer, no token check). The requests go through
+the configured transport itself (its proxy, TLS settings and timeouts), so
+what check sees is what delivery sees.
 """
 
 from __future__ import annotations
@@ -13,18 +15,22 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import statistics
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 from urllib.parse import urlsplit
 
 import attrs
 
 from ._common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_USAGE,
     add_command,
     clean,
     marks_for,
@@ -34,16 +40,34 @@ from ._common import (
 
 if TYPE_CHECKING:
     from .._config import RemoteConfig
-    from .._transports.http import HttpTransport
+    from .._transports.base import Transport
 
-__all__ = ["Step", "add_parser", "run"]
+__all__ = ["STEPS", "Step", "add_parser", "run"]
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+#: Every step check may print, in order (tls only for https://).
+STEPS = (
+    "config",
+    "enabled",
+    "transport",
+    "url",
+    "proxy",
+    "dns",
+    "tcp",
+    "tls",
+    "health",
+    "token",
+    "latency",
+)
 _LATENCY_SAMPLES = 3
 _SLOW_MS = 1000.0
 _AUTH_FIX = (
     "the tokens do not match on both sides: give the remote and this node the same "
     "token (remote.token in config.json, or LIGHTD_REMOTE_TOKEN)"
+)
+_CA_FIX = (
+    "the remote needs a certificate valid for {host} from a CA this machine trusts "
+    "(for a private CA, set remote.ca_bundle to its PEM file)"
 )
 
 
@@ -77,16 +101,21 @@ def add_parser(subparsers: Any) -> None:
     parser = add_command(
         subparsers,
         "check",
-        summary="find out why updates do not arrive: config, DNS, TCP, TLS, /health, token",
+        summary="find out why updates do not arrive: config, proxy, DNS, TCP, TLS, /health, token",
         description="Walk the troubleshooting list against the real remote, one line per "
-        "step (✓ passed, ! warning, ✗ failed, with the fix): the config parses and "
-        "validates; remote.enabled is true; the URL is well formed (and HTTPS); its "
-        "host resolves; TCP connects; TLS handshakes and the certificate verifies; "
-        "/health answers 200 with the expected body; the token is accepted; the "
-        "round-trip latency. Stops at the first failure that makes later steps "
-        "meaningless. Exit 0 when every step passes, 1 otherwise. The token is "
-        "never printed.",
-        epilog="example:\n  lightd-sync check --config /etc/lightd/config.json --timeout 3",
+        "step as soon as it is done (✓ passed, ! warning, ✗ failed, with the fix): the "
+        "config parses and validates; remote.enabled is true; the transport talks HTTP; "
+        "the URL is well formed (and HTTPS); the proxy, if any (remote.proxy, else "
+        "HTTPS_PROXY/HTTP_PROXY minus NO_PROXY); the host connected to resolves; TCP "
+        "connects; GET /health through the transport itself: TLS handshakes and the "
+        "certificate verifies (unless remote.verify is false: then a warning), /health "
+        "answers 200 with the expected body, the token is accepted; the round-trip "
+        "latency. Stops at the first failure that makes later steps meaningless. "
+        "The token is never printed.",
+        epilog="exit codes: 0 every step passed (warnings allowed), 1 a step failed,\n"
+        "            2 the config cannot be used, 130 interrupted (the steps done are shown)\n"
+        "\n"
+        "example:\n  lightd-sync check --config /etc/lightd/config.json --timeout 3",
     )
     parser.add_argument(
         "--config",
@@ -103,27 +132,62 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help='print one JSON object: {"ok": ..., "steps": [{"name", "ok", "level", '
-        '"detail", "fix"}, ...]}; level is ok, warn or fail',
+        help='print one JSON object at the end: {"ok": ..., "exit": ..., "interrupted": ..., '
+        '"config": ..., "steps": [{"name", "ok", "level", "detail", "fix"}, ...]}; '
+        "level is ok, warn or fail",
     )
+
+
+class _Printer:
+    """Prints each step as it is recorded (text mode), flushed at once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        marks = marks_for(stream)
+        self.marks = marks
+        self.mark = {OK: marks.ok, WARN: marks.warn, FAIL: marks.fail}
+        self.width = max(len(name) for name in STEPS)
+        self.mark_width = max(len(m) for m in self.mark.values())
+
+    def header(self, config_path: str) -> None:
+        self.line(f"checking {clean(config_path)}")
+
+    def step(self, step: Step) -> None:
+        mark = self.mark[step.level].ljust(self.mark_width)
+        self.line(f"{mark} {step.name.ljust(self.width)}  {step.detail}")
+        if step.fix and step.level != OK:
+            pad = " " * (self.mark_width + 1 + self.width + 2)
+            self.line(f"{pad}{'fix' if step.level == FAIL else 'hint'}: {step.fix}")
+
+    def line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
 
 
 class _Doctor:
     """Runs the steps in order and keeps their outcomes."""
 
-    def __init__(self, config_path: str, timeout: Optional[float]) -> None:
+    def __init__(
+        self, config_path: str, timeout: Optional[float], printer: Optional[_Printer]
+    ) -> None:
         self.config_path = config_path
         self.timeout_arg = timeout
         self.timeout = timeout or 10.0
+        self.printer = printer
         self.steps: list[Step] = []
         self.token: Optional[str] = None
+        self.unusable_config = False  # exit 2: the config (or the transport it names) is wrong
+        self.current = "config"  # the step in progress (what Ctrl-C interrupted)
         self._config: Optional[RemoteConfig] = None
-        self._transport: Optional[HttpTransport] = None
+        self._transport: Optional[Transport] = None
+        self._proxy: Any = None  # the Proxy the requests go through, once check_proxy() chose
 
     def add(self, name: str, level: str, detail: str, fix: Optional[str] = None) -> bool:
-        """Record a step; return True if the walk may go on."""
+        """Record (and print) a step; return True if the walk may go on."""
         detail = clean(scrub(detail, self.token))
-        self.steps.append(Step(name, level, detail, scrub(fix, self.token) if fix else None))
+        step = Step(name, level, detail, clean(scrub(fix, self.token)) if fix else None)
+        self.steps.append(step)
+        if self.printer is not None:
+            self.printer.step(step)
         return level != FAIL
 
     @property
@@ -132,20 +196,21 @@ class _Doctor:
         assert self._config is not None, "check_config() comes first"
         return self._config
 
+    @property
+    def transport(self) -> Transport:
+        """The transport, once the transport step has built it."""
+        assert self._transport is not None, "check_transport() comes first"
+        return self._transport
+
     # -- the steps -----------------------------------------------------------
 
     def run(self) -> None:
-        if not (self.check_config() and self.check_enabled()):
+        if not (self.check_config() and self.check_enabled() and self.check_transport()):
             return
-        if self.config.transport != "http":
-            self.check_other_transport()
+        if not (self.check_url() and self.check_proxy()):
             return
-        if not self.check_url():
-            return
-        parts = urlsplit(self.config.url or "")
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if not (self.check_dns(host, port) and self.check_tcp_tls(parts.scheme, host, port)):
+        host, port = self.first_hop()
+        if not (self.check_dns(host, port) and self.check_tcp(host, port)):
             return
         if self.check_health_and_token():
             self.check_latency()
@@ -154,6 +219,7 @@ class _Doctor:
         from .._config import ENV_OVERRIDES, load_config
         from .._exceptions import ConfigError
 
+        self.current = "config"
         try:
             self._config = load_config(self.config_path)
         except ConfigError as exc:
@@ -164,6 +230,7 @@ class _Doctor:
                 fix = "fix the JSON syntax at the place named"
             else:
                 fix = "correct the value named (in config.json, or the variable named)"
+            self.unusable_config = True
             return self.add("config", FAIL, message, fix)
         self.token = self.config.token
         if self.timeout_arg is None:
@@ -174,6 +241,7 @@ class _Doctor:
         return self.add("config", OK, f"{self.config_path} is valid{note}")
 
     def check_enabled(self) -> bool:
+        self.current = "enabled"
         if self.config.enabled:
             return self.add("enabled", OK, "remote.enabled is true")
         by_env = os.environ.get("LIGHTD_REMOTE_ENABLED")
@@ -185,19 +253,32 @@ class _Doctor:
             'set "enabled": true in the "remote" object of config.json',
         )
 
-    def check_other_transport(self) -> None:
-        from .._exceptions import ConfigError, DeliveryError
+    def check_transport(self) -> bool:
+        """Build the configured transport; go on only if it talks HTTP to remote.url."""
+        from .._exceptions import ConfigError
         from .._transports.registry import make_transport
 
+        self.current = "transport"
         name = self.config.transport
+        config = attrs.evolve(self.config, timeout=self.timeout, workers=1)
+        try:
+            self._transport = make_transport(config)
+        except ConfigError as exc:
+            self.unusable_config = True
+            return self.add(
+                "transport", FAIL, str(exc), "correct the remote key named in config.json"
+            )
+        if getattr(self._transport, "talks_http", False):
+            return self.add("transport", OK, f"{name}: sends over HTTP to remote.url")
+        self.check_other_transport(name)
+        return False
+
+    def check_other_transport(self, name: str) -> None:
+        from .._exceptions import DeliveryError
+
         where = f": updates are appended to {self.config.path}" if name == "file" else ""
         try:
-            transport = make_transport(self.config)
-        except ConfigError as exc:
-            self.add("transport", FAIL, str(exc), "correct remote.transport in config.json")
-            return
-        try:
-            transport.check_health()
+            self.transport.check_health()
         except DeliveryError as exc:
             fix = (
                 "create the folder of remote.path and make it writable by this user"
@@ -206,18 +287,17 @@ class _Doctor:
             )
             self.add("transport", FAIL, f"{name} transport: {exc.message}", fix)
             return
-        finally:
-            transport.close()
         self.add(
             "transport",
             WARN,
-            f"{name} transport is healthy{where}; no remote server to check",
+            f"{name} transport is healthy{where}; it does not talk HTTP: no remote server to check",
             'set "transport": "http" (or remove it) to send to the remote',
         )
 
     def check_url(self) -> bool:
         from .._config import is_loopback_url
 
+        self.current = "url"
         url = self.config.url or ""
         if url.startswith("https://"):
             return self.add("url", OK, url)
@@ -230,7 +310,45 @@ class _Doctor:
             "use https:// in production",
         )
 
+    def chosen_proxy(self) -> Any:
+        """The transport's own proxy (http), else the rule the http transport follows."""
+        from .._transports.http import HttpTransport
+
+        if isinstance(self.transport, HttpTransport):
+            return self.transport.proxy
+        from .._transports._pools import choose_proxy
+
+        return choose_proxy(self.config)
+
+    def check_proxy(self) -> bool:
+        self.current = "proxy"
+        proxy = self.chosen_proxy()
+        self._proxy = proxy if proxy is not None and not isinstance(proxy, str) else None
+        if isinstance(proxy, str):
+            return self.add(
+                "proxy",
+                WARN,
+                f"ignoring the proxy: {proxy}; connecting directly",
+                "correct the proxy variable named, or set remote.proxy",
+            )
+        if proxy is None:
+            return self.add(
+                "proxy",
+                OK,
+                "none: connecting directly (no remote.proxy; no proxy variable applies)",
+            )
+        return self.add(
+            "proxy", OK, f"{proxy.url} (from {proxy.source}); the proxy resolves the remote's name"
+        )
+
+    def first_hop(self) -> tuple[str, int]:
+        """The host and port this machine connects to: the proxy's, else the remote's."""
+        url = self._proxy.url if self._proxy is not None else (self.config.url or "")
+        parts = urlsplit(url)
+        return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
     def check_dns(self, host: str, port: int) -> bool:
+        self.current = "dns"
         try:
             ipaddress.ip_address(host)
         except ValueError:
@@ -245,12 +363,13 @@ class _Doctor:
             except (OSError, UnicodeError) as exc:
                 found.append(exc)
 
-        worker = threading.Thread(target=resolve, name="check-dns", daemon=True)
+        worker = threading.Thread(target=resolve, name="lightd-sync-check-dns", daemon=True)
         worker.start()
         worker.join(self.timeout)
+        what = "the proxy's host name in its URL" if self._proxy else "the host name in remote.url"
         fix = (
-            "check the host name in remote.url; if it is right, check this machine's "
-            "DNS settings (/etc/resolv.conf, /etc/hosts)"
+            f"check {what}; if it is right, check this machine's DNS settings "
+            "(/etc/resolv.conf, /etc/hosts)"
         )
         if not found:
             return self.add(
@@ -264,16 +383,19 @@ class _Doctor:
         shown = ", ".join(addresses[:4]) + (", …" if len(addresses) > 4 else "")
         return self.add("dns", OK, f"{host} resolves to {shown}")
 
-    def check_tcp_tls(self, scheme: str, host: str, port: int) -> bool:
+    def check_tcp(self, host: str, port: int) -> bool:
+        self.current = "tcp"
+        what = "the proxy" if self._proxy else "the remote server"
         started = time.monotonic()
         try:
             sock = socket.create_connection((host, port), timeout=self.timeout)
         except ConnectionRefusedError:
+            where = "the proxy's URL" if self._proxy else "remote.url"
             return self.add(
                 "tcp",
                 FAIL,
                 f"connection refused by {host}:{port}: nothing listens there",
-                "start the remote server, or correct the port in remote.url "
+                f"start {what}, or correct the port in {where} "
                 "(https:// defaults to 443, http:// to 80)",
             )
         except socket.timeout:
@@ -293,59 +415,51 @@ class _Doctor:
         with sock:
             elapsed = (time.monotonic() - started) * 1000
             peer = sock.getpeername()
-            self.add("tcp", OK, f"connected to {peer[0]}:{peer[1]} in {elapsed:.1f} ms")
-            if scheme != "https":
-                return True
-            return self.check_tls(sock, host)
+        via = "the proxy at " if self._proxy else ""
+        return self.add("tcp", OK, f"connected to {via}{peer[0]}:{peer[1]} in {elapsed:.1f} ms")
 
-    def check_tls(self, sock: socket.socket, host: str) -> bool:
-        import ssl  # only https needs it, and it is slow to import
-
-        from .._exceptions import ConfigError
-        from .._transports._pools import tls_context
-
-        try:  # the transport's own context: ca_bundle, client certificate, verify
-            context = tls_context(self.config)
-        except ConfigError as exc:
-            return self.add("tls", FAIL, str(exc), "fix the file the message names")
-        if self.config.verify:
-            context.check_hostname = True
-        try:
-            with context.wrap_socket(sock, server_hostname=host) as tls:
-                version = tls.version()
-                cert = tls.getpeercert() or {}
-        except ssl.SSLCertVerificationError as exc:
+    def tls_verified(self) -> bool:
+        """Record what the request that just succeeded says about TLS (https only)."""
+        parts = urlsplit(self.config.url or "")
+        if parts.scheme != "https":
+            return True
+        host = parts.hostname or ""
+        if not self.config.verify:
             return self.add(
                 "tls",
-                FAIL,
-                f"the certificate of {host} was rejected: {exc.verify_message}",
-                f"the remote needs a certificate valid for {host} from a CA this machine "
-                "trusts (for a private CA, set remote.ca_bundle to its PEM file)",
+                WARN,
+                f"TLS to {host} works, but its certificate was NOT verified "
+                "(remote.verify is false): anyone on the path can read the token",
+                "set remote.verify to true (for a private CA, remote.ca_bundle to its PEM file)",
             )
-        except ssl.SSLError as exc:
-            return self.add(
+        trusted = (
+            f"a CA in remote.ca_bundle ({self.config.ca_bundle})"
+            if self.config.ca_bundle
+            else "a CA this machine trusts"
+        )
+        return self.add("tls", OK, f"certificate of {host} verified: valid, and from {trusted}")
+
+    def tls_failed(self, exc: BaseException) -> bool:
+        """Record a request that failed in TLS; False if *exc* is no TLS failure."""
+        found = _ssl_error(exc)
+        if found is None:
+            return False
+        host = urlsplit(self.config.url or "").hostname or ""
+        if isinstance(found, ssl.SSLCertVerificationError):
+            self.add(
                 "tls",
                 FAIL,
-                f"TLS handshake with {host} failed: {exc.reason or exc}",
+                f"the certificate of {host} was rejected: {found.verify_message}",
+                _CA_FIX.format(host=host),
+            )
+        else:
+            self.add(
+                "tls",
+                FAIL,
+                f"TLS handshake with {host} failed: {found.reason or found}",
                 "is the remote serving HTTPS on this port? (https:// vs http:// in remote.url)",
             )
-        except socket.timeout:
-            return self.add(
-                "tls",
-                FAIL,
-                f"no TLS answer from {host} within {self.timeout:g} s",
-                "the port accepts connections but does not speak TLS: check the port",
-            )
-        except OSError as exc:
-            return self.add(
-                "tls",
-                FAIL,
-                f"the connection to {host} broke during the TLS handshake: {exc.strerror or exc}",
-                "is the remote serving HTTPS on this port? (https:// vs http:// in remote.url)",
-            )
-        until = cert.get("notAfter")
-        valid = f", valid until {until}" if isinstance(until, str) else ""
-        return self.add("tls", OK, f"{version}, certificate verified for {host}{valid}")
+        return True
 
     def check_health_and_token(self) -> bool:
         from .._config import redact_token
@@ -355,15 +469,13 @@ class _Doctor:
             RemoteRejectedError,
             RemoteTimeoutError,
         )
-        from .._transports.http import HttpTransport
 
-        config = attrs.evolve(self.config, timeout=self.timeout, workers=1)
-        transport = HttpTransport(config)
-        self._transport = transport
+        self.current = "tls" if urlsplit(self.config.url or "").scheme == "https" else "health"
         started = time.monotonic()
         try:
-            transport.check_health()
+            self.transport.check_health()
         except AuthRejectedError as exc:
+            self.tls_verified()
             self.add(
                 "health",
                 WARN,
@@ -374,7 +486,7 @@ class _Doctor:
                 "token",
                 FAIL,
                 f"the remote rejected the token (HTTP {exc.status}); "
-                f"this node's token is {redact_token(config.token)}",
+                f"this node's token is {redact_token(self.config.token)}",
                 _AUTH_FIX,
             )
         except RemoteTimeoutError:
@@ -386,16 +498,24 @@ class _Doctor:
                 "port, is the remote overloaded? (a longer --timeout tells)",
             )
         except RemoteRejectedError as exc:
+            self.tls_verified()
             return self.add("health", FAIL, exc.message, _rejected_fix(exc.status, exc.message))
         except DeliveryError as exc:
+            if self.tls_failed(exc):
+                return False
             return self.add(
                 "health",
                 FAIL,
                 exc.message,
                 "the connection broke during the request: look at the remote's logs "
-                "(and at any proxy in between)",
+                "(and at the proxy's, if there is one)"
+                if self._proxy is None
+                else "the request through the proxy failed: look at the proxy's and the "
+                "remote's logs",
             )
         elapsed = (time.monotonic() - started) * 1000
+        self.tls_verified()
+        self.current = "health"
         self.add(
             "health",
             OK,
@@ -406,12 +526,12 @@ class _Doctor:
     def check_latency(self) -> None:
         from .._exceptions import DeliveryError
 
-        assert self._transport is not None, "check_health_and_token() comes first"
+        self.current = "latency"
         samples = []
         try:
             for _ in range(_LATENCY_SAMPLES):
                 started = time.monotonic()
-                self._transport.check_health()
+                self.transport.check_health()
                 samples.append((time.monotonic() - started) * 1000)
         except DeliveryError as exc:
             self.add("latency", FAIL, f"a repeated GET /health failed: {exc.message}")
@@ -437,6 +557,28 @@ class _Doctor:
             self._transport.close()
 
 
+def _links(exc: BaseException) -> Iterator[BaseException]:
+    """*exc* and every exception it wraps (arguments, ``reason``, cause and context)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [*current.args, getattr(current, "reason", None)]
+        linked += [current.__cause__, current.__context__]
+        todo.extend(e for e in linked if isinstance(e, BaseException))
+
+
+def _ssl_error(exc: BaseException) -> Optional[ssl.SSLError]:
+    """The TLS error behind *exc*, if a TLS failure caused it."""
+    errors = [e for e in _links(exc) if isinstance(e, ssl.SSLError)]
+    verify = [e for e in errors if isinstance(e, ssl.SSLCertVerificationError)]
+    return (verify or errors or [None])[0]
+
+
 def _rejected_fix(status: Optional[int], message: str) -> str:
     if status == 404:
         return "check the path in remote.url: /health and /update are appended to it"
@@ -454,40 +596,58 @@ def _rejected_fix(status: Optional[int], message: str) -> str:
     return "look at the remote's logs"
 
 
-def _print_text(doctor: _Doctor) -> None:
-    marks = marks_for(sys.stdout)
-    mark = {OK: marks.ok, WARN: marks.warn, FAIL: marks.fail}
-    width = max(len(step.name) for step in doctor.steps)
-    pad = " " * (len(marks.fail) + 1 + width + 2)
-    print(f"checking {doctor.config_path}")
-    for step in doctor.steps:
-        print(f"{mark[step.level].ljust(len(marks.fail))} {step.name.ljust(width)}  {step.detail}")
-        if step.fix and step.level != OK:
-            print(f"{pad}{'fix' if step.level == FAIL else 'hint'}: {step.fix}")
+def _summary(doctor: _Doctor, printer: _Printer, interrupted: bool) -> None:
+    marks = printer.marks
     failed = [step for step in doctor.steps if not step.ok]
     warnings = sum(step.level == WARN for step in doctor.steps)
     also = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
-    if failed:
-        print(f"{marks.fail} failed at {failed[0].name}{also}: fix it and run check again")
+    if interrupted:
+        done = len(doctor.steps)
+        printer.line(
+            f"{marks.warn} interrupted during {doctor.current}: {done} "
+            f"check{'s' if done != 1 else ''} done{also}"
+        )
+    elif failed:
+        printer.line(f"{marks.fail} failed at {failed[0].name}{also}: fix it and run check again")
     else:
-        print(f"{marks.ok} all {len(doctor.steps)} checks passed{also}")
+        printer.line(f"{marks.ok} all {len(doctor.steps)} checks passed{also}")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Walk the steps; 0 if every one passed (warnings allowed), 1 otherwise."""
-    doctor = _Doctor(args.config, args.timeout)
+    """
+    Walk the steps, printing each as it is done.
+
+    Returns:
+        0 if no step failed (warnings allowed), 1 if one did, 2 if the config
+        (or the transport it names) cannot be used, 130 on Ctrl-C.
+    """
+    printer = None if args.json else _Printer(sys.stdout)
+    doctor = _Doctor(args.config, args.timeout, printer)
+    interrupted = False
+    if printer is not None:
+        printer.header(args.config)
     try:
         doctor.run()
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         doctor.close()
     ok = all(step.ok for step in doctor.steps)
-    if args.json:
+    if interrupted:
+        code = EXIT_INTERRUPTED
+    elif doctor.unusable_config:
+        code = EXIT_USAGE
+    else:
+        code = EXIT_OK if ok else EXIT_FAILED
+    if printer is None:
         document = {
-            "ok": ok,
+            "ok": ok and not interrupted,
+            "exit": code,
+            "interrupted": interrupted,
             "config": doctor.config_path,
             "steps": [step.to_dict() for step in doctor.steps],
         }
-        print(json.dumps(document, indent=2, ensure_ascii=False))
+        print(json.dumps(document, indent=2, ensure_ascii=False), flush=True)
     else:
-        _print_text(doctor)
-    return EXIT_OK if ok else EXIT_FAILED
+        _summary(doctor, printer, interrupted)
+    return code

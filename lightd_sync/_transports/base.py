@@ -28,6 +28,14 @@ class Transport:
     #: Short name used in logs and in ``config.json``'s ``transport`` key.
     name = "transport"
 
+    #: True if :meth:`check_health` is ``GET {remote.url}/health`` over HTTP(S),
+    #: through the proxy and with the TLS settings that :meth:`send` uses: then
+    #: ``lightd-sync check`` walks the network steps (proxy, DNS, TCP, TLS, token)
+    #: with this transport. A plugin that talks HTTP sets it to True.
+    #:
+    #: .. versionadded:: 0.2.0
+    talks_http = False
+
     def send(self, update: Update) -> None:
         """
         Deliver one update; return when the remote accepted it.

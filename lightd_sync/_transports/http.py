@@ -150,6 +150,7 @@ class HttpTransport(Transport):
     """
 
     name = "http"
+    talks_http = True
 
     def __init__(self, config: RemoteConfig) -> None:
         if not config.url:

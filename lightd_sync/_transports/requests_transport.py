@@ -246,6 +246,7 @@ class RequestsTransport(Transport):
     """
 
     name = "requests"
+    talks_http = True
 
     def __init__(self, config: RemoteConfig, *, session: Optional[requests.Session] = None) -> None:
         lib = _requests()
