@@ -24,12 +24,17 @@ from ._logutil import Throttle, get_logger, safe_log
 from ._model import Status, server_id_problem
 from ._state_file import FileLock, Row, StateFileError, connect, load, move_aside, write_batch
 
-__all__ = ["FLUSH_INTERVAL", "StateStore", "StoredUpdate"]
+__all__ = ["CLOSE_GRACE", "FLUSH_INTERVAL", "StateStore", "StoredUpdate"]
 
 log = get_logger("state")
 
 #: Default seconds between two batch writes: the durability window's first term.
 FLUSH_INTERVAL = 0.1
+
+#: The least time close() gives the last write, whatever its timeout: the
+#: last batch is one local transaction (milliseconds), and what close() is
+#: for. Only a hung or failing disk makes close() wait this long.
+CLOSE_GRACE = 0.5
 
 #: The connections of stores that a fork copied into a child. They are never
 #: closed or used there: closing would make SQLite checkpoint or unlock the
@@ -280,15 +285,18 @@ class StateStore:
         """
         Write everything accepted before this call, stop the writer, release the lock.
 
-        Returns by *timeout* seconds whatever the disk does; returns False (and
-        logs) when the last write did not finish by then: the updates accepted
-        since the previous write may then be missing from the file.
+        Waits for that last write up to *timeout* seconds, but at least
+        :data:`CLOSE_GRACE` (0.5 s), whatever the disk does. Returns False (and
+        logs) when the last write did not commit by then: the updates accepted
+        since the previous write may then be missing from the file. The writer
+        thread then ends (and unlocks the file) as soon as the disk returns.
         """
+        wait = max(timeout, CLOSE_GRACE)
         with self._cond:
             if self._closed:
                 return True
             self._closed = True
-            self._deadline = time.monotonic() + max(timeout, 0.0)
+            self._deadline = time.monotonic() + wait
         self._stop.set()
         thread = self._thread
         if thread is None:
@@ -302,7 +310,7 @@ class StateStore:
                 "remote.state_path: %s: the last write did not finish within %.1f s;"
                 " updates accepted in the last %.1f s may be missing from it",
                 self.path,
-                timeout,
+                wait,
                 self.flush_interval,
             )
             return False

@@ -232,7 +232,9 @@ def _prepare(conn: sqlite3.Connection, ours: bool) -> None:
     except sqlite3.OperationalError as exc:
         raise StateFileError(f"SQLite cannot read it: {exc}") from None
     except sqlite3.DatabaseError as exc:
-        raise StateFileError(f"it is not a readable SQLite database ({exc})", ours=ours) from None
+        if ours:
+            raise StateFileError(f"it is corrupt ({exc})", ours=True) from None
+        raise StateFileError(f"it is not a readable SQLite database ({exc})") from None
     ours = ours or app_id == APPLICATION_ID
     if app_id == 0 and names:
         raise StateFileError(
