@@ -76,6 +76,10 @@ def _drain(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
     return out
 
 
+def _by_seq(item: tuple[str, tuple[Any, Optional[str], str, int]]) -> int:
+    return item[1][3]
+
+
 class StateStore:
     """
     The latest update of each server and whether the remote acknowledged it, in one file.
@@ -124,12 +128,16 @@ class StateStore:
         after_fork_in_child(self._after_fork_in_child)
 
     def _init_locks(self) -> None:
-        # _cond's lock guards _durable, _flushes, _deadline and _closed: what
-        # the writer tells waiters (wait_flushed, close) and what close() tells it.
+        # _cond's lock guards _durable, _flushes, the _write* timings, _deadline
+        # and _closed: what the writer tells waiters (wait_flushed, close,
+        # write_timings) and what close() tells it. Never held during I/O.
         self._cond = threading.Condition(threading.Lock())
         self._stop = threading.Event()  # close() asks the writer to write once more and stop
         self._durable = 0  # every sync point up to this one is in the file
         self._flushes = 0  # batches committed
+        self._write_seconds = 0.0  # time spent in committed writes with rows, in total
+        self._write_max = 0.0  # the slowest such write
+        self._writes = 0  # how many such writes
         self._deadline = float("inf")  # when the writer gives up retrying its last batch
         self._closed = False
 
@@ -144,6 +152,11 @@ class StateStore:
     def flush_count(self) -> int:
         """How many batches the writer has committed to the file."""
         return self._flushes
+
+    def write_timings(self) -> tuple[int, float, float]:
+        """Return (writes with rows or acks, their total seconds, the slowest one's seconds)."""
+        with self._cond:
+            return self._writes, self._write_seconds, self._write_max
 
     def accepted(self, server: str, status: Any, data: Optional[str], event_id: str) -> None:
         """
@@ -357,13 +370,16 @@ class StateStore:
         mark = next(self._seq)
         acks = _drain(self._acks)  # before the rows: each ack's row is then in this batch or before
         taken = _drain(self._pending)
-        rows: list[Row] = sorted(
-            ((s, str(r[0]), r[1], r[2], r[3]) for s, r in taken if type(r[2]) is str),
-            key=lambda r: r[4],
-        )[-self.max_servers :]
+        taken.sort(key=_by_seq)
+        rows: list[Row] = [
+            (s, str(r[0]), r[1], r[2], r[3])
+            for s, r in taken[-self.max_servers :]
+            if type(r[2]) is str
+        ]
         ack_rows = [(s, e) for s, e in acks]
         if rows or ack_rows:
             assert self._conn is not None
+            started = time.perf_counter()
             try:
                 self._rows = write_batch(self._conn, rows, ack_rows, self.max_servers, self._rows)
             except sqlite3.Error as exc:
@@ -392,6 +408,11 @@ class StateStore:
                 self._write_errors.take()
                 self._write_errors.restart()
                 safe_log(log, logging.WARNING, "remote.state_path: %s: writing again", self.path)
+            took = time.perf_counter() - started
+            with self._cond:
+                self._writes += 1
+                self._write_seconds += took
+                self._write_max = max(self._write_max, took)
         with self._cond:
             self._durable = mark
             self._flushes += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import sqlite3
 import threading
@@ -49,19 +50,30 @@ _SCHEMA = (
     "CREATE INDEX lightd_sync_state_seq ON lightd_sync_state (seq)",
 )
 _OURS = {TABLE, TABLE + "_seq"}
+# A whole batch is one JSON parameter and one statement: one sqlite3_step(),
+# so the writer gives up and takes back the GIL once per batch, not once per
+# row (executemany() of 10,000 rows took 0.1-4.8 s instead of 50 ms while the
+# caller's thread kept the GIL busy).
 _UPSERT = (
     "INSERT INTO lightd_sync_state (server, status, data, event_id, acked, seq)"
-    " VALUES (?, ?, ?, ?, 0, ?)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), 0, json_extract(value, '$[4]')"
+    " FROM json_each(?) WHERE true"  # "WHERE true": an upsert from a SELECT needs a WHERE
     " ON CONFLICT (server) DO UPDATE SET status = excluded.status, data = excluded.data,"
     " event_id = excluded.event_id, acked = 0, seq = excluded.seq"
 )
-_ACK = "UPDATE lightd_sync_state SET acked = 1 WHERE server = ? AND event_id = ?"
+_ACK = (
+    "UPDATE lightd_sync_state SET acked = 1 WHERE (server, event_id) IN"
+    " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+)
 _TRIM = (
     "DELETE FROM lightd_sync_state WHERE seq <="
     " (SELECT seq FROM lightd_sync_state ORDER BY seq DESC LIMIT 1 OFFSET ?)"
 )
 _MAGIC = b"SQLite format 3\x00"
 _HEADER = 100
+#: Rows per statement within a batch's transaction.
+CHUNK = 2000
 #: How long SQLite waits for a lock some other program (an ``sqlite3`` shell)
 #: holds on the file, at open and for each batch, before it reports an error.
 BUSY_TIMEOUT = 2.0
@@ -241,6 +253,12 @@ def _prepare(conn: sqlite3.Connection, ours: bool) -> None:
             "it is another program's SQLite database (tables " + ", ".join(sorted(names)[:5]) + ")"
         )
     try:
+        conn.execute("SELECT json_extract('[1]', '$[0]')")
+    except sqlite3.OperationalError:
+        raise StateFileError(
+            f"this Python's SQLite {sqlite3.sqlite_version} has no JSON functions"
+        ) from None
+    try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
             raise StateFileError(f"SQLite cannot put it in WAL mode (got {mode!r})")
@@ -249,6 +267,7 @@ def _prepare(conn: sqlite3.Connection, ours: bool) -> None:
         # Checkpoint at ~1 MB of WAL and truncate it back to 1 MB: the -wal stays small.
         conn.execute("PRAGMA wal_autocheckpoint=256")
         conn.execute("PRAGMA journal_size_limit=1048576")
+        conn.execute("PRAGMA cache_size=-1024")  # 1 MiB of page cache (10,000 rows: 1.2 MB)
         if app_id == 0:
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
@@ -315,10 +334,10 @@ def write_batch(
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if rows:
-            conn.executemany(_UPSERT, rows)
-        if acks:
-            conn.executemany(_ACK, acks)
+        for start in range(0, len(rows), CHUNK):  # chunks: a smaller peak of memory
+            conn.execute(_UPSERT, (json.dumps(rows[start : start + CHUNK]),))
+        for start in range(0, len(acks), CHUNK):
+            conn.execute(_ACK, (json.dumps(acks[start : start + CHUNK]),))
         if rows and count + len(rows) > max_servers:
             count = conn.execute("SELECT count(*) FROM lightd_sync_state").fetchone()[0]
             if count > max_servers:
