@@ -22,7 +22,7 @@ import attrs
 from ._forksafe import after_fork_in_child
 from ._logutil import Throttle, get_logger, safe_log
 from ._model import Status, server_id_problem
-from ._state_file import FileLock, Row, StateFileError, connect, load, move_aside, write_batch
+from ._state_file import FileLock, StateFileError, connect, load, move_aside, write_batch
 
 __all__ = ["CLOSE_GRACE", "FLUSH_INTERVAL", "StateStore", "StoredUpdate"]
 
@@ -371,12 +371,8 @@ class StateStore:
         acks = _drain(self._acks)  # before the rows: each ack's row is then in this batch or before
         taken = _drain(self._pending)
         taken.sort(key=_by_seq)
-        rows: list[Row] = [
-            (s, str(r[0]), r[1], r[2], r[3])
-            for s, r in taken[-self.max_servers :]
-            if type(r[2]) is str
-        ]
-        ack_rows = [(s, e) for s, e in acks]
+        rows = taken[-self.max_servers :] if len(taken) > self.max_servers else taken
+        ack_rows = acks
         if rows or ack_rows:
             assert self._conn is not None
             started = time.perf_counter()

@@ -78,8 +78,8 @@ CHUNK = 2000
 #: holds on the file, at open and for each batch, before it reports an error.
 BUSY_TIMEOUT = 2.0
 
-#: (server, status, data, event_id, seq): one row as the writer sees it.
-Row = tuple[str, str, Optional[str], str, int]
+#: (server, (status, data, event_id, seq)): one row as the store keeps it.
+Row = tuple[str, tuple[Any, Optional[str], Any, int]]
 
 
 class StateFileError(Exception):
@@ -335,7 +335,12 @@ def write_batch(
     conn.execute("BEGIN IMMEDIATE")
     try:
         for start in range(0, len(rows), CHUNK):  # chunks: a smaller peak of memory
-            conn.execute(_UPSERT, (json.dumps(rows[start : start + CHUNK]),))
+            chunk = [
+                (server, str(r[0]), r[1], r[2], r[3])
+                for server, r in rows[start : start + CHUNK]
+                if type(r[2]) is str  # no event id: not a row the engine can re-send
+            ]
+            conn.execute(_UPSERT, (json.dumps(chunk),))
         for start in range(0, len(acks), CHUNK):
             conn.execute(_ACK, (json.dumps(acks[start : start + CHUNK]),))
         if rows and count + len(rows) > max_servers:
