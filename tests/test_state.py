@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -575,3 +576,60 @@ def test_open_twice_is_a_programming_error(tmp_path: Path) -> None:
             store.open()
     finally:
         store.close(5.0)
+
+
+# -- the docs quote these lines ---------------------------------------------------------
+
+DOCS = ROOT / "docs" / "state.md"
+
+
+def _quoted_lines() -> list[str]:
+    return [line.strip() for line in DOCS.read_text().splitlines() if "ERROR lightd_sync" in line]
+
+
+def test_the_log_lines_docs_quote_are_what_the_store_logs(tmp_path: Path, logs: LogCapture) -> None:
+    foreign, damaged = _quoted_lines()
+    text = tmp_path / "config.json"
+    text.write_text("{}")
+    StateStore(str(text), max_servers=10).open()
+    path = tmp_path / "sync-state.db"
+    _scribble(path)
+    logs.records.clear()
+    store, _ = opened(path, max_servers=2000)
+    store.close(5.0)
+    (found,) = errors(logs)
+    found = re.sub(r"\.bad-\d{8}T\d{6}-\d+", ".bad-20250101T120000-4242", found)
+    assert found.replace(str(tmp_path), "/var/lib/lightd") == damaged
+    logs.records.clear()
+    StateStore(str(text), max_servers=10).open()
+    (found,) = errors(logs)
+    assert found.replace(str(tmp_path), "/etc/lightd") == foreign
+
+
+def test_the_lock_errors_docs_quote_are_what_open_raises(tmp_path: Path) -> None:
+    docs = " ".join(DOCS.read_text().replace("`", " ").split())
+    path = tmp_path / "sync-state.db"
+    first, _ = opened(path)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            StateStore(str(path), max_servers=10).open()
+    finally:
+        first.close(5.0)
+    message = str(caught.value).replace(str(tmp_path), "/var/lib/lightd")
+    message = message.replace(f"pid {os.getpid()}", "pid 4242")
+    assert message in docs
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError) as caught:
+            StateStore(str(path), max_servers=10).open()
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    message = str(caught.value).replace(str(tmp_path), "/var/lib/lightd")
+    assert message.replace(f"pid {holder.pid}", "pid 4242") in docs
