@@ -169,20 +169,28 @@ def test_accepting_and_acknowledging_from_two_threads_while_the_writer_drains(
 ) -> None:
     """Race the caller, a lane's ack and the writer 200 times: every acked latest stays acked."""
     path = tmp_path / "state.db"
-    store, _ = opened(path, max_servers=1000, flush_interval=0.001)
-    for round_ in range(200):
-        events = [(f"s{k}", f"r{round_}-{k}") for k in range(20)]
-        acker = threading.Thread(
-            target=lambda ev=events: [store.acknowledged(s, e) for s, e in ev], name="test-acker"
-        )
-        for s, e in events[:10]:
-            store.accepted(s, "installing", None, e)
-        for s, e in events[10:]:
-            store.accepted(s, "ready", None, e)
-        acker.start()
-        acker.join(5)
+    store, _ = opened(path, max_servers=1000, flush_interval=0.0005)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: between the drains too
+    try:
+        for round_ in range(200):
+            events = [(f"s{k}", f"r{round_}-{k}") for k in range(20)]
+            acker = threading.Thread(
+                target=lambda ev=events: [store.acknowledged(s, e) for s, e in ev],
+                name="test-acker",
+            )
+            for s, e in events[:10]:
+                store.accepted(s, "installing", None, e)
+            acker.start()
+            for s, e in events[10:]:  # accepted while the acker runs: some acks come first
+                store.accepted(s, "ready", None, e)
+            acker.join(5)
+            for s, e in events[10:]:
+                store.acknowledged(s, e)  # the caller's own ack, right after
+    finally:
+        sys.setswitchinterval(old)
     store.close(5.0)
-    assert reopen(path, max_servers=1000) == []
+    assert reopen(path, max_servers=1000) == []  # every latest update got its ack after it
 
 
 def test_a_zero_length_file_is_a_fresh_state(tmp_path: Path, logs: LogCapture) -> None:
