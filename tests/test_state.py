@@ -641,3 +641,18 @@ def test_the_lock_errors_docs_quote_are_what_open_raises(tmp_path: Path) -> None
             holder.stdout.close()
     message = str(caught.value).replace(str(tmp_path), "/var/lib/lightd")
     assert message.replace(f"pid {holder.pid}", "pid 4242") in docs
+
+
+def test_summary_reads_rows_and_unacknowledged_while_the_store_runs(tmp_path: Path) -> None:
+    from lightd_sync._state_file import summary
+
+    path = tmp_path / "odd ?#% name.db"  # quoted into the read-only URI
+    store, _ = opened(path)
+    try:
+        store.accepted("a", "ready", None, "e1")
+        store.accepted("b", "ready", None, "e2")
+        store.acknowledged("a", "e1")
+        assert store.wait_flushed(5.0)
+        assert summary(str(path)) == (2, 1)  # without the lock: check may run beside a daemon
+    finally:
+        store.close(5.0)
