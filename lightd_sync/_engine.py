@@ -336,14 +336,17 @@ class SyncEngine:
         if reason == "queue_full":
             self._book.missed(item)  # re-sent once the queue has room and the remote is healthy
         if due:
-            why = "the engine is closed" if reason == "closed" else "the queue is full"
+            why = (
+                "the engine is closed"
+                if reason == "closed"
+                else f"the queue is full ({self._ledger.queue_size})"
+            )
             safe_log(
                 log,
                 logging.WARNING,
-                "dropped %d update(s): %s (%d); drops are summed up at most once per %g s",
+                "dropped %d update(s): %s (drops are summed up at most once per %g s)",
                 due,
                 why,
-                self._ledger.queue_size,
                 self._ledger.drop_window(),
             )
         self._deliverer.notify(item, DROPPED, reason)

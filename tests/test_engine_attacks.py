@@ -427,7 +427,7 @@ def test_every_update_gets_one_outcome_off_the_callers_thread() -> None:
 
     caller = threading.current_thread().name
     engine = SyncEngine(
-        RemoteConfig(retries=1, queue_size=3, workers=1),
+        RemoteConfig(retries=1, queue_size=3, workers=1, resync=False),
         transport=RecordingTransport(remote),
         on_outcome=on_outcome,
     )
