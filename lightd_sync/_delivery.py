@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._book import ResyncBook
 from ._exceptions import DeliveryError
@@ -23,6 +23,9 @@ from ._model import Outcome
 from ._pending import Pending
 from ._policy import DeliveryPolicy, bounded, testing_mode, wait_for
 from ._slot import TransportSlot
+
+if TYPE_CHECKING:
+    from ._state import StateStore
 
 __all__ = ["Deliverer", "OutcomeHook", "RemotePause", "log_extra"]
 
@@ -98,6 +101,8 @@ class Deliverer:
         self.book = book
         self.slot = slot
         self.policy = policy  # a frozen value: swapped whole, read once per decision
+        #: The state file's store, told of every acknowledged update.
+        self.store: Optional[StateStore] = None
         #: The token, to scrub from what a transport's bug says (swapped on reload).
         self.secret: Optional[str] = None
         self.pause = RemotePause()
@@ -201,6 +206,9 @@ class Deliverer:
             return  # close() already counted it
         if result == DELIVERED:
             self.book.acknowledged(item)
+            store = self.store
+            if store is not None and item.event_id is not None:
+                store.acknowledged(item.server, item.event_id)
         elif result == FAILED and resync and self.book.missed(item):
             self._on_missed()
         self._log_outcome(item, settled, error)

@@ -13,7 +13,9 @@ Each piece of state has one owner (see ``docs/engine.md``):
 - :class:`~lightd_sync._delivery.Deliverer`: what a lane does with an update,
   asking the :class:`~lightd_sync._policy.DeliveryPolicy` (a frozen value)
   what follows each failure, and the remote's ``Retry-After`` pause;
-- :class:`~lightd_sync._health.HealthMonitor`: the health timer thread.
+- :class:`~lightd_sync._health.HealthMonitor`: the health timer thread;
+- :class:`~lightd_sync._state.StateStore` (with ``remote.state_path``): the
+  file that keeps each server's latest update across a restart.
 
 :class:`SyncEngine` wires them, starts and stops their threads, and swaps
 them on :meth:`~SyncEngine.reload`.
@@ -57,6 +59,7 @@ from ._pending import Pending
 from ._policy import DeliveryPolicy, bounded
 from ._reload import TRANSPORT_KEYS, ReloadResult, SighupReload
 from ._slot import TransportSlot, close_quietly
+from ._state import StateStore
 from ._transports.base import Transport
 from ._transports.registry import make_transport
 
@@ -165,8 +168,46 @@ class SyncEngine:
         self._build(config, transport if transport is not None else make_transport(config))
         # One reload at a time (it builds a transport: I/O, so not under _lifecycle).
         self._reload_lock = threading.Lock()
+        self._store: Optional[StateStore] = None
+        if config.enabled and config.state_path is not None:
+            try:
+                self._open_store(config.state_path)
+            except BaseException:
+                self._slot.close_all()  # nothing else will close what we built
+                raise
         after_fork_in_child(self._after_fork_in_child)
         _install_exit_hook()
+
+    def _open_store(self, path: str) -> None:
+        """
+        Open the state file: take its lock, and remember what the remote never acknowledged.
+
+        Those updates are re-sent once the remote is healthy, with their stored
+        event ids. A bad file is logged by the store, which then runs on memory.
+
+        Raises:
+            ConfigError: Another process (or engine) holds the file.
+        """
+        store = StateStore(path, max_servers=self._config.max_servers)
+        rows = store.open()
+        if not store.active:  # a bad file: logged by the store; run on memory only
+            return
+        self._store = store
+        self._ledger.store = store
+        self._deliverer.store = store
+        _OPEN.add(self)  # its writer thread runs: the exit hook must close it
+        for row in rows:
+            item = Pending(row.server, row.status, row.data, row.event_id)
+            self._ledger.seed(item)
+            self._book.missed(item)
+        if rows:
+            safe_log(
+                log,
+                logging.INFO,
+                "remote.state_path: %d servers' latest updates were never acknowledged; "
+                "they are re-sent once the remote is healthy",
+                len(rows),
+            )
 
     def _build(self, config: RemoteConfig, transport: Transport) -> None:
         """Make the collaborators and the lifecycle state (in __init__ and in a forked child)."""
@@ -202,6 +243,7 @@ class SyncEngine:
         closing = self._closing
         self._build(self._config, self._slot.current)
         self._reload_lock = threading.Lock()
+        self._store = None  # the file is the parent's: a child never writes it
         if closing:
             self._closing = True
             self._ledger.close()
@@ -458,6 +500,9 @@ class SyncEngine:
         if sighup is not None:
             ended = sighup.stop(deadline) and ended
         left, drops, fails = self._ledger.finish()
+        store = self._store
+        if store is not None:  # what was accepted and acknowledged, written before we return
+            store.close(deadline - time.monotonic())
         if drops:
             safe_log(log, logging.WARNING, "%d more update(s) were dropped before close", drops)
         if fails or left:
@@ -504,6 +549,11 @@ class SyncEngine:
             if not result.changed:
                 return result
             changed = set(result.changed)
+            if "state_path" in changed and self._store is not None:
+                raise ConfigError(
+                    "remote.state_path: cannot change on a running engine (the file holds "
+                    "what the remote has not acknowledged); restart the daemon to move it"
+                )
             rebuild = self._own_transport and bool(TRANSPORT_KEYS & changed)
             transport = make_transport(config) if rebuild else None
             old = self._apply(config, transport, result)
@@ -527,6 +577,8 @@ class SyncEngine:
             self._config = config
             self._ledger.resize(config.queue_size, config.max_servers)
             self._book.max_servers = config.max_servers
+            if self._store is not None:
+                self._store.max_servers = config.max_servers
             self._book.resync = config.resync
             self._deliverer.policy = DeliveryPolicy.from_config(config)
             self._deliverer.secret = self._health.secret = config.token

@@ -15,7 +15,7 @@ import bisect
 import threading
 import time
 from collections import Counter
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ._forksafe import after_fork_in_child
 from ._lanes import Lanes
@@ -23,6 +23,9 @@ from ._logutil import Throttle
 from ._model import LATENCY_BUCKETS, LatencyHistogram, SyncStats
 from ._pending import Pending
 from ._policy import bounded
+
+if TYPE_CHECKING:
+    from ._state import StateStore
 
 __all__ = ["DELIVERED", "DROPPED", "FAILED", "SUPERSEDED", "Ledger", "Settled"]
 
@@ -66,6 +69,8 @@ class Ledger:
         # (re-inserted on each one). Read without the lock: one dict read is atomic.
         self._latest: dict[str, Pending] = {}
         self._lanes = lanes
+        #: The state file's store, told of every update that becomes a server's latest.
+        self.store: Optional[StateStore] = None
         self._closed = False  # no more updates are admitted
         self._final = False  # the counts are final: late outcomes are not counted
         self._submitted = self._delivered = self._failed = 0
@@ -101,6 +106,9 @@ class Ledger:
             latest[server] = item
             if len(latest) > self.max_servers:
                 del latest[next(iter(latest))]
+            store = self.store
+            if store is not None and not self._closed:
+                store.accepted(server, item.status, item.data, item.ensure_event_id)
             lanes = self._lanes
             if self._pending < self.queue_size and not self._closed and lanes is not None:
                 self._pending += 1
@@ -122,6 +130,14 @@ class Ledger:
             latest = self._latest
             while len(latest) > max_servers:
                 del latest[next(iter(latest))]
+
+    def seed(self, item: Pending) -> None:
+        """Remember *item* as its server's latest without queueing it (from the state file)."""
+        with self.lock:
+            self._latest.pop(item.server, None)
+            self._latest[item.server] = item
+            while len(self._latest) > self.max_servers:
+                del self._latest[next(iter(self._latest))]
 
     def is_latest(self, item: Pending) -> bool:
         """Whether *item* is still its server's latest update."""

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import attrs
 
@@ -76,7 +76,7 @@ def _drain(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
     return out
 
 
-def _by_seq(item: tuple[str, tuple[Any, Optional[str], str, int]]) -> int:
+def _by_seq(item: tuple[str, tuple[Any, Optional[str], Any, int]]) -> int:
     return item[1][3]
 
 
@@ -112,7 +112,7 @@ class StateStore:
         # from them, each a single dict operation, atomic in CPython (and in
         # free-threaded builds, where each dict has its own lock). A lock would
         # double the cost of accepted(), and the writer would never hold it anyway.
-        self._pending: dict[str, tuple[Any, Optional[str], str, int]] = {}  # server -> row
+        self._pending: dict[str, tuple[Any, Optional[str], Any, int]] = {}  # server -> row
         self._acks: dict[str, str] = {}  # server -> the event id the remote acknowledged
         self._seq = itertools.count(1)  # orders updates; atomic next() (a C iterator)
         self._init_locks()
@@ -158,11 +158,19 @@ class StateStore:
         with self._cond:
             return self._writes, self._write_seconds, self._write_max
 
-    def accepted(self, server: str, status: Any, data: Optional[str], event_id: str) -> None:
+    def accepted(
+        self,
+        server: str,
+        status: Any,
+        data: Optional[str],
+        event_id: Union[str, Callable[[], str]],
+    ) -> None:
         """
         Record that this is now *server*'s latest update, not acknowledged.
 
-        *status* is a :class:`~lightd_sync.Status` (or its value). Costs one dict
+        *status* is a :class:`~lightd_sync.Status` (or its value). *event_id*
+        may be a callable that makes it, called by the writer thread (the
+        engine makes event ids off the caller's thread). Costs one dict
         store: no I/O, no lock; safe from any thread.
         """
         self._pending[server] = (status, data, event_id, next(self._seq))
@@ -372,6 +380,10 @@ class StateStore:
         taken = _drain(self._pending)
         taken.sort(key=_by_seq)
         rows = taken[-self.max_servers :] if len(taken) > self.max_servers else taken
+        rows = [
+            (server, (st, data, eid() if callable(eid) else eid, seq))
+            for server, (st, data, eid, seq) in rows
+        ]
         ack_rows = acks
         if rows or ack_rows:
             assert self._conn is not None
