@@ -129,7 +129,7 @@ def test_a_resent_update_keeps_its_stored_event_id(tmp_path: Path) -> None:
 def test_a_second_engine_on_the_file_is_refused_naming_the_holder(tmp_path: Path) -> None:
     config = http_config(refused_url(), state_path=str(tmp_path / "state.db"))
     with SyncEngine(config):
-        with pytest.raises(ConfigError, match=rf"remote.state_path.*{os.getpid()}"):
+        with pytest.raises(ConfigError, match=rf"remote\.state_path.*{os.getpid()}"):
             SyncEngine(config)
         code = (
             "import sys\n"
@@ -179,7 +179,9 @@ def test_reload_refuses_to_move_the_state_file(tmp_path: Path) -> None:
 
 def test_the_file_stays_small_and_bounded_by_max_servers(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    config = http_config(refused_url(), state_path=str(path), max_servers=50, retries=0)
+    config = http_config(
+        refused_url(), state_path=str(path), max_servers=50, retries=0, queue_size=10_000
+    )
     with SyncEngine(config, transport=RecordingTransport()) as engine:
         for i in range(2000):
             engine.update(f"s{i}", "ready")
