@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import attrs
@@ -172,7 +171,7 @@ def test_a_bad_state_file_is_logged_and_delivery_goes_on(
 def test_reload_refuses_to_move_the_state_file(tmp_path: Path) -> None:
     config = http_config(refused_url(), state_path=str(tmp_path / "a.db"))
     with SyncEngine(config) as engine:
-        with pytest.raises(ConfigError, match="remote.state_path: cannot change"):
+        with pytest.raises(ConfigError, match=r"remote\.state_path: cannot change"):
             engine.reload(attrs.evolve(config, state_path=str(tmp_path / "b.db")))
         assert engine.config.state_path == config.state_path
 
