@@ -34,8 +34,8 @@ def receiver() -> Iterator[Any]:
         yield app
 
 
-#: The steps of a healthy http:// remote (tls is for https:// only).
-ALL_STEPS = [step for step in STEPS if step != "tls"]
+#: The steps of a healthy http:// remote (tls is for https:// only, state with state_path).
+ALL_STEPS = [step for step in STEPS if step not in ("tls", "state")]
 
 
 def marks(stdout: str) -> dict[str, str]:
@@ -360,7 +360,7 @@ def test_tls_is_verified_against_the_trusted_cas(
     )
     trusted = run_cli("check", "--config", trusting)
     assert trusted.returncode == 0, trusted.stdout
-    assert marks(trusted.stdout) == dict.fromkeys(STEPS, "✓")
+    assert marks(trusted.stdout) == dict.fromkeys([s for s in STEPS if s != "state"], "✓")
     assert "certificate of 127.0.0.1 verified: valid, and from a CA in remote.ca_bundle" in (
         step_line(trusted.stdout, "tls")
     )
@@ -416,3 +416,33 @@ def test_proxy_credentials_are_sent_to_the_proxy_and_never_shown(
     assert f"{remote.url} (from remote.proxy)" in step_line(proc.stdout, "proxy")
     assert remote.requests[0].headers["Proxy-Authorization"].startswith("Basic ")
     assert_no_secret(proc, TOKEN, password)
+
+
+def test_the_state_file_is_reported(receiver: Any, tmp_path: Path) -> None:
+    from lightd_sync import RemoteConfig, SyncEngine
+    from lightd_sync.testing import RecordingTransport
+
+    state = tmp_path / "state.db"
+    config = write_config(tmp_path / "config.json", receiver.url, state_path=str(state))
+    proc = run_cli("check", "--config", config)
+    assert "no file yet" in step_line(proc.stdout, "state")
+    engine_config = RemoteConfig(
+        enabled=True, url=receiver.url, token=TOKEN, state_path=str(state), health_interval=60
+    )
+
+    def refuse(update: object) -> None:
+        from lightd_sync import RemoteUnreachableError
+
+        raise RemoteUnreachableError("down")
+
+    with SyncEngine(engine_config, transport=RecordingTransport(refuse)) as engine:
+        engine.update("s1", "ready")
+        engine.update("s2", "ready")
+        assert engine.flush(5)
+    proc = run_cli("check", "--config", config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 servers, 2 not acknowledged by the remote yet" in step_line(proc.stdout, "state")
+    state.write_bytes(b"not a database at all" * 100)
+    proc = run_cli("check", "--config", config)
+    assert "!" == marks(proc.stdout)["state"]
+    assert_no_secret(proc)

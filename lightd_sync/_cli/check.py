@@ -49,6 +49,7 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 STEPS = (
     "config",
     "enabled",
+    "state",
     "transport",
     "url",
     "proxy",
@@ -205,7 +206,10 @@ class _Doctor:
     # -- the steps -----------------------------------------------------------
 
     def run(self) -> None:
-        if not (self.check_config() and self.check_enabled() and self.check_transport()):
+        if not (self.check_config() and self.check_enabled()):
+            return
+        self.check_state()
+        if not self.check_transport():
             return
         if not (self.check_url() and self.check_proxy()):
             return
@@ -251,6 +255,36 @@ class _Doctor:
             FAIL,
             f"remote.enabled is {why}: Lightd sends nothing",
             'set "enabled": true in the "remote" object of config.json',
+        )
+
+    def check_state(self) -> None:
+        """Report the state file (remote.state_path): rows, and how many the remote never acked."""
+        import sqlite3
+
+        from .._state_file import summary
+
+        path = self.config.state_path
+        if path is None:
+            return
+        self.current = "state"
+        if not os.path.exists(path):
+            self.add("state", OK, f"{path}: no file yet (created when the engine starts)")
+            return
+        try:
+            rows, unacked = summary(path)
+        except sqlite3.Error as exc:
+            self.add(
+                "state",
+                WARN,
+                f"{path}: cannot be read as a state file ({exc})",
+                "the engine will log it, move a damaged file aside and keep delivering; "
+                "point remote.state_path at a file of its own",
+            )
+            return
+        self.add(
+            "state",
+            OK,
+            f"{path}: {rows} servers, {unacked} not acknowledged by the remote yet",
         )
 
     def check_transport(self) -> bool:
