@@ -226,7 +226,7 @@ class RemoteConfig:
 
     Every duration (``timeout``, ``health_interval``, ``shutdown_timeout``,
     ``max_retry_after``) is a number of seconds > 0 and at most
-    :data:`MAX_SECONDS` (86,400: one day).
+    ``MAX_SECONDS`` (86,400: one day).
 
     .. versionadded:: 0.1.0 ``retries``, ``resync``, ``max_servers``,
        ``shutdown_timeout``, ``verify``, ``ca_bundle``, ``client_cert``,
@@ -283,7 +283,7 @@ class RemoteConfig:
         """
         Return the config as a dict that is safe to log or show.
 
-        The token is redacted (:func:`redact_token`) and a proxy's
+        The token is redacted (as ``redact_token`` does) and a proxy's
         ``user:password@`` is shown as ``***@``.
         """
         values = attrs.asdict(self)
