@@ -192,10 +192,10 @@ class ReceiverRemote:
     kind = "receiver"
 
     def __init__(self) -> None:
-        from lightd_sync import _wsgi, receiver
+        from lightd_sync import receiver
 
         self._app = receiver.create_app(TOKEN, rate=math.inf, burst=1_000_000)
-        self._server: Any = _wsgi.serve(self._app, "127.0.0.1", 0)
+        self._server: Any = receiver.serve(self._app, "127.0.0.1", 0)
         self.url = ""
 
     def start(self) -> ReceiverRemote:

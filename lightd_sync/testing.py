@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._config import RemoteConfig
 from ._model import Status, parse_status
-from ._wsgi import StartResponse, WSGIApplication, WSGIEnvironment, WsgiServer, serve
+from ._server.http import StartResponse, WSGIApplication, WSGIEnvironment, WsgiServer, serve
 
 if TYPE_CHECKING:
     from .receiver import ReceiverApp

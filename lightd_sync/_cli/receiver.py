@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; 0 after a clean stop, 1 if it cannot listen."""
     from .._config import redact_token
     from .._exceptions import ConfigError
-    from .._wsgi import serve
+    from .._server.http import serve
     from ..receiver import create_app
 
     if not 0 <= args.port <= 65535:
