@@ -270,9 +270,18 @@ def test_a_trickling_client_is_cut_after_the_request_timeout() -> None:
         assert get(srv)[0] == 200
 
 
-def test_bad_requests_are_400_and_serving_goes_on(server: WsgiServer) -> None:
-    assert raw(server, b"GET / NOTHTTP/1.0\r\n\r\n").split(b" ")[1] in (b"400", b"505")
-    assert raw(server, b"\x00\x01garbage\r\n\r\n").split(b" ")[1] == b"400"
+def test_bad_requests_are_json_errors_that_echo_nothing(server: WsgiServer) -> None:
+    for request in (
+        b"GET / NOTHTTP/1.0\r\n\r\n",
+        b"\x00\x01garbage\r\n\r\n",
+        b"lowercase-secret-method / HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nBroken header secret\r\n\r\n",
+    ):
+        answer = raw(server, request)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] in (b"400", b"505"), answer
+        assert json.loads(body)["success"] is False
+        assert b"secret" not in answer and b"garbage" not in answer
     assert get(server)[0] == 200
 
 

@@ -25,7 +25,7 @@ __all__ = ["DEFAULT_TOKEN_ENV", "add_parser", "read_token", "run"]
 #: Where the token is read from unless ``--token-env`` or ``--token-file`` says otherwise.
 DEFAULT_TOKEN_ENV = "LIGHTD_REMOTE_TOKEN"  # noqa: S105 - a variable name, not a token
 _MIN_TOKEN = 20
-_OPTIONS = ("--audit", "--rate", "--burst", "--max-body")
+_OPTIONS = ("--audit", "--rate", "--burst", "--max-body", "--history", "--db")
 
 
 class _RefuseToken(argparse.Action):
@@ -71,8 +71,17 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--db",
-        metavar="FILE",
-        help="SQLite file to keep the updates in (default: in memory, lost on exit)",
+        metavar="FILE|URL",
+        help="SQLite file, or postgresql://... URL (several receivers may share one "
+        "database; needs lightd-sync[postgres]), to keep the updates in "
+        "(default: in memory, lost on exit)",
+    )
+    parser.add_argument(
+        "--history",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="updates kept per server, the newest ones (default: %(default)s)",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -179,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
                 burst=args.burst,
                 audit=audit,
                 max_body=args.max_body,
+                history=args.history,
             )
         except sqlite3.Error as exc:
             raise CliError(f"--db {args.db}: cannot open the database: {exc}") from None
@@ -186,6 +196,12 @@ def run(args: argparse.Namespace) -> int:
             key, _, rest = str(exc).partition(": ")
             option = f"--{key.replace('_', '-')}"
             raise CliError(f"{option}: {rest}" if option in _OPTIONS else str(exc)) from None
+        except Exception as exc:  # psycopg.Error: PostgreSQL unreachable, refused, ...
+            if type(exc).__module__.split(".")[0] not in ("psycopg", "psycopg_pool"):
+                raise
+            raise CliError(
+                f"--db {_shown_db(args.db)}: cannot open the database: {_first_line(exc)}"
+            ) from None
         try:
             try:
                 server = serve(app, args.host, args.port)
@@ -197,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
             with server:
                 print(
                     f"{PROG} receiver: listening on {server.url} "
-                    f"(db: {args.db or 'in memory'}, token: {redact_token(token)}, "
+                    f"(db: {_shown_db(args.db) if args.db else 'in memory'}, "
+                    f"history: {args.history}, token: {redact_token(token)}, "
                     f"rate: {args.rate:g}/s burst {args.burst}, "
                     f"audit: {'off' if audit is None else 'stderr' if audit == '-' else audit}); "
                     "stop with Ctrl-C or SIGTERM",
@@ -217,3 +234,14 @@ def run(args: argparse.Namespace) -> int:
     plural = "" if stored == 1 else "s"
     print(f"{PROG} receiver: stopped{why} ({stored} update{plural} stored)", flush=True)
     return EXIT_OK
+
+
+def _shown_db(db: str) -> str:
+    """The --db value without a password in it."""
+    from .._server.postgres import redact_url
+
+    return redact_url(db)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import socket
 import threading
 import time
@@ -29,8 +30,9 @@ from typing import Any, Callable, Optional
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from .._logutil import Throttle, get_logger, safe_log
 
@@ -120,8 +122,33 @@ class _Workers(ThreadedTaskDispatcher):
         """Called by each worker thread as it ends (the server sets it)."""
 
 
+class _ErrorTask(ErrorTask):
+    """Answer a request waitress refused (400, 413, 431, ...) in JSON, never echoing it.
+
+    waitress's own answer quotes what was wrong (a malformed method, say),
+    which could be a piece of a token.
+    """
+
+    def execute(self) -> None:
+        task: Any = self  # waitress's stubs type these narrower than its code
+        error = task.request.error
+        phrase = f"{error.code} {error.reason}"
+        body = json.dumps({"success": False, "error": phrase}).encode("ascii")
+        self.status = phrase
+        task.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    error_task_class = _ErrorTask
+
+
 class _Listener(TcpWSGIServer):
     """waitress's TCP server with a receive deadline and a back-off on resource errors."""
+
+    channel_class = _Channel
 
     # What waitress sets, typed here (its stubs are narrower than its code).
     effective_host: str

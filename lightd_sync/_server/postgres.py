@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-__all__ = ["PostgresStore", "is_postgres_url"]
+__all__ = ["PostgresStore", "is_postgres_url", "redact_url"]
 
 _SCHEMES = ("postgresql://", "postgres://")
 # Taken while the schema is created or migrated, so receivers starting together
@@ -78,7 +78,7 @@ class PostgresStore:
         self.history_limit = sql.check_history(history)
         self.memory = False
         self.errors: tuple[type[Exception], ...] = (psycopg.Error,)
-        self._shown = _redact(url)
+        self._shown = redact_url(url)
         # Set once by close() (the pool itself is thread-safe): later calls raise.
         self._closed = False
         self._pool: ConnectionPool[Any] = ConnectionPool(
@@ -89,10 +89,13 @@ class PostgresStore:
             open=False,
             timeout=connect_timeout,
         )
+        # One connection of our own first: if the database cannot be reached,
+        # its error says why at once (the pool would retry, and only time out).
+        timeout = max(1, round(connect_timeout))
+        with psycopg.connect(url, connect_timeout=timeout) as conn, conn.transaction():
+            self._create_schema(conn)
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
-            with self._pool.connection() as conn, conn.transaction():
-                self._create_schema(conn)
         except BaseException:
             self._pool.close(timeout=1.0)
             raise
@@ -187,11 +190,21 @@ class PostgresStore:
         self._closed = True
         self._pool.close(timeout=5.0)
 
+    def __enter__(self) -> PostgresStore:
+        """Use the store in a ``with`` block: it is closed on the way out.
+
+        .. versionadded:: 0.2.0
+        """
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"<PostgresStore {self._shown}{' closed' if self._closed else ''}>"
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """*url* without its password, for reprs and messages."""
     scheme, _, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")

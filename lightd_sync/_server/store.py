@@ -398,6 +398,16 @@ class ReceiverStore:
             keeper.close()
         # Connections lent out (to readers of a file) are closed as they come back.
 
+    def __enter__(self) -> ReceiverStore:
+        """Use the store in a ``with`` block: it is closed on the way out.
+
+        .. versionadded:: 0.2.0
+        """
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         where = "memory" if self.memory else repr(self._target)
         return f"<ReceiverStore {where}{' closed' if self._closed else ''}>"
