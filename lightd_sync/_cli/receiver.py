@@ -117,6 +117,28 @@ def add_parser(subparsers: Any) -> None:
         metavar="BYTES",
         help="largest request body accepted; larger ones get 413 (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="connections open at once; more wait in the listen backlog (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a request may take to arrive in full, however it trickles; then the "
+        "connection is closed (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a connection may stay silent before it is closed (default: %(default)g)",
+    )
     audit = parser.add_mutually_exclusive_group()
     audit.add_argument(
         "--audit",
@@ -204,7 +226,14 @@ def run(args: argparse.Namespace) -> int:
             ) from None
         try:
             try:
-                server = serve(app, args.host, args.port)
+                server = serve(
+                    app,
+                    args.host,
+                    args.port,
+                    request_timeout=args.request_timeout,
+                    idle_timeout=args.idle_timeout,
+                    connection_limit=args.max_connections,
+                )
             except OSError as exc:
                 raise CliError(
                     f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",

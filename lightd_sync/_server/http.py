@@ -199,7 +199,7 @@ class _Listener(TcpWSGIServer):
             return None
         if pair is not None and self.lightd_backoff:
             self.lightd_backoff = 0.0
-            safe_log(log, 20, "accepting connections on port %s again", self.effective_port)
+            safe_log(log, 30, "accepting connections on port %s again", self.effective_port)
         return pair
 
     def maintenance(self, now: Any) -> None:  # seconds since the epoch, a float
