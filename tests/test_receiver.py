@@ -370,7 +370,7 @@ def test_a_stalled_body_is_cut_after_the_request_timeout() -> None:
     with create_app(TOKEN, rate=math.inf) as app, serve(app, request_timeout=0.3) as server:
         started = time.monotonic()
         assert raw_reply(server, post_head(100) + b'{"event": "upd', shut=False) == b""
-        # Checked every half second (waitress's maintenance runs each second).
+        # Checked every second (when waitress runs its maintenance).
         assert 0.3 < time.monotonic() - started < 3.5
         assert app.store.count() == 0
 

@@ -174,7 +174,8 @@ class ReceiverApp:
             doc = {"success": False, "error": "internal error; see the receiver's log"}
             exchange.outcome, exchange.error = "error", doc["error"]
         exchange.status = status
-        self._audit.write(exchange.record(self._scrub))
+        if self._audit.enabled:
+            self._audit.write(exchange.record(self._scrub))
         if isinstance(doc, Iterator):  # GET /servers, streamed
             start_response(f"{status} {HTTPStatus(status).phrase}", list(_HEADERS))
             return doc

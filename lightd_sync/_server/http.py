@@ -442,7 +442,7 @@ def serve(
         host: Address to listen on; IPv6 (``"::1"``) and host names work too.
         port: Port to listen on; 0 lets the system pick one (see ``.port``).
         request_timeout: Seconds a request may take to arrive in full
-            (checked every half second); then its connection is closed.
+            (checked every second); then its connection is closed.
         idle_timeout: Seconds a connection may stay silent before it is closed.
         connection_limit: Connections open at once; more wait in the backlog.
         max_header_bytes: Largest request line and headers; beyond, 431.
