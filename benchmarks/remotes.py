@@ -5,7 +5,7 @@ The remotes the benchmark talks to, all on 127.0.0.1, all started and stopped he
   in a temporary folder, keep-alive on, access log off) so that the remote is
   never the bottleneck;
 - :class:`ReceiverRemote`: the fallback when nginx is absent, lightd_sync's own
-  reference receiver (one request per connection: much slower, said so in the results);
+  reference receiver (on waitress, in process: much slower, said so in the results);
 - :class:`SilentRemote`: accepts connections, reads and discards, never answers;
 - :class:`RefusedPort`: a port bound but not listening, so connecting is refused.
 
@@ -208,8 +208,8 @@ class ReceiverRemote:
 
     def describe(self) -> str:
         return (
-            f"lightd_sync.receiver at {self.url} (one request per connection: "
-            "the remote, not the client, bounds the throughput)"
+            f"lightd_sync.receiver at {self.url} (waitress, in this process, with SQLite "
+            "in memory: the remote, not the client, bounds the throughput)"
         )
 
     def stop(self) -> None:

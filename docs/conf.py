@@ -89,7 +89,7 @@ _STDLIB = (
     "pathlib",
     "wsgiref",
 )
-_DEPENDENCIES = ("attrs", "attr", "cattrs", "urllib3", "requests")
+_DEPENDENCIES = ("attrs", "attr", "cattrs", "urllib3", "requests", "waitress", "psycopg")
 _BUILTINS = (
     "str",
     "int",
@@ -120,7 +120,7 @@ nitpick_ignore_regex = [
     # typing's names as Sphinx prints them once unqualified.
     (r"py:.*", r"(Any|Optional|Union|Callable|Iterable|Iterator|Mapping|IO|PathLike)"),
     # The WSGI type aliases of the (private) server module.
-    (r"py:.*", r"(WSGIApplication|WSGIEnvironment|StartResponse|AuditTarget)"),
+    (r"py:.*", r"(WSGIApplication|WSGIEnvironment|StartResponse|AuditTarget|Store|PostgresStore)"),
 ]
 
 # Public objects live in private modules (lightd_sync._engine.SyncEngine is

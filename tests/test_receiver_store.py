@@ -219,3 +219,27 @@ def test_a_postgres_password_is_never_shown() -> None:
     assert redact_url("postgresql://u:s3cret@h:5/db") == "postgresql://u:***@h:5/db"
     assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert "s3cret" not in redact_url("postgres://u:s3cret@h/db?x=1")
+
+
+def test_the_server_side_never_imports_the_client_side() -> None:
+    # Dependencies point one way: the server may use the shared model, never the engine.
+    import ast
+
+    import lightd_sync
+
+    root = Path(lightd_sync.__file__).parent
+    allowed = {"_auth", "_exceptions", "_forksafe", "_logutil", "_model", "_server"}
+    for path in [root / "receiver.py", *sorted((root / "_server").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
+                top = node.module.split(".")[0]
+                if node.level == 1 and path.parent.name == "_server":
+                    continue  # a sibling in _server
+                assert top in allowed, f"{path.name} imports {node.module}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                )
+                assert not any(n.startswith("lightd_sync") for n in names), path.name

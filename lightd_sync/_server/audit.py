@@ -11,6 +11,7 @@ import threading
 from typing import IO, Any, Optional, Union
 
 from .._exceptions import ConfigError
+from .._forksafe import after_fork_in_child
 from .._logutil import Throttle, get_logger, safe_log
 
 __all__ = ["AuditLog", "AuditTarget", "Scrubber", "rfc3339"]
@@ -117,6 +118,10 @@ class AuditLog:
         self._stream = stream
         self._closed = False
         self._failures = Throttle()
+        after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a parent's thread may have held it
 
     @property
     def enabled(self) -> bool:

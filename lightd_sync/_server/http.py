@@ -34,6 +34,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
+from .._forksafe import after_fork_in_child
 from .._logutil import Throttle, get_logger, safe_log
 
 __all__ = [
@@ -289,6 +290,7 @@ class WsgiServer:
         self._released = False
         self._state = "new"  # -> "serving" -> "stopped"; or "new" -> "stopped"
         self._thread: Optional[threading.Thread] = None
+        after_fork_in_child(self._after_fork)
         self._force_at = float("inf")  # set by stop() before _stopping: then read by the loop
 
     @property
@@ -393,6 +395,12 @@ class WsgiServer:
                     return  # the last of them calls this again as it ends
             self._released = True
         self._listener.trigger.close()
+
+    def _after_fork(self) -> None:
+        # New locks (a parent's thread may have held them). The threads
+        # serving in the parent do not exist here: nothing serves in the child.
+        self._lock = threading.Lock()
+        self._workers.started_lock = threading.Lock()
 
     def _all_ended(self) -> bool:
         serving = self._thread

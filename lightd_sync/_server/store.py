@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any, Optional, Union
 
 from .._exceptions import LightdSyncError
+from .._forksafe import after_fork_in_child
 from .._model import Update
 
 __all__ = ["DEFAULT_HISTORY", "MAX_CLOCK_AHEAD", "ReceiverStore", "order_key"]
@@ -216,6 +217,15 @@ class ReceiverStore:
         self._keeper: Optional[sqlite3.Connection] = first if self.memory else None
         if not self.memory:
             self._idle.append(first)
+        after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        # New locks (a parent's thread may have held them), and none of the
+        # parent's connections: SQLite's must not cross a fork. Forgotten, not
+        # closed, since closing could release the parent's locks on the file.
+        self._pool_lock = threading.Lock()
+        self._db_lock = threading.Lock()
+        self._idle = []
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection) -> None:
