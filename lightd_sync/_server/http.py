@@ -5,7 +5,8 @@ waitress reads every connection in one event loop (``poll``, so not bounded
 by ``select``'s 1024 descriptors) and runs the application in a small pool of
 worker threads, so an idle or trickling client costs a descriptor and a
 buffer, never a thread. On top of waitress this module adds what a service
-facing hostile clients needs and waitress does not do on its own:
+facing hostile clients needs and waitress does not do on its own (the waitress
+subclasses are in :mod:`lightd_sync._server.listener`):
 
 - a bound on the *total* time to receive one request (waitress's
   ``channel_timeout`` only bounds silence, so a client sending a byte now and
@@ -19,8 +20,6 @@ facing hostile clients needs and waitress does not do on its own:
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import socket
 import threading
 import time
@@ -30,12 +29,9 @@ from typing import Any, Callable, Optional
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
-from waitress.server import TcpWSGIServer
-from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from .._forksafe import after_fork_in_child
-from .._logutil import Throttle, get_logger, safe_log
+from .listener import REQUEST_TIMEOUT, Listener, Workers
 
 __all__ = [
     "CONNECTION_LIMIT",
@@ -58,8 +54,6 @@ StartResponse = Callable[..., Any]
 #: A WSGI application.
 WSGIApplication = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
 
-#: Seconds a request may take to arrive in full (request line, headers, body).
-REQUEST_TIMEOUT = 10.0
 #: Seconds a connection may stay silent (between requests, or within one).
 IDLE_TIMEOUT = 10.0
 #: Connections open at once; beyond, new ones wait in the listen backlog.
@@ -71,152 +65,8 @@ MAX_BODY_BYTES = 1 << 20
 #: Worker threads running the application.
 THREADS = 8
 
-#: How often (seconds) connections are checked against the timeouts.
+#: How often (seconds) the event loop wakes up when nothing happens.
 _CHECK_INTERVAL = 0.5
-#: accept() back-off when out of descriptors: first and longest pause, in seconds.
-_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-log = get_logger("http")
-
-
-class _Workers(ThreadedTaskDispatcher):
-    """waitress's worker pool, with its threads named ``lightd-sync-http-PORT-N``, daemon."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.prefix = "lightd-sync-http"
-        # Guards started and running: set_thread_count (under waitress's own
-        # lock) starts threads, each counts itself out as it ends, stop() joins.
-        self.started_lock = threading.Lock()
-        self.started: list[threading.Thread] = []
-        self.running = 0
-
-    def start_new_thread(self, target: Callable[[int], object], thread_no: int) -> None:
-        thread = threading.Thread(
-            target=target, name=f"{self.prefix}-{thread_no}", args=(thread_no,), daemon=True
-        )
-        with self.started_lock:
-            self.started.append(thread)
-            self.running += 1
-        try:
-            thread.start()
-        except BaseException:
-            with self.started_lock:
-                self.running -= 1
-            raise
-
-    def alive(self) -> list[threading.Thread]:
-        """The worker threads still running."""
-        with self.started_lock:
-            return [t for t in self.started if t.is_alive()]
-
-    def handler_thread(self, thread_no: int) -> None:
-        try:
-            super().handler_thread(thread_no)
-        finally:
-            with self.started_lock:
-                self.running -= 1
-            self.on_exit()
-
-    def on_exit(self) -> None:
-        """Called by each worker thread as it ends (the server sets it)."""
-
-
-class _ErrorTask(ErrorTask):
-    """Answer a request waitress refused (400, 413, 431, ...) in JSON, never echoing it.
-
-    waitress's own answer quotes what was wrong (a malformed method, say),
-    which could be a piece of a token.
-    """
-
-    def execute(self) -> None:
-        task: Any = self  # waitress's stubs type these narrower than its code
-        error = task.request.error
-        phrase = f"{error.code} {error.reason}"
-        body = json.dumps({"success": False, "error": phrase}).encode("ascii")
-        self.status = phrase
-        task.response_headers.append(("Content-Type", "application/json"))
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
-
-
-class _Channel(HTTPChannel):
-    error_task_class = _ErrorTask
-
-
-class _Listener(TcpWSGIServer):
-    """waitress's TCP server with a receive deadline and a back-off on resource errors."""
-
-    channel_class = _Channel
-
-    # What waitress sets, typed here (its stubs are narrower than its code).
-    effective_host: str
-    effective_port: str
-    active_channels: Any  # {fd: channel}
-    trigger: Any
-
-    # Set before waitress's __init__ runs: it calls readable() and maintenance().
-    lightd_request_timeout = REQUEST_TIMEOUT
-    lightd_paused_until = 0.0
-    lightd_backoff = 0.0
-    lightd_stopping = False
-
-    def __init__(self, *args: Any, request_timeout: float, **kwargs: Any) -> None:
-        self.lightd_request_timeout = request_timeout
-        # Only the event loop thread touches these: partial requests by
-        # connection (first seen when), and the accept-failure throttle.
-        self.lightd_receiving: dict[int, tuple[object, float]] = {}
-        self.lightd_failures = Throttle()
-        super().__init__(*args, **kwargs)
-
-    def readable(self) -> bool:
-        ready = bool(super().readable())  # runs the timeouts' maintenance when due
-        if self.lightd_stopping:
-            return False
-        return ready and time.monotonic() >= self.lightd_paused_until
-
-    def accept(self) -> Any:
-        try:
-            pair = super().accept()
-        except OSError as exc:
-            if exc.errno not in _OUT_OF_RESOURCES:
-                raise
-            self.lightd_backoff = min(_BACKOFF_MAX, max(_BACKOFF_FIRST, self.lightd_backoff * 2))
-            self.lightd_paused_until = time.monotonic() + self.lightd_backoff
-            missed = self.lightd_failures.hit()
-            if missed is not None:
-                safe_log(
-                    log,
-                    30,  # WARNING
-                    "cannot accept connections on port %s (%s); %d failure(s), "
-                    "pausing up to %.2f s between attempts until descriptors free up",
-                    self.effective_port,
-                    exc.strerror,
-                    missed,
-                    _BACKOFF_MAX,
-                )
-            return None
-        if pair is not None and self.lightd_backoff:
-            self.lightd_backoff = 0.0
-            safe_log(log, 30, "accepting connections on port %s again", self.effective_port)
-        return pair
-
-    def maintenance(self, now: Any) -> None:  # seconds since the epoch, a float
-        super().maintenance(now)  # closes connections silent for longer than channel_timeout
-        limit = self.lightd_request_timeout
-        receiving: dict[int, tuple[object, float]] = {}
-        for fd, channel in list(self.active_channels.items()):
-            partial = channel.request
-            if partial is None or channel.requests:
-                continue  # between requests (idle timeout), or being answered
-            seen = self.lightd_receiving.get(fd)
-            since = seen[1] if seen is not None and seen[0] is partial else now
-            if now - since > limit:
-                channel.will_close = True  # too long receiving this one request
-            receiving[fd] = (partial, since)
-        self.lightd_receiving = receiving
 
 
 def _bind_address(host: str, port: int) -> tuple[Any, ...]:
@@ -268,8 +118,8 @@ class WsgiServer:
             backlog=1024,
         )
         self._map: dict[int, Any] = {}
-        self._workers = _Workers()
-        self._listener: _Listener = _Listener(
+        self._workers = Workers()
+        self._listener: Listener = Listener(
             app,
             self._map,
             dispatcher=self._workers,

@@ -3,7 +3,7 @@ The receiver's store on PostgreSQL: :class:`PostgresStore`, shared by several re
 
 Needs psycopg 3 and its pool (``pip install 'lightd-sync[postgres]'``). Every
 decision is taken by the database inside one transaction (see
-:mod:`lightd_sync._server.store`), so any number of receiver processes on one
+:mod:`lightd_sync._server.schema`), so any number of receiver processes on one
 database behave as one receiver: an event id is stored once, and "newer wins"
 is decided under the row lock of the server's latest state.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .._exceptions import ConfigError, LightdSyncError
 from .._model import Update
-from . import store as sql
+from . import schema as sql
 
 if TYPE_CHECKING:
     import psycopg
