@@ -105,8 +105,8 @@ class _Faults:
     """
     WSGI middleware around the receiver: fault switches, and a record of accepted updates.
 
-    Thread-safe: the server calls it from a thread per connection while the
-    test flips switches and reads the record.
+    Thread-safe: the server calls it from its worker threads while the test
+    flips switches and reads the record.
     """
 
     def __init__(self, app: WSGIApplication, max_body: int) -> None:
@@ -260,7 +260,8 @@ class LightdRemote:
         app = create_app(self.token, rate=math.inf)
         faults = _Faults(app, app.max_body)
         try:
-            server = serve(faults, self._host, 0).start()
+            # Delayed requests hold a worker each: enough for an engine's lanes.
+            server = serve(faults, self._host, 0, threads=32).start()
         except BaseException:
             app.close()
             raise

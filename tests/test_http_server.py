@@ -266,7 +266,7 @@ def test_a_trickling_client_is_cut_after_the_request_timeout() -> None:
                     cut = True
             elapsed = time.monotonic() - started
         assert cut
-        assert 1.0 <= elapsed < 3.5
+        assert 1.0 <= elapsed < 4.5  # checked each second: up to 2 s late, never early
         assert get(srv)[0] == 200
 
 
