@@ -315,3 +315,24 @@ def test_repr_and_context_manager() -> None:
         srv = stack.enter_context(serve(hello))
         assert "serving" in repr(srv)
     assert "stopped" in repr(srv)
+
+
+def test_the_connection_limit_holds_new_clients_in_the_backlog_until_one_leaves() -> None:
+    with serve(hello, connection_limit=3) as srv:
+        held = [socket.create_connection((srv.host, srv.port), timeout=5) for _ in range(3)]
+        try:
+            for sock in held:  # all three are served: the limit counts clients only
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                sock.settimeout(5)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            with socket.create_connection((srv.host, srv.port), timeout=5) as waiting:
+                waiting.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                waiting.settimeout(1.5)
+                with pytest.raises(socket.timeout):
+                    waiting.recv(10)  # not accepted while three are open
+                held.pop().close()
+                waiting.settimeout(5)
+                assert waiting.recv(65536).startswith(b"HTTP/1.0 200")
+        finally:
+            for sock in held:
+                sock.close()

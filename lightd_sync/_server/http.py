@@ -107,7 +107,7 @@ class WsgiServer:
             host=host or "0.0.0.0",  # noqa: S104 - what an empty host means
             port=str(port),
             threads=threads,
-            connection_limit=connection_limit,
+            connection_limit=connection_limit + 2,  # waitress counts its listener and trigger too
             channel_timeout=max(1, int(idle_timeout + 0.999)),
             cleanup_interval=1,  # the least waitress takes; the timeouts are checked this often
             max_request_header_size=max_header_bytes + 1,
