@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +335,18 @@ def test_an_unreachable_postgres_is_a_clear_error() -> None:
     )
     assert "Traceback" not in done.stderr
     assert "pa55word" not in done.stderr + done.stdout
+
+
+def test_a_burst_of_clients_leaves_the_receiver_quiet() -> None:
+    # 32 clients at once against 8 worker threads: requests wait for a worker,
+    # as designed, and nothing is written about it.
+    with receiver("--no-audit", "--rate", "1e6", "--burst", "1000000") as proc:
+        body = {"event": "update", "server": "burst", "status": "ready"}
+        with ThreadPoolExecutor(32, thread_name_prefix="test-burst") as pool:
+            answers = list(
+                pool.map(lambda _: call(f"{proc.url}/update", "POST", body)[0], range(320))
+            )
+        assert answers == [200] * 320
+    assert proc.proc.returncode == 0
+    lines = [line for line in proc.text().splitlines() if "listening on" not in line]
+    assert lines == ["lightd-sync receiver: stopped by SIGTERM (320 updates stored)"]

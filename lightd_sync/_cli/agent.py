@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import selectors
 import signal
@@ -425,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
     from ..api import create_app
 
     host, port = parse_listen(args.listen)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # see receiver.run
     token = _api_token(args)
     engine = SyncEngine.from_file(args.config)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sqlite3
 import stat
@@ -199,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port {args.port}: expected 0 to 65535")
+    # Requests waiting for a worker thread are the design (a bounded pool), not
+    # a fault: waitress's "Task queue depth is N" would warn at every burst.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     token = read_token(args.token_env, args.token_file)
     audit = None if args.no_audit else args.audit
     with stop_on_signals() as stop:
