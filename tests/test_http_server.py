@@ -336,3 +336,27 @@ def test_the_connection_limit_holds_new_clients_in_the_backlog_until_one_leaves(
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_stop_racing_a_request_200_times_leaves_nothing_behind() -> None:
+    for _ in range(200):
+        srv = serve(hello, threads=2).start()
+        port = srv.port
+        result: list[bytes] = []
+
+        def client(srv: WsgiServer = srv, result: list[bytes] = result) -> None:
+            with contextlib.suppress(OSError):
+                result.append(raw(srv, b"GET / HTTP/1.0\r\n\r\n"))
+
+        racer = threading.Thread(target=client, name="test-racer")
+        racer.start()
+        started = time.monotonic()
+        assert srv.stop(timeout=2.0) is True
+        assert time.monotonic() - started < 2.5
+        racer.join(5)
+        assert not racer.is_alive()
+        # Answered in full, or refused or cut: never half an answer.
+        assert all(
+            r == b"" or (r.startswith(b"HTTP/1.0 200") and r.endswith(b"}")) for r in result
+        ), result
+        assert server_threads(port) == []

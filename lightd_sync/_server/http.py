@@ -140,8 +140,11 @@ class WsgiServer:
         self._released = False
         self._state = "new"  # -> "serving" -> "stopped"; or "new" -> "stopped"
         self._thread: Optional[threading.Thread] = None
+        # Written by stop() before it sets _stopping, read by the loop after.
+        self._force_at = float("inf")
+        # Owned by the loop thread (or by stop() when the loop never ran).
+        self._listening = True
         after_fork_in_child(self._after_fork)
-        self._force_at = float("inf")  # set by stop() before _stopping: then read by the loop
 
     @property
     def url(self) -> str:
@@ -183,8 +186,7 @@ class WsgiServer:
     def _wind_down(self) -> bool:
         """In the loop thread: close what is idle; True once only the trigger is left."""
         listener = self._listener
-        if listener.socket is not None:
-            wasyncore.dispatcher.close(listener)  # the listening socket only, not the trigger
+        self._close_listening()
         force = time.monotonic() >= self._force_at
         left = False
         for channel in list(self._map.values()):
@@ -223,15 +225,18 @@ class WsgiServer:
             if serving is not None:
                 serving.join(max(0.0, deadline - time.monotonic()))
         else:  # never served: nothing runs the loop, close here
-            wasyncore.dispatcher.close(self._listener)
-        left: Any = max(
-            0.0, deadline - time.monotonic()
-        )  # waitress takes a float; its stubs say int
+            self._close_listening()
+        left: Any = max(0.0, deadline - time.monotonic())  # a float; waitress's stubs say int
         self._workers.shutdown(cancel_pending=True, timeout=left)
         for thread in self._workers.alive():
             thread.join(max(0.0, deadline - time.monotonic()))
         self._release()
         return self._all_ended()
+
+    def _close_listening(self) -> None:
+        if self._listening:
+            self._listening = False
+            wasyncore.dispatcher.close(self._listener)  # the listening socket, not the trigger
 
     def _release(self) -> None:
         """Close the trigger's pipe once no thread can pull it any more (stopped, all ended)."""
