@@ -5,7 +5,7 @@ The remotes the benchmark talks to, all on 127.0.0.1, all started and stopped he
   in a temporary folder, keep-alive on, access log off) so that the remote is
   never the bottleneck;
 - :class:`ReceiverRemote`: the fallback when nginx is absent, lightd_sync's own
-  reference receiver (one request per connection: much slower, said so in the results);
+  reference receiver (on waitress, in process: much slower, said so in the results);
 - :class:`SilentRemote`: accepts connections, reads and discards, never answers;
 - :class:`RefusedPort`: a port bound but not listening, so connecting is refused.
 
@@ -192,10 +192,10 @@ class ReceiverRemote:
     kind = "receiver"
 
     def __init__(self) -> None:
-        from lightd_sync import _wsgi, receiver
+        from lightd_sync import receiver
 
         self._app = receiver.create_app(TOKEN, rate=math.inf, burst=1_000_000)
-        self._server: Any = _wsgi.serve(self._app, "127.0.0.1", 0)
+        self._server: Any = receiver.serve(self._app, "127.0.0.1", 0)
         self.url = ""
 
     def start(self) -> ReceiverRemote:
@@ -208,8 +208,8 @@ class ReceiverRemote:
 
     def describe(self) -> str:
         return (
-            f"lightd_sync.receiver at {self.url} (one request per connection: "
-            "the remote, not the client, bounds the throughput)"
+            f"lightd_sync.receiver at {self.url} (waitress, in this process, with SQLite "
+            "in memory: the remote, not the client, bounds the throughput)"
         )
 
     def stop(self) -> None:

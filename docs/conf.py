@@ -163,7 +163,7 @@ _STDLIB = (
     "pathlib",
     "wsgiref",
 )
-_DEPENDENCIES = ("attrs", "attr", "cattrs", "urllib3", "requests")
+_DEPENDENCIES = ("attrs", "attr", "cattrs", "urllib3", "requests", "waitress", "psycopg")
 _BUILTINS = (
     "str",
     "int",
@@ -197,7 +197,7 @@ nitpick_ignore_regex = [
     # (yet): nothing public to link to.
     (r"py:data", r"REASONS"),
     # The WSGI type aliases of the (private) server module.
-    (r"py:.*", r"(WSGIApplication|WSGIEnvironment|StartResponse|AuditTarget)"),
+    (r"py:.*", r"(WSGIApplication|WSGIEnvironment|StartResponse|AuditTarget|Store|PostgresStore)"),
 ]
 
 # Public objects live in private modules (lightd_sync._engine.SyncEngine is

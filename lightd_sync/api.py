@@ -48,7 +48,7 @@ from ._exceptions import ConfigError, LightdSyncError
 from ._logutil import get_logger
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import render_metrics
-from ._wsgi import StartResponse, WSGIEnvironment
+from ._server.http import StartResponse, WSGIEnvironment
 
 __all__ = ["API_TOKEN_ENV", "ApiApp", "api_token_from_config", "create_app"]
 

@@ -1,9 +1,10 @@
 """
-The reference remote: a WSGI application that takes Lightd's updates and keeps them in SQLite.
+The reference remote: a WSGI application keeping Lightd's updates in SQLite or PostgreSQL.
 
 It implements the contract's two endpoints, ``GET /health`` and
 ``POST /update``, plus two to read what arrived: ``GET /servers`` (the latest
-state of every server) and ``GET /servers/<id>`` (one server's history).
+state of every server, a page at a time with ``?limit=N&after=ID``) and
+``GET /servers/<id>`` (one server's history, its newest *history* updates).
 Every request needs ``Authorization: Bearer <token>``; every body is
 validated; every client is rate-limited; every attempt is audited. Errors are
 JSON ``{"success": false, "error": "..."}`` naming the field at fault, and
@@ -11,7 +12,10 @@ never echo what was sent.
 
 An update may carry the ``X-Lightd-Event-Id`` header (an extension, at most 64
 printable ASCII characters): it is stored, and an update whose id its server
-already sent is acknowledged without being stored twice.
+already sent is acknowledged without being stored twice. Time-ordered ids
+(UUIDv7, as lightd-sync makes them) also keep a stale update that arrives late
+from replacing a newer state; an id that is not time-ordered, or lies more
+than five minutes ahead of the receiver's clock, orders nothing.
 
 Each audit line is a JSON object with ``ts`` (RFC 3339, UTC), ``client``,
 ``method``, ``path``, ``server`` (or null), ``status`` and ``outcome``: one of
@@ -19,10 +23,11 @@ Each audit line is a JSON object with ``ts`` (RFC 3339, UTC), ``client``,
 415), ``too_large``, ``not_found``, ``method_not_allowed``, ``rate_limited``,
 ``unavailable`` (503: storage failed or closed) or ``error`` (500: a bug,
 logged to ``lightd_sync.receiver``); plus ``error`` and ``event_id`` when
-there are any.
+there are any. No audit or log line holds the token, nor any 8 characters of it in a row.
 
-Serve it with any WSGI server; the receiver command and the tests use the
-standard library's, through :func:`serve`:
+Serve it with any WSGI server: :func:`serve` runs it on waitress in
+background threads (what the receiver command, the demo and the testing kit
+do), and :func:`create_app_from_env` builds it for gunicorn and the like:
 
 >>> from lightd_sync import receiver
 >>> from lightd_sync.receiver import serve
@@ -34,278 +39,35 @@ True
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import sqlite3
-import sys
+import stat
 import time
-from collections.abc import Iterable
-from http import HTTPStatus
-from typing import Any, Callable, Optional, Union
+from collections.abc import Mapping
+from typing import Callable, Optional, Union
 
-import attrs
+from ._exceptions import ConfigError
+from ._server.app import ReceiverApp
+from ._server.audit import AuditTarget
+from ._server.http import WsgiServer, serve
+from ._server.store import DEFAULT_HISTORY, ReceiverStore
 
-from ._auth import bearer_matches
-from ._exceptions import ConfigError, LightdSyncError
-from ._logutil import get_logger
-from ._model import server_id_problem
-from ._ratelimit import RateLimiter
-from ._receiver_audit import AuditLog, AuditTarget, rfc3339
-from ._receiver_store import ReceiverStore
-from ._receiver_wire import (
-    RequestError,
-    event_id,
-    history_limit,
-    invalid,
-    media_type,
-    parse_json,
-    parse_update,
-    read_exactly,
-)
-from ._wsgi import StartResponse, WSGIEnvironment, WsgiServer, serve
-
-__all__ = ["ReceiverApp", "ReceiverStore", "WsgiServer", "create_app", "serve"]
-
-log = get_logger("receiver")
-
-_ROUTES = {"/health": "GET", "/update": "POST", "/servers": "GET"}
-_SERVERS = "/servers/"
-_HEADERS = [
-    ("Content-Type", "application/json"),
-    ("Cache-Control", "no-store"),
-    ("X-Content-Type-Options", "nosniff"),
+__all__ = [
+    "ReceiverApp",
+    "ReceiverStore",
+    "WsgiServer",
+    "create_app",
+    "create_app_from_env",
+    "serve",
 ]
 
-
-@attrs.define
-class _Exchange:
-    """What one request was and what became of it: the audit line."""
-
-    client: str
-    method: str
-    path: str
-    server: Optional[str] = None
-    event_id: Optional[str] = None
-    outcome: str = "error"
-    status: int = 500
-    error: Optional[str] = None
-
-    def record(self, token: str) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "ts": rfc3339(time.time()),
-            "client": self.client,
-            "method": self.method[:32],
-            "path": self.path,
-            "server": self.server,
-            "outcome": self.outcome,
-            "status": self.status,
-        }
-        if self.event_id is not None:
-            fields["event_id"] = self.event_id
-        if self.error is not None:
-            fields["error"] = self.error
-        # Whatever a client put in the path (or anywhere), the token is never written.
-        for key, value in fields.items():
-            if isinstance(value, str) and token in value:
-                fields[key] = value.replace(token, "<token>")
-        fields["path"] = fields["path"][:512]
-        return fields
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_token(token: object) -> str:
-    # Never echo the value: it is the secret.
-    if not isinstance(token, str) or not token:
-        raise ConfigError("token: expected a non-empty string")
-    if not (token.isascii() and token.isprintable()) or any(ch.isspace() for ch in token):
-        raise ConfigError("token: must be printable ASCII without whitespace")
-    return token
-
-
-class ReceiverApp:
-    """
-    The receiver as a WSGI application; build it with :func:`create_app`.
-
-    Thread-safe: a threading server may call it from many threads at once.
-    Close it (or use it as a context manager) to close the database and the
-    audit file; requests that need the store are answered 503 after that.
-
-    Attributes:
-        store: The :class:`ReceiverStore` holding what arrived.
-        max_body: The largest body accepted, in bytes.
-    """
-
-    def __init__(
-        self,
-        token: str,
-        *,
-        db_path: Union[str, os.PathLike[str], None] = None,
-        rate: float = 50.0,
-        burst: int = 200,
-        audit: AuditTarget = None,
-        max_body: int = 65536,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._token = _check_token(token)
-        self._token_bytes = token.encode("ascii")
-        if not (_is_number(rate) and rate > 0):  # math.inf allowed: no limit
-            raise ConfigError(f"rate: expected a number > 0, got {rate!r}")
-        if not (type(burst) is int and burst >= 1):
-            raise ConfigError(f"burst: expected a whole number >= 1, got {burst!r}")
-        if not (type(max_body) is int and max_body >= 1):
-            raise ConfigError(f"max_body: expected a whole number >= 1, got {max_body!r}")
-        if not callable(clock):
-            raise ConfigError(f"clock: expected a callable, got {clock!r}")
-        self.max_body = max_body
-        self._limiter = RateLimiter(rate, burst, clock=clock)
-        self._audit = AuditLog(audit)
-        try:
-            self.store = ReceiverStore(db_path)
-        except BaseException:
-            self._audit.close()
-            raise
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """Answer one request (the WSGI protocol)."""
-        exchange = _Exchange(
-            client=str(environ.get("REMOTE_ADDR") or "-"),
-            method=str(environ.get("REQUEST_METHOD") or ""),
-            path=str(environ.get("PATH_INFO") or ""),
-        )
-        headers: list[tuple[str, str]] = []
-        try:
-            status, doc = self._handle(environ, exchange)
-        except RequestError as reject:
-            status, headers = reject.status, reject.headers
-            doc = {"success": False, "error": reject.message}
-            exchange.outcome, exchange.error = reject.outcome, reject.message
-        except Exception:  # a bug: log it, answer 500, keep serving
-            if not sys.is_finalizing():
-                log.exception("error handling %s %.200r", exchange.method, exchange.path)
-            status = 500
-            doc = {"success": False, "error": "internal error; see the receiver's log"}
-            exchange.outcome, exchange.error = "error", doc["error"]
-        exchange.status = status
-        self._audit.write(exchange.record(self._token))
-        body = json.dumps(doc, separators=(",", ":")).encode("ascii")
-        headers = [*_HEADERS, ("Content-Length", str(len(body))), *headers]
-        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        return [body]
-
-    def _handle(self, environ: WSGIEnvironment, exchange: _Exchange) -> tuple[int, Any]:
-        wait = self._limiter.acquire(exchange.client)
-        if wait > 0:
-            retry = str(max(1, math.ceil(wait)))
-            raise RequestError(
-                429, "rate_limited", "too many requests; retry later", [("Retry-After", retry)]
-            )
-        if not self._authorized(environ.get("HTTP_AUTHORIZATION")):
-            raise RequestError(
-                401,
-                "unauthorized",
-                "missing or invalid bearer token; verify that the tokens match on both sides",
-                [("WWW-Authenticate", 'Bearer realm="lightd-sync"')],
-            )
-        path, method = exchange.path, exchange.method
-        allowed = _ROUTES.get(path) or ("GET" if path.startswith(_SERVERS) else None)
-        if allowed is None:
-            raise RequestError(404, "not_found", "no such endpoint")
-        if method != allowed:
-            raise RequestError(
-                405,
-                "method_not_allowed",
-                f"method not allowed; use {allowed}",
-                [("Allow", allowed)],
-            )
-        if path == "/update":
-            return self._update(environ, exchange)
-        exchange.outcome = "ok"
-        if path == "/health":
-            return 200, {"status": 200, "endpoint": "active"}
-        if path == "/servers":
-            return 200, {"servers": self._storage(self.store.latest)}
-        return self._history(path[len(_SERVERS) :], environ, exchange)
-
-    def _authorized(self, header: object) -> bool:
-        return bearer_matches(header, self._token_bytes)
-
-    def _read_body(self, environ: WSGIEnvironment) -> bytes:
-        kind, params = media_type(str(environ.get("CONTENT_TYPE") or ""))
-        if kind != "application/json":
-            raise RequestError(415, "invalid", "Content-Type: must be application/json")
-        if params.get("charset", "utf-8") not in ("utf-8", "utf8"):
-            raise RequestError(415, "invalid", "Content-Type: the charset must be utf-8")
-        stream = environ["wsgi.input"]
-        too_large = RequestError(413, "too_large", f"body: larger than {self.max_body} bytes")
-        raw = str(environ.get("CONTENT_LENGTH") or "").strip()
-        if not raw:
-            # Only a server that ends the input itself (de-chunking) may omit
-            # the length; reading an HTTP/1.1 socket to its end would hang.
-            if not environ.get("wsgi.input_terminated"):
-                raise RequestError(411, "invalid", "Content-Length: required")
-            body = bytes(stream.read(self.max_body + 1))
-            if len(body) > self.max_body:
-                raise too_large
-            return body
-        if not (raw.isascii() and raw.isdigit()):
-            raise invalid("Content-Length: must be a whole number")
-        if len(raw) > 15 or int(raw) > self.max_body:
-            raise too_large  # without reading a byte of it
-        return read_exactly(stream, int(raw))
-
-    def _update(self, environ: WSGIEnvironment, exchange: _Exchange) -> tuple[int, Any]:
-        update = parse_update(parse_json(self._read_body(environ)))
-        exchange.server = update.server
-        exchange.event_id = eid = event_id(environ)
-        if eid is not None:
-            update = attrs.evolve(update, event_id=eid)
-        stored = self._storage(lambda: self.store.add(update))
-        exchange.outcome = "stored" if stored else "duplicate"
-        return 200, {"success": True}
-
-    def _history(self, tail: str, environ: WSGIEnvironment, exchange: _Exchange) -> tuple[int, Any]:
-        try:  # PEP 3333: the path arrives as bytes decoded as latin-1
-            server = tail.encode("latin-1").decode("utf-8")
-        except UnicodeEncodeError:
-            server = tail
-        except UnicodeDecodeError:
-            server = ""
-        limit = history_limit(str(environ.get("QUERY_STRING") or ""))
-        if server_id_problem(server) is None:
-            exchange.server = server
-            history = self._storage(lambda: self.store.history(server, limit))
-            if history:
-                return 200, {"server": server, "history": history}
-        raise RequestError(404, "not_found", "server: no updates stored for this id")
-
-    def _storage(self, operation: Callable[[], Any]) -> Any:
-        try:
-            return operation()
-        except sqlite3.Error as exc:
-            log.error("the receiver's database failed: %s", exc)
-            raise RequestError(
-                503, "unavailable", "storage unavailable; retry later", [("Retry-After", "1")]
-            ) from None
-        except LightdSyncError:  # closed
-            raise RequestError(503, "unavailable", "the receiver is closed") from None
-
-    def close(self) -> None:
-        """Close the store and the audit log. Calling it again does nothing."""
-        self.store.close()
-        self._audit.close()
-
-    def __enter__(self) -> ReceiverApp:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<ReceiverApp store={self.store!r}>"
+#: The variables :func:`create_app_from_env` reads.
+TOKEN_ENV = "LIGHTD_RECEIVER_TOKEN"  # noqa: S105 - a variable name, not a token
+TOKEN_FILE_ENV = "LIGHTD_RECEIVER_TOKEN_FILE"  # noqa: S105
+DB_ENV = "LIGHTD_RECEIVER_DB"
+HISTORY_ENV = "LIGHTD_RECEIVER_HISTORY"
+AUDIT_ENV = "LIGHTD_RECEIVER_AUDIT"
+RATE_ENV = "LIGHTD_RECEIVER_RATE"
+BURST_ENV = "LIGHTD_RECEIVER_BURST"
 
 
 def create_app(
@@ -317,14 +79,18 @@ def create_app(
     audit: AuditTarget = None,
     max_body: int = 65536,
     clock: Callable[[], float] = time.monotonic,
+    history: Optional[int] = DEFAULT_HISTORY,
 ) -> ReceiverApp:
     """
     Build the receiver's WSGI application.
 
     Args:
         token: The shared secret clients must send as ``Authorization: Bearer <token>``.
-        db_path: SQLite file to keep updates in (created if missing); ``None``
-            keeps them in memory until :meth:`ReceiverApp.close`.
+        db_path: Where to keep updates: a SQLite file (created if missing), a
+            ``postgresql://`` URL (needs ``lightd-sync[postgres]``; several
+            receivers may share the database), or ``None`` for memory, gone
+            on :meth:`ReceiverApp.close`. The schema is created, or migrated
+            from an older version, on open.
         rate: Requests per second each client address may make on average
             (``math.inf``: no limit); beyond, 429 with ``Retry-After``.
         burst: Requests a client may make at once before *rate* applies.
@@ -333,10 +99,15 @@ def create_app(
             Lines never contain the token.
         max_body: Largest ``POST /update`` body accepted, in bytes; beyond, 413.
         clock: Monotonic seconds for the rate limiter (tests inject their own).
+        history: Updates kept per server, the newest ones; ``None`` keeps all.
+
+            .. versionadded:: 0.2.0
 
     Raises:
-        ConfigError: An argument is invalid or the audit file cannot be opened.
-        sqlite3.Error: The database cannot be opened.
+        ConfigError: An argument is invalid, the audit file cannot be opened,
+            or psycopg is missing for a ``postgresql://`` URL.
+        sqlite3.Error: The SQLite database cannot be opened.
+        psycopg.Error: The PostgreSQL database cannot be reached.
     """
     return ReceiverApp(
         token,
@@ -346,4 +117,86 @@ def create_app(
         audit=audit,
         max_body=max_body,
         clock=clock,
+        history=history,
+    )
+
+
+def _env_number(env: Mapping[str, str], name: str, kind: type, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"${name}: expected a {kind.__name__}, got {raw[:40]!r}") from None
+    if not value > 0:
+        raise ConfigError(f"${name}: must be > 0")
+    return float(value)
+
+
+def _env_token(env: Mapping[str, str]) -> str:
+    path = env.get(TOKEN_FILE_ENV, "").strip()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                token = fh.read().strip()
+                mode = os.fstat(fh.fileno()).st_mode
+        except OSError as exc:
+            raise ConfigError(f"${TOKEN_FILE_ENV}: cannot read {path!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"${TOKEN_FILE_ENV}: {path!r} is not UTF-8 text") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            from ._logutil import get_logger
+
+            get_logger("receiver").warning("%s can be read by other users; chmod 600 it", path)
+        source = f"the file in ${TOKEN_FILE_ENV}"
+    else:
+        token = env.get(TOKEN_ENV, "").strip()
+        source = f"${TOKEN_ENV}"
+    if not token:
+        raise ConfigError(
+            f"no token: set ${TOKEN_ENV}, or ${TOKEN_FILE_ENV} to a file holding it "
+            "(a token is never read from the command line)"
+        )
+    if not (token.isascii() and token.isprintable()) or any(ch.isspace() for ch in token):
+        raise ConfigError(f"the token in {source} contains whitespace or control characters")
+    return token
+
+
+def create_app_from_env(environ: Optional[Mapping[str, str]] = None) -> ReceiverApp:
+    """
+    Build the receiver from environment variables: what gunicorn and other WSGI servers call.
+
+    ``gunicorn 'lightd_sync.receiver:create_app_from_env()'`` runs it; each
+    worker process builds its own app (and its own database connections).
+    The token comes from the environment or a file, never from the command
+    line, where every user of the machine can read it (``ps``).
+
+    Variables:
+        ``LIGHTD_RECEIVER_TOKEN``, or ``LIGHTD_RECEIVER_TOKEN_FILE`` (a file
+        holding the token; it wins if both are set);
+        ``LIGHTD_RECEIVER_DB`` (a SQLite file or a ``postgresql://`` URL;
+        unset: memory, one per worker, so set it under gunicorn);
+        ``LIGHTD_RECEIVER_HISTORY`` (updates kept per server, default 1000);
+        ``LIGHTD_RECEIVER_AUDIT`` (a file, or ``-`` for stderr; unset: none);
+        ``LIGHTD_RECEIVER_RATE`` and ``LIGHTD_RECEIVER_BURST``.
+
+    Args:
+        environ: Where to read the variables; default ``os.environ``.
+
+    Raises:
+        ConfigError: A variable is missing or invalid, naming it.
+
+    .. versionadded:: 0.2.0
+    """
+    env = os.environ if environ is None else environ
+    token = _env_token(env)
+    history = int(_env_number(env, HISTORY_ENV, int, DEFAULT_HISTORY))
+    return create_app(
+        token,
+        db_path=env.get(DB_ENV, "").strip() or None,
+        rate=_env_number(env, RATE_ENV, float, 50.0),
+        burst=int(_env_number(env, BURST_ENV, int, 200)),
+        audit=env.get(AUDIT_ENV, "").strip() or None,
+        history=history,
     )

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from ._config import RemoteConfig
 from ._model import Status, parse_status
 from ._testkit import RecordingTransport, TestingMode, set_testing
-from ._wsgi import StartResponse, WSGIApplication, WSGIEnvironment, WsgiServer, serve
+from ._server.http import StartResponse, WSGIApplication, WSGIEnvironment, WsgiServer, serve
 
 if TYPE_CHECKING:
     from .receiver import ReceiverApp
@@ -106,8 +106,8 @@ class _Faults:
     """
     WSGI middleware around the receiver: fault switches, and a record of accepted updates.
 
-    Thread-safe: the server calls it from a thread per connection while the
-    test flips switches and reads the record.
+    Thread-safe: the server calls it from its worker threads while the test
+    flips switches and reads the record.
     """
 
     def __init__(self, app: WSGIApplication, max_body: int) -> None:
@@ -261,7 +261,8 @@ class LightdRemote:
         app = create_app(self.token, rate=math.inf)
         faults = _Faults(app, app.max_body)
         try:
-            server = serve(faults, self._host, 0).start()
+            # Delayed requests hold a worker each: enough for an engine's lanes.
+            server = serve(faults, self._host, 0, threads=32).start()
         except BaseException:
             app.close()
             raise

@@ -24,7 +24,7 @@ from lightd_sync import receiver
 from lightd_sync.__main__ import main
 from lightd_sync._cli._common import CliError
 from lightd_sync._cli.agent import MAX_LINE, parse_event, parse_listen
-from lightd_sync._wsgi import serve
+from lightd_sync._server.http import serve
 
 from .conftest import TOKEN
 from .servers import ScriptedRemote, wait_until

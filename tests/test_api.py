@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightd_sync import ConfigError, RemoteConfig, SyncEngine, receiver
-from lightd_sync._wsgi import WsgiServer, serve
+from lightd_sync._server.http import WsgiServer, serve
 from lightd_sync.api import ApiApp, api_token_from_config, create_app
 
 from .conftest import TOKEN, LogCapture

@@ -74,7 +74,7 @@ def write_config(path: Path, url: str, token: str = TOKEN, **remote: Any) -> str
 @contextlib.contextmanager
 def running_receiver(token: str = TOKEN) -> Iterator[Any]:
     """The reference receiver, in this process, on 127.0.0.1 and a free port (at ``.url``)."""
-    from lightd_sync._wsgi import serve
+    from lightd_sync._server.http import serve
     from lightd_sync.receiver import create_app
 
     with create_app(token, audit=None) as app, serve(app) as server:

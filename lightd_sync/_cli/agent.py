@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import selectors
 import signal
@@ -41,7 +42,7 @@ from ._common import (
 
 if TYPE_CHECKING:
     from .._engine import SyncEngine
-    from .._wsgi import WsgiServer
+    from .._server.http import WsgiServer
 
 __all__ = ["DEFAULT_LISTEN", "MAX_LINE", "add_parser", "parse_event", "parse_listen", "run"]
 
@@ -421,10 +422,11 @@ def _shut_down(engine: SyncEngine, server: WsgiServer, agent: _Agent, flush_time
 def run(args: argparse.Namespace) -> int:
     """Run the sidecar until end of input, SIGTERM or SIGINT; 0 after a clean stop."""
     from .._engine import SyncEngine
-    from .._wsgi import serve
+    from .._server.http import serve
     from ..api import create_app
 
     host, port = parse_listen(args.listen)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # see receiver.run
     token = _api_token(args)
     engine = SyncEngine.from_file(args.config)
     try:

@@ -239,7 +239,7 @@ def _run_http(out: IO[str]) -> int:
 
     from .._config import RemoteConfig, redact_token
     from .._engine import SyncEngine
-    from .._wsgi import serve
+    from .._server.http import serve
     from ..receiver import create_app
 
     token = "lightd_" + secrets.token_hex(16)

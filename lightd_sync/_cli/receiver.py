@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sqlite3
 import stat
@@ -25,7 +26,7 @@ __all__ = ["DEFAULT_TOKEN_ENV", "add_parser", "read_token", "run"]
 #: Where the token is read from unless ``--token-env`` or ``--token-file`` says otherwise.
 DEFAULT_TOKEN_ENV = "LIGHTD_REMOTE_TOKEN"  # noqa: S105 - a variable name, not a token
 _MIN_TOKEN = 20
-_OPTIONS = ("--audit", "--rate", "--burst", "--max-body")
+_OPTIONS = ("--audit", "--rate", "--burst", "--max-body", "--history", "--db")
 
 
 class _RefuseToken(argparse.Action):
@@ -71,8 +72,17 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--db",
-        metavar="FILE",
-        help="SQLite file to keep the updates in (default: in memory, lost on exit)",
+        metavar="FILE|URL",
+        help="SQLite file, or postgresql://... URL (several receivers may share one "
+        "database; needs lightd-sync[postgres]), to keep the updates in "
+        "(default: in memory, lost on exit)",
+    )
+    parser.add_argument(
+        "--history",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="updates kept per server, the newest ones (default: %(default)s)",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -107,6 +117,28 @@ def add_parser(subparsers: Any) -> None:
         default=65536,
         metavar="BYTES",
         help="largest request body accepted; larger ones get 413 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="connections open at once; more wait in the listen backlog (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a request may take to arrive in full, however it trickles; then the "
+        "connection is closed (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a connection may stay silent before it is closed (default: %(default)g)",
     )
     audit = parser.add_mutually_exclusive_group()
     audit.add_argument(
@@ -163,11 +195,14 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; 0 after a clean stop, 1 if it cannot listen."""
     from .._config import redact_token
     from .._exceptions import ConfigError
-    from .._wsgi import serve
+    from .._server.http import serve
     from ..receiver import create_app
 
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port {args.port}: expected 0 to 65535")
+    # Requests waiting for a worker thread are the design (a bounded pool), not
+    # a fault: waitress's "Task queue depth is N" would warn at every burst.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     token = read_token(args.token_env, args.token_file)
     audit = None if args.no_audit else args.audit
     with stop_on_signals() as stop:
@@ -179,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
                 burst=args.burst,
                 audit=audit,
                 max_body=args.max_body,
+                history=args.history,
             )
         except sqlite3.Error as exc:
             raise CliError(f"--db {args.db}: cannot open the database: {exc}") from None
@@ -186,9 +222,22 @@ def run(args: argparse.Namespace) -> int:
             key, _, rest = str(exc).partition(": ")
             option = f"--{key.replace('_', '-')}"
             raise CliError(f"{option}: {rest}" if option in _OPTIONS else str(exc)) from None
+        except Exception as exc:  # psycopg.Error: PostgreSQL unreachable, refused, ...
+            if type(exc).__module__.split(".")[0] not in ("psycopg", "psycopg_pool"):
+                raise
+            raise CliError(
+                f"--db {_shown_db(args.db)}: cannot open the database: {_first_line(exc)}"
+            ) from None
         try:
             try:
-                server = serve(app, args.host, args.port)
+                server = serve(
+                    app,
+                    args.host,
+                    args.port,
+                    request_timeout=args.request_timeout,
+                    idle_timeout=args.idle_timeout,
+                    connection_limit=args.max_connections,
+                )
             except OSError as exc:
                 raise CliError(
                     f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
@@ -197,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
             with server:
                 print(
                     f"{PROG} receiver: listening on {server.url} "
-                    f"(db: {args.db or 'in memory'}, token: {redact_token(token)}, "
+                    f"(db: {_shown_db(args.db) if args.db else 'in memory'}, "
+                    f"history: {args.history}, token: {redact_token(token)}, "
                     f"rate: {args.rate:g}/s burst {args.burst}, "
                     f"audit: {'off' if audit is None else 'stderr' if audit == '-' else audit}); "
                     "stop with Ctrl-C or SIGTERM",
@@ -217,3 +267,14 @@ def run(args: argparse.Namespace) -> int:
     plural = "" if stored == 1 else "s"
     print(f"{PROG} receiver: stopped{why} ({stored} update{plural} stored)", flush=True)
     return EXIT_OK
+
+
+def _shown_db(db: str) -> str:
+    """The --db value without a password in it."""
+    from .._server.postgres import redact_url
+
+    return redact_url(db)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

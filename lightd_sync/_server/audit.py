@@ -10,15 +10,63 @@ import sys
 import threading
 from typing import IO, Any, Optional, Union
 
-from ._exceptions import ConfigError
-from ._logutil import Throttle, get_logger, safe_log
+from .._exceptions import ConfigError
+from .._forksafe import after_fork_in_child
+from .._logutil import Throttle, get_logger, safe_log
 
-__all__ = ["AuditLog", "AuditTarget", "rfc3339"]
+__all__ = ["AuditLog", "AuditTarget", "Scrubber", "rfc3339"]
 
 #: Where audit lines go: a file path (appended to), an open text file, ``"-"`` for stderr.
 AuditTarget = Union[IO[str], str, "os.PathLike[str]", None]
 
 log = get_logger("receiver")
+
+
+#: Runs of at least this many characters of the token are cut from what is written.
+SCRUB_WINDOW = 8
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+class Scrubber:
+    """
+    Replace every piece of a secret in a text with ``<token>``, whatever its case.
+
+    A piece is any run of :data:`SCRUB_WINDOW` characters of the secret (all of
+    it, if shorter), so a value cut short, or an HTTP method upper-cased by
+    the server, leaves nothing of the secret behind.
+    """
+
+    def __init__(self, secret: str) -> None:
+        lowered = secret.translate(_LOWER)
+        self._size = min(SCRUB_WINDOW, len(lowered))
+        self._pieces = frozenset(
+            lowered[i : i + self._size] for i in range(len(lowered) - self._size + 1)
+        )
+
+    def __call__(self, text: str) -> str:
+        """*text* with every run covered by pieces of the secret replaced by ``<token>``."""
+        size = self._size
+        if size == 0 or len(text) < size:
+            return text
+        lowered = text.translate(_LOWER)  # ASCII only: every index stays in place
+        covered_to = -1
+        spans: list[list[int]] = []
+        for i in range(len(lowered) - size + 1):
+            if lowered[i : i + size] in self._pieces:
+                if spans and i <= covered_to:
+                    spans[-1][1] = i + size
+                else:
+                    spans.append([i, i + size])
+                covered_to = i + size
+        if not spans:
+            return text
+        parts, at = [], 0
+        for begin, end in spans:
+            parts.append(text[at:begin])
+            parts.append("<token>")
+            at = end
+        parts.append(text[at:])
+        return "".join(parts)
 
 
 def rfc3339(timestamp: float) -> str:
@@ -70,6 +118,10 @@ class AuditLog:
         self._stream = stream
         self._closed = False
         self._failures = Throttle()
+        after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a parent's thread may have held it
 
     @property
     def enabled(self) -> bool:

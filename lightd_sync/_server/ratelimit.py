@@ -8,6 +8,8 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
+from .._forksafe import after_fork_in_child
+
 __all__ = ["MAX_CLIENTS", "RateLimiter"]
 
 #: How many clients the limiter remembers at most.
@@ -53,6 +55,10 @@ class RateLimiter:
         # recently used first. Request threads take tokens concurrently.
         self._lock = threading.Lock()
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a parent's thread may have held it
 
     def acquire(self, key: str) -> float:
         """

@@ -12,8 +12,7 @@ from collections.abc import Iterable
 from typing import Any, Optional
 from urllib.parse import parse_qs
 
-from ._model import MAX_SERVER_ID_LENGTH, Status, Update, server_id_problem
-from ._wsgi import WSGIEnvironment
+from .._model import MAX_SERVER_ID_LENGTH, Status, Update, server_id_problem
 
 __all__ = [
     "RequestError",
@@ -24,6 +23,7 @@ __all__ = [
     "parse_json",
     "parse_update",
     "read_exactly",
+    "servers_query",
 ]
 
 _MAX_EVENT_ID = 64
@@ -118,11 +118,13 @@ def parse_update(doc: Any) -> Update:
             data.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate escaped in the JSON
             raise invalid("data: must be valid Unicode text") from None
+        if "\0" in data:  # PostgreSQL's text cannot hold it; neither store takes it
+            raise invalid("data: must not contain NUL characters")
         return Update(server, Status.FAILED, data)
     raise invalid("status: required (installing, ready or failed), or error with data")
 
 
-def event_id(environ: WSGIEnvironment) -> Optional[str]:
+def event_id(environ: dict[str, Any]) -> Optional[str]:
     """The ``X-Lightd-Event-Id`` extension header, if sent; 400 if malformed."""
     raw = environ.get("HTTP_X_LIGHTD_EVENT_ID")
     if raw is None or raw == "":
@@ -148,3 +150,21 @@ def history_limit(query: str) -> int:
     if not 1 <= limit <= _MAX_HISTORY_LIMIT:
         raise invalid(f"limit: must be a whole number from 1 to {_MAX_HISTORY_LIMIT}")
     return limit
+
+
+def servers_query(query: str) -> tuple[str, Optional[int]]:
+    """``after`` and ``limit`` of ``GET /servers?after=ID&limit=N``; 400 if out of range."""
+    params = parse_qs(query, keep_blank_values=True)
+    after = params.get("after", [""])[-1]
+    if len(after) > MAX_SERVER_ID_LENGTH:
+        raise invalid(f"after: must be a server id of at most {MAX_SERVER_ID_LENGTH} characters")
+    values = params.get("limit")
+    if not values:
+        return after, None
+    raw = values[-1]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6):
+        raw = "0"
+    limit = int(raw)
+    if not 1 <= limit <= _MAX_HISTORY_LIMIT:
+        raise invalid(f"limit: must be a whole number from 1 to {_MAX_HISTORY_LIMIT}")
+    return after, limit

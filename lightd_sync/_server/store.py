@@ -1,4 +1,8 @@
-"""Where the reference receiver keeps updates: :class:`ReceiverStore`, on SQLite."""
+"""Where the reference receiver keeps updates on one machine: :class:`ReceiverStore`, on SQLite.
+
+The schema and the rules it shares with the PostgreSQL store are in
+:mod:`lightd_sync._server.schema`.
+"""
 
 from __future__ import annotations
 
@@ -11,71 +15,68 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Optional, Union
 
-from ._exceptions import LightdSyncError
-from ._model import Update
-
-__all__ = ["ReceiverStore"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS updates (
-    id INTEGER PRIMARY KEY,
-    received_at REAL NOT NULL,
-    server TEXT NOT NULL,
-    status TEXT NOT NULL,
-    error TEXT,
-    data TEXT,
-    event_id TEXT
-);
-CREATE INDEX IF NOT EXISTS updates_by_server ON updates (server, id);
--- One row per event id and server (NULLs never collide): retries are stored once.
-CREATE UNIQUE INDEX IF NOT EXISTS updates_by_event ON updates (server, event_id);
-CREATE TABLE IF NOT EXISTS latest (
-    server TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    data TEXT,
-    updated_at REAL NOT NULL,
-    event_id TEXT
-);
-"""
-_IDLE_CONNECTIONS = 8
-
-
-# Replace a server's latest state, unless both event ids are time-ordered (UUIDv7,
-# version digit at position 15) and the stored one is newer.
-_UPSERT_LATEST = """
-INSERT INTO latest (server, status, data, updated_at, event_id) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (server) DO UPDATE SET
-    status = excluded.status, data = excluded.data,
-    updated_at = excluded.updated_at, event_id = excluded.event_id
-WHERE NOT (
-    substr(coalesce(excluded.event_id, ''), 15, 1) = '7'
-    AND substr(coalesce(latest.event_id, ''), 15, 1) = '7'
-    AND excluded.event_id < latest.event_id
+from .._exceptions import LightdSyncError
+from .._forksafe import after_fork_in_child
+from .._model import Update
+from .schema import (
+    COUNT,
+    COUNT_KEPT,
+    DEFAULT_HISTORY,
+    HISTORY,
+    INSERT_UPDATE,
+    KEPT,
+    LATEST_PAGE,
+    MAX_CLOCK_AHEAD,
+    MIGRATE_KEPT,
+    MIGRATE_KEYS,
+    NEW_COLUMNS,
+    PRUNE,
+    SET_KEPT,
+    SET_KEY,
+    UPSERT_LATEST,
+    check_history,
+    history_rows,
+    latest_row,
+    order_key,
+    tables,
 )
-"""
+
+__all__ = ["DEFAULT_HISTORY", "MAX_CLOCK_AHEAD", "ReceiverStore", "order_key"]
+
+_IDLE_CONNECTIONS = 8
 
 
 class ReceiverStore:
     """
-    The updates a receiver took: the history of each server and its latest state.
+    The updates a receiver took, in SQLite: the history of each server and its latest state.
 
     Thread-safe. Connections come from a small pool (one per thread at a
-    time); the server runs a thread per connection, so a connection per
-    *thread* would mean opening and leaking one per request. On a file the
-    database is in WAL mode, so readers never wait for the writer.
+    time). On a file the database is in WAL mode, so readers never wait for
+    the writer, and several processes may share it on one machine. A file
+    made by lightd-sync 0.1.0 is migrated when opened.
 
     Args:
         db_path: The SQLite file, created if missing; ``None`` keeps the data
             in memory, shared by all threads and gone on :meth:`close`.
         busy_timeout: Seconds to wait for another process's write lock.
+        history: Updates kept per server, the newest ones (``None``: all).
+
+    Raises:
+        sqlite3.Error: The database cannot be opened or migrated.
+        ValueError: *history* is not None or a whole number >= 1.
     """
+
+    #: The errors a failing database raises (the receiver answers them 503).
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(
         self,
         db_path: Union[str, os.PathLike[str], None] = None,
         *,
         busy_timeout: float = 5.0,
+        history: Optional[int] = DEFAULT_HISTORY,
     ) -> None:
+        self.history_limit = check_history(history)
         self.memory = db_path is None
         if db_path is None:
             self._target = f"file:lightd-recv-{uuid.uuid4().hex}?mode=memory&cache=shared"
@@ -97,13 +98,45 @@ class ReceiverStore:
         try:
             if not self.memory:
                 first.execute("PRAGMA journal_mode=WAL")
-            first.executescript(_SCHEMA)
+            self._create_schema(first)
         except BaseException:
             first.close()
             raise
         self._keeper: Optional[sqlite3.Connection] = first if self.memory else None
         if not self.memory:
             self._idle.append(first)
+        after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        # New locks (a parent's thread may have held them), and none of the
+        # parent's connections: SQLite's must not cross a fork. Forgotten, not
+        # closed, since closing could release the parent's locks on the file.
+        self._pool_lock = threading.Lock()
+        self._db_lock = threading.Lock()
+        self._idle = []
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # one process creates or migrates at a time
+        try:
+            for statement in tables(serial="INTEGER", real="REAL"):
+                conn.execute(statement)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(latest)")}
+            missing = [name for name in NEW_COLUMNS if name not in have]
+            for name in missing:
+                conn.execute(f"ALTER TABLE latest ADD COLUMN {name} {NEW_COLUMNS[name]}")
+            if "kept" in missing:
+                conn.execute(MIGRATE_KEPT)
+            if "order_key" in missing:
+                now = time.time()
+                for server, eid in conn.execute(MIGRATE_KEYS).fetchall():
+                    conn.execute(SET_KEY, (order_key(eid, now), server))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -143,11 +176,15 @@ class ReceiverStore:
 
         An error update is stored with status ``failed``, ``error`` ``failed``
         and its data. An update whose :attr:`~lightd_sync.Update.event_id` this server
-        already sent (a retry whose answer was lost, a resync) is not stored twice.
+        already sent (a retry whose answer was lost, a resync) is not stored twice,
+        as long as that earlier one is still in the history.
         lightd-sync's event ids sort in the order one engine made them (UUID
         version 7): an update that arrives after a newer one of the same server
         (a request the remote finished after the client had given up on it)
-        goes into the history but does not replace the latest state.
+        goes into the history but does not replace the latest state. An id
+        that is not time-ordered, or whose time is more than five minutes
+        ahead of this machine's clock, orders nothing: its update replaces the
+        latest state, and a later update replaces it.
 
         Args:
             update: The update received, with the ``X-Lightd-Event-Id`` it came with, if any.
@@ -161,20 +198,19 @@ class ReceiverStore:
             sqlite3.Error: The database failed (disk full, locked too long, ...).
         """
         when = time.time() if received_at is None else received_at
+        key = order_key(update.event_id, time.time())
         error = update.status.value if update.is_error else None
-        row = (when, update.server, update.status.value, error, update.data, update.event_id)
+        server, status = update.server, update.status.value
+        row = (when, server, status, error, update.data, update.event_id)
         with self._connection(write=True) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO updates"
-                    " (received_at, server, status, error, data, event_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-                stored = cursor.rowcount == 1
+                stored = conn.execute(INSERT_UPDATE, row).rowcount == 1
                 if stored:
-                    conn.execute(_UPSERT_LATEST, (*row[1:3], update.data, when, update.event_id))
+                    latest = (server, status, update.data, when, update.event_id, key)
+                    conn.execute(UPSERT_LATEST, latest)
+                    conn.execute(COUNT_KEPT, (server,))
+                    self._prune(conn, server)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -183,21 +219,43 @@ class ReceiverStore:
                 raise
         return stored
 
+    def _prune(self, conn: sqlite3.Connection, server: str) -> None:
+        if self.history_limit is None:
+            return
+        (kept,) = conn.execute(KEPT, (server,)).fetchone()
+        if kept > self.history_limit:
+            conn.execute(PRUNE, (server, kept - self.history_limit))
+            conn.execute(SET_KEPT, (self.history_limit, server))
+
     def latest(self) -> dict[str, dict[str, Any]]:
         """
         Return the latest state of every server: ``{server: {status, data, updated_at, event_id}}``.
+
+        Holds the whole fleet in memory: the receiver itself reads it a page
+        at a time with :meth:`latest_page`.
+
+        Raises:
+            LightdSyncError: The store is closed.
+        """
+        result: dict[str, dict[str, Any]] = {}
+        after = ""
+        while True:
+            page = self.latest_page(after, 1000)
+            result.update(page)
+            if len(page) < 1000:
+                return result
+            after = next(reversed(page))
+
+    def latest_page(self, after: str, limit: int) -> dict[str, dict[str, Any]]:
+        """
+        Return the latest state of at most *limit* servers whose ids sort after *after*.
 
         Raises:
             LightdSyncError: The store is closed.
         """
         with self._connection(write=False) as conn:
-            rows = conn.execute(
-                "SELECT server, status, data, updated_at, event_id FROM latest ORDER BY server"
-            ).fetchall()
-        return {
-            server: {"status": status, "data": data, "updated_at": at, "event_id": event_id}
-            for server, status, data, at, event_id in rows
-        }
+            rows = conn.execute(LATEST_PAGE, (after, limit)).fetchall()
+        return {row[0]: latest_row(row) for row in rows}
 
     def history(self, server: str, limit: Optional[int] = None) -> list[dict[str, Any]]:
         """
@@ -210,23 +268,8 @@ class ReceiverStore:
             LightdSyncError: The store is closed.
         """
         with self._connection(write=False) as conn:
-            rows = conn.execute(
-                "SELECT id, received_at, status, error, data, event_id FROM updates"
-                " WHERE server = ? ORDER BY id DESC LIMIT ?",
-                (server, -1 if limit is None else limit),
-            ).fetchall()
-        rows.reverse()
-        return [
-            {
-                "id": row_id,
-                "received_at": at,
-                "status": status,
-                "error": error,
-                "data": data,
-                "event_id": event_id,
-            }
-            for row_id, at, status, error, data, event_id in rows
-        ]
+            rows = conn.execute(HISTORY, (server, -1 if limit is None else limit)).fetchall()
+        return history_rows(rows)
 
     def count(self) -> int:
         """
@@ -236,7 +279,7 @@ class ReceiverStore:
             LightdSyncError: The store is closed.
         """
         with self._connection(write=False) as conn:
-            (total,) = conn.execute("SELECT COUNT(*) FROM updates").fetchone()
+            (total,) = conn.execute(COUNT).fetchone()
         return int(total)
 
     def close(self) -> None:
@@ -252,6 +295,16 @@ class ReceiverStore:
         if keeper is not None:
             keeper.close()
         # Connections lent out (to readers of a file) are closed as they come back.
+
+    def __enter__(self) -> ReceiverStore:
+        """Use the store in a ``with`` block: it is closed on the way out.
+
+        .. versionadded:: 0.2.0
+        """
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         where = "memory" if self.memory else repr(self._target)
