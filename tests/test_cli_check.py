@@ -383,9 +383,36 @@ def test_verify_false_never_claims_a_verified_certificate(
     assert_no_secret(proc)
 
 
-def test_a_plain_http_port_behind_https_fails_at_tls(receiver: Any, tmp_path: Path) -> None:
-    url = receiver.url.replace("http://", "https://")
-    proc = run_cli("check", "--config", write_config(tmp_path / "c.json", url), "--timeout", "3")
+def test_a_plain_http_port_behind_https_fails_at_tls(tmp_path: Path) -> None:
+    """A plain HTTP server (as nginx does) answers a TLS hello with a 400 in plain text."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(10)
+
+    def answer_in_plain_http() -> None:
+        while True:  # the tcp step's connection, then the TLS one
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                if conn.recv(4096):
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer_in_plain_http, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        proc = run_cli(
+            "check", "--config", write_config(tmp_path / "c.json", url), "--timeout", "3"
+        )
+    finally:
+        listener.close()
+        thread.join(5)
     assert proc.returncode == 1
     assert marks(proc.stdout)["tls"] == "✗"
     assert "TLS handshake with 127.0.0.1 failed" in proc.stdout
