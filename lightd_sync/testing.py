@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._config import RemoteConfig
 from ._model import Status, parse_status
-from ._testkit import RecordingTransport, TestingMode, set_testing
 from ._server.http import StartResponse, WSGIApplication, WSGIEnvironment, WsgiServer, serve
+from ._testkit import RecordingTransport, TestingMode, set_testing
 
 if TYPE_CHECKING:
     from .receiver import ReceiverApp
