@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import queue
 import resource
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from functools import partial
@@ -129,15 +132,18 @@ def caller_cost(p: dict[str, Any]) -> dict[str, Any]:
     servers = server_ids(100, "caller")
     items = [(servers[i % 100], STATUSES[(i // 100) & 1]) for i in range(per_block)]
     results: dict[str, Any] = {}
-    for condition in ("fast", "silent", "refused", "full"):
+    state_dir = tempfile.mkdtemp(prefix="lightd-bench-state-")
+    for condition in ("fast", "silent", "refused", "full", "fast+state_path"):
         full = condition == "full"
-        url = p["urls"]["silent" if full else condition]
+        with_state = condition.endswith("+state_path")
+        url = p["urls"]["silent" if full else condition.split("+")[0]]
         queue_size = 1000 if full else per_block * (blocks + 1) + 1000
         if p.get("pretouch"):
             junk = [[server, status, None, None, False] for server, status in items * blocks * 3]
             del junk
         floor_queue: queue.Queue[Any] = queue.Queue(queue_size)
-        engine = SyncEngine(engine_config(url, queue_size=queue_size, workers=4))
+        extra = {"state_path": os.path.join(state_dir, "caller.db")} if with_state else {}
+        engine = SyncEngine(engine_config(url, queue_size=queue_size, workers=4, **extra))
         try:
             engine.start()
             if full:
@@ -164,6 +170,7 @@ def caller_cost(p: dict[str, Any]) -> dict[str, Any]:
         }
         del floor_queue, sides
         gc.collect()
+    shutil.rmtree(state_dir, ignore_errors=True)
     return results
 
 
@@ -176,10 +183,15 @@ def memory(p: dict[str, Any]) -> dict[str, Any]:
     servers = server_ids(count, "mem")
     statuses = STATUSES
     engine: Any = None
+    state_path = None
     if kind == "engine":
         from lightd_sync import SyncEngine
 
-        engine = SyncEngine(engine_config(p["url"]))
+        extra = {}
+        if p.get("state"):
+            state_path = os.path.join(tempfile.mkdtemp(prefix="lightd-bench-mem-"), "state.db")
+            extra = {"state_path": state_path, "max_servers": count}
+        engine = SyncEngine(engine_config(p["url"], **extra))
         engine.start()
         time.sleep(float(p["settle"]))  # the first health check and requests go out
         submit: Callable[[str, str], Any] = engine.update
@@ -210,6 +222,13 @@ def memory(p: dict[str, Any]) -> dict[str, Any]:
     if engine is not None:
         out["stats"] = engine.stats().to_dict()
         engine.close(timeout=0.5)
+    if state_path is not None:
+        out["file_kb"] = sum(
+            os.path.getsize(state_path + suffix) // 1024
+            for suffix in ("", "-wal")
+            if os.path.exists(state_path + suffix)
+        )
+        shutil.rmtree(os.path.dirname(state_path), ignore_errors=True)
     return out
 
 

@@ -153,7 +153,7 @@ def measure_throughput(cfg: dict[str, Any], urls: dict[str, str]) -> dict[str, A
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {"1": {}, "4": {}}
     for _ in range(t["repeats"]):  # interleaved, so that a noisy minute hits every variant
         for workers in (1, 4):
-            for variant in ("engine", "urllib3", "requests", "http_client"):
+            for variant in ("engine", "engine_state", "urllib3", "requests", "http_client"):
                 updates = t["requests_updates"] if variant == "requests" else t["updates"]
                 params = {
                     "variant": variant,
@@ -174,6 +174,7 @@ def measure_memory(cfg: dict[str, Any], urls: dict[str, str]) -> dict[str, Any]:
         "silent": {"kind": "engine", "url": urls["silent"], "servers": 100},
         "refused": {"kind": "engine", "url": urls["refused"], "servers": 100},
         "servers_10k": {"kind": "engine", "url": urls["silent"], "servers": 10_000},
+        "state_10k": {"kind": "engine", "url": urls["silent"], "servers": 10_000, "state": True},
         "floor_queue": {"kind": "floor_queue", "servers": 100},
         "floor_dict_10k": {"kind": "floor_dict", "servers": 10_000},
     }

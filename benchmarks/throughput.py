@@ -19,8 +19,12 @@ then times ``updates`` requests until the last answer is read.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 import time
+from functools import partial
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -35,10 +39,19 @@ def _pair(i: int) -> tuple[str, str]:
     return _SERVERS[i % 1000], STATUSES[(i // 1000) & 1]
 
 
-def _engine(url: str, workers: int, warm: int, updates: int, limit: float) -> dict[str, Any]:
+def _engine(
+    url: str, workers: int, warm: int, updates: int, limit: float, *, state: bool = False
+) -> dict[str, Any]:
     from lightd_sync import SyncEngine
 
-    engine = SyncEngine(engine_config(url, workers=workers, queue_size=warm + updates + 100))
+    extra: dict[str, Any] = {}
+    state_dir = None
+    if state:  # the crash-safe state file, written by its own thread
+        state_dir = tempfile.mkdtemp(prefix="lightd-bench-tput-")
+        extra["state_path"] = os.path.join(state_dir, "state.db")
+    engine = SyncEngine(
+        engine_config(url, workers=workers, queue_size=warm + updates + 100, **extra)
+    )
     try:
         update = engine.update
         for i in range(warm):
@@ -54,6 +67,8 @@ def _engine(url: str, workers: int, warm: int, updates: int, limit: float) -> di
         stats = engine.stats()
     finally:
         engine.close(timeout=2)
+        if state_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
     if not drained or stats.delivered != warm + updates:
         raise RuntimeError(f"not everything was delivered: {stats}")
     return {"seconds": seconds, "stats": stats.to_dict()}
@@ -176,6 +191,7 @@ def _requests(url: str, workers: int, warm: int, updates: int, limit: float) -> 
 
 VARIANTS: dict[str, Callable[[str, int, int, int, float], dict[str, Any]]] = {
     "engine": _engine,
+    "engine_state": partial(_engine, state=True),
     "urllib3": _urllib3,
     "requests": _requests,
     "http_client": _http_client,
