@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,7 +53,7 @@ def test_keep_alive_reuses_connections(remote: ScriptedRemote, transport: HttpTr
     for _ in range(20):
         transport.send(Update("s", "ready"))
     assert 20 == len(remote.posts())
-    assert 1 == len(transport._pool.lightd_conns)
+    assert 1 == len(transport._book.connections())
 
 
 # -- transport security and resilience (issue 5) ---------------------------------
@@ -148,7 +149,7 @@ def test_an_answer_cut_halfway_on_a_reused_connection_is_not_retried(
 
 
 def _local_ports(t: HttpTransport) -> set[int]:
-    return {c.sock.getsockname()[1] for c in t._pool.lightd_conns if c.sock is not None}
+    return {c.sock.getsockname()[1] for c in t._book.connections() if c.sock is not None}
 
 
 _FORK_WARNING = "ignore:.*fork.*:DeprecationWarning"  # 3.12+: fork() with threads running
@@ -234,34 +235,35 @@ def test_multiprocessing_fork_while_the_parent_is_sending(fault_remote: FaultSer
     assert 60 == sum(1 for r in fault_remote.posts() if r.json()["server"].startswith("child-"))
 
 
-def test_a_pid_change_without_the_fork_hook_gets_a_fresh_pool(
+def test_a_pid_change_without_the_fork_hook_gets_fresh_connections(
     fault_remote: FaultServer,
 ) -> None:
     """A pre-forking server (uWSGI) may fork without running fork hooks: the pid check sees it."""
     with HttpTransport(http_config(fault_remote.url)) as t:
         t.send(Update("s", "installing"))
-        old_pool, [old_conn] = t._pool, list(t._pool.lightd_conns)
-        t._pid = -1  # as if this process were a child whose hook did not run
+        [old_conn] = t._book.connections()
+        old_sock = old_conn.sock
+        assert old_sock is not None
+        t._book._pid = -1  # as if this process were a child whose hook did not run
         t.send(Update("s", "ready"))
-        assert t._pool is not old_pool
-        assert old_conn.sock is None or old_conn.sock.fileno() == -1, "closed, not reused"
+        [new_conn] = t._book.connections()
+        assert new_conn is not old_conn
+        assert old_sock.fileno() == -1, "closed, not reused"
     assert 2 == fault_remote.connections
 
 
 def test_a_connection_that_completes_after_close_cuts_itself(fault_remote: FaultServer) -> None:
-    """close() may come between a TCP handshake and urllib3 storing the socket: nothing is sent."""
+    """close() may come between a TCP handshake and the socket being stored: nothing is sent."""
     t = HttpTransport(http_config(fault_remote.url))
-    conn = t._pool._new_conn()  # made, not connected yet: close() finds no socket to shut down
+    conn = t._book.mine()  # made, not connected yet: close() finds no socket to shut down
     t.close()
     with pytest.raises(ConnectionAbortedError, match="closed"):
-        conn.connect()
-    with pytest.raises(OSError):
-        conn.sock.send(b"GET / HTTP/1.1\r\n\r\n")
-    conn.close()
+        conn.exchange(b"GET / HTTP/1.1\r\n\r\n", "GET", time.monotonic() + 5)
+    assert conn.sock is None
     assert not fault_remote.requests
 
 
-# -- the direct POST path (_transports/_direct.py) --------------------------------
+# -- the POST path (_transports/_conn.py) ------------------------------------------
 
 
 def test_the_post_names_the_host_and_port_and_its_length(remote: ScriptedRemote) -> None:
