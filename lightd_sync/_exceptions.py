@@ -123,7 +123,7 @@ REASONS = (
 )
 
 
-def _rebuild(
+def _rebuild(  # noqa: PLR0917 - pickle calls it positionally
     cls: type[DeliveryError],
     message: str,
     status: Optional[int],

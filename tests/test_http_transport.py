@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import socket
@@ -13,6 +14,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lightd_sync import (
     HttpTransport,
@@ -20,6 +23,7 @@ from lightd_sync import (
     RemoteUnreachableError,
     Update,
 )
+from lightd_sync._transports.protocol import MAX_RETRY_AFTER, parse_retry_after
 
 from .conftest import LogCapture, http_config
 from .faults.servers import (
@@ -31,6 +35,7 @@ from .faults.servers import (
     Mode,
 )
 from .servers import (
+    BackloggedListener,
     Reply,
     Request,
     ScriptedRemote,
@@ -283,3 +288,69 @@ def test_a_remote_that_closes_after_each_answer_is_followed() -> None:
             for _ in range(5):
                 t.send(Update("s", "ready"))
         assert 5 == len(server.posts())
+
+
+def test_close_cuts_off_a_connect_in_progress() -> None:
+    """A listener whose backlog is full: connect() hangs in the handshake until close()."""
+    listener = BackloggedListener().start()
+    t = HttpTransport(http_config(listener.url, timeout=30))
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            t.send(Update("s", "ready"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    sender = threading.Thread(target=send)
+    try:
+        sender.start()
+        assert wait_until(lambda: any(c.sock is not None for c in t._book.connections()))
+        time.sleep(0.1)  # well into the handshake that never completes (a sleep cannot fail this)
+        assert sender.is_alive(), "the connect did not hang: the listener let it through"
+        started = time.monotonic()
+        t.close()
+        sender.join(5)
+        assert time.monotonic() - started < 0.2
+    finally:
+        t.close()
+        listener.stop()
+    [err] = errors
+    assert isinstance(err, RemoteUnreachableError)
+    assert "closed" == err.reason
+
+
+@given(st.text())
+def test_parse_retry_after_never_raises_and_is_finite(value: str) -> None:
+    seconds = parse_retry_after(value)
+    assert seconds is None or (math.isfinite(seconds) and 0 <= seconds <= MAX_RETRY_AFTER)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "99999999999",
+        "inf",
+        "nan",
+        "1e400",
+        "-5",
+        "9" * 5000,
+        "-" + "9" * 5000,
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Fri, 31 Dec 9999 23:59:59 +2359",
+        "Mon, 01 Jan 0001 00:00:00 -2359",
+        "\u0663\u0664",
+        "\u00e9t\u00e9 \U0001f600",
+    ],
+)
+def test_parse_retry_after_garbage(value: str) -> None:
+    seconds = parse_retry_after(value)
+    assert seconds is None or (math.isfinite(seconds) and 0 <= seconds <= MAX_RETRY_AFTER)
+
+
+def test_parse_retry_after_values() -> None:
+    assert MAX_RETRY_AFTER == parse_retry_after("99999999999")
+    assert 0.0 == parse_retry_after("-5")
+    assert 7.0 == parse_retry_after(" 7 ")
+    assert MAX_RETRY_AFTER == parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT")
+    assert parse_retry_after("inf") is None

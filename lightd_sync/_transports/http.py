@@ -149,7 +149,7 @@ class HttpTransport(Transport):
     def _plan(
         self, config: RemoteConfig, scheme: str, host: str, port: Optional[int], authority: str
     ) -> tuple[Route, str]:
-        """The route to the remote, and the prefix of request targets (absolute-form via proxies)."""
+        """The route to the remote, and the prefix of request targets (absolute via a proxy)."""
         port = port or (443 if scheme == "https" else 80)
         tls = tls_context(config) if scheme == "https" else None
         proxy = self.proxy
