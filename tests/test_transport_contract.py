@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Callable
 
 import pytest
+import urllib3
 
 from lightd_sync import (
     AuthRejectedError,
@@ -208,6 +209,8 @@ def test_close_wakes_a_request_blocked_on_a_silent_remote(
     silent: SilentServer, make: Make, scheme: str
 ) -> None:
     """Waiting for the answer, or in the TLS handshake: close() from another thread ends it."""
+    if scheme == "https" and urllib3.__version__.startswith("1."):
+        pytest.xfail("urllib3 1.26 stores the socket only after the handshake (docs/transports.md)")
     t = make(http_config(silent.url.replace("http", scheme, 1), timeout=30))
     errors: list[BaseException] = []
 
