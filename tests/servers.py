@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -192,3 +193,97 @@ def serving(server: Any) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+class RawRemote:
+    """
+    A raw-socket remote for misbehaviour: reads each request's head and body, then runs *script*.
+
+    ``script(conn, request_bytes)`` writes whatever it likes on *conn* (a
+    trickle, a huge body, an echo); the connection is closed when it returns.
+    ``stop()`` ends every script (``stopped`` is set) and joins the threads.
+    """
+
+    def __init__(self, script: Callable[[socket.socket, bytes], None]) -> None:
+        self.script = script
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._run, name="test-raw", daemon=True)
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head = data.split(b"\r\n\r\n", 1)[0].lower()
+                for line in head.split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        want = len(head) + 4 + int(line.split(b":", 1)[1])
+                        while len(data) < want:
+                            data += conn.recv(65536)
+                self.script(conn, data)
+            except OSError:
+                pass  # the client went away: what the tests provoke
+
+    def start(self) -> RawRemote:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self._thread.join(5)
+        for thread in self._threads:
+            thread.join(5)
+        self.sock.close()
+
+
+class BackloggedListener:
+    """
+    A port whose listen backlog is full: a new connect() hangs in the TCP handshake.
+
+    Linux drops the SYN of a client when the accept queue of a listener is
+    full, so the client retries for as long as its timeout allows.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._fillers: list[socket.socket] = []
+
+    def start(self) -> BackloggedListener:
+        for _ in range(8):  # more than a backlog of 0 (or 1) holds
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", self.port))
+            self._fillers.append(filler)
+        return self
+
+    def stop(self) -> None:
+        for filler in self._fillers:
+            filler.close()
+        self.sock.close()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lightd_sync import (
     HttpTransport,
@@ -19,6 +23,7 @@ from lightd_sync import (
     RemoteUnreachableError,
     Update,
 )
+from lightd_sync._transports.protocol import MAX_RETRY_AFTER, parse_retry_after
 
 from .conftest import LogCapture, http_config
 from .faults.servers import (
@@ -30,6 +35,7 @@ from .faults.servers import (
     Mode,
 )
 from .servers import (
+    BackloggedListener,
     Reply,
     Request,
     ScriptedRemote,
@@ -52,7 +58,7 @@ def test_keep_alive_reuses_connections(remote: ScriptedRemote, transport: HttpTr
     for _ in range(20):
         transport.send(Update("s", "ready"))
     assert 20 == len(remote.posts())
-    assert 1 == len(transport._pool.lightd_conns)
+    assert 1 == len(transport._book.connections())
 
 
 # -- transport security and resilience (issue 5) ---------------------------------
@@ -148,7 +154,7 @@ def test_an_answer_cut_halfway_on_a_reused_connection_is_not_retried(
 
 
 def _local_ports(t: HttpTransport) -> set[int]:
-    return {c.sock.getsockname()[1] for c in t._pool.lightd_conns if c.sock is not None}
+    return {c.sock.getsockname()[1] for c in t._book.connections() if c.sock is not None}
 
 
 _FORK_WARNING = "ignore:.*fork.*:DeprecationWarning"  # 3.12+: fork() with threads running
@@ -234,34 +240,35 @@ def test_multiprocessing_fork_while_the_parent_is_sending(fault_remote: FaultSer
     assert 60 == sum(1 for r in fault_remote.posts() if r.json()["server"].startswith("child-"))
 
 
-def test_a_pid_change_without_the_fork_hook_gets_a_fresh_pool(
+def test_a_pid_change_without_the_fork_hook_gets_fresh_connections(
     fault_remote: FaultServer,
 ) -> None:
     """A pre-forking server (uWSGI) may fork without running fork hooks: the pid check sees it."""
     with HttpTransport(http_config(fault_remote.url)) as t:
         t.send(Update("s", "installing"))
-        old_pool, [old_conn] = t._pool, list(t._pool.lightd_conns)
-        t._pid = -1  # as if this process were a child whose hook did not run
+        [old_conn] = t._book.connections()
+        old_sock = old_conn.sock
+        assert old_sock is not None
+        t._book._pid = -1  # as if this process were a child whose hook did not run
         t.send(Update("s", "ready"))
-        assert t._pool is not old_pool
-        assert old_conn.sock is None or old_conn.sock.fileno() == -1, "closed, not reused"
+        [new_conn] = t._book.connections()
+        assert new_conn is not old_conn
+        assert old_sock.fileno() == -1, "closed, not reused"
     assert 2 == fault_remote.connections
 
 
 def test_a_connection_that_completes_after_close_cuts_itself(fault_remote: FaultServer) -> None:
-    """close() may come between a TCP handshake and urllib3 storing the socket: nothing is sent."""
+    """close() may come between a TCP handshake and the socket being stored: nothing is sent."""
     t = HttpTransport(http_config(fault_remote.url))
-    conn = t._pool._new_conn()  # made, not connected yet: close() finds no socket to shut down
+    conn = t._book.mine()  # made, not connected yet: close() finds no socket to shut down
     t.close()
     with pytest.raises(ConnectionAbortedError, match="closed"):
-        conn.connect()
-    with pytest.raises(OSError):
-        conn.sock.send(b"GET / HTTP/1.1\r\n\r\n")
-    conn.close()
+        conn.exchange(b"GET / HTTP/1.1\r\n\r\n", "GET", time.monotonic() + 5)
+    assert conn.sock is None
     assert not fault_remote.requests
 
 
-# -- the direct POST path (_transports/_direct.py) --------------------------------
+# -- the POST path (_transports/_conn.py) ------------------------------------------
 
 
 def test_the_post_names_the_host_and_port_and_its_length(remote: ScriptedRemote) -> None:
@@ -281,3 +288,69 @@ def test_a_remote_that_closes_after_each_answer_is_followed() -> None:
             for _ in range(5):
                 t.send(Update("s", "ready"))
         assert 5 == len(server.posts())
+
+
+def test_close_cuts_off_a_connect_in_progress() -> None:
+    """A listener whose backlog is full: connect() hangs in the handshake until close()."""
+    listener = BackloggedListener().start()
+    t = HttpTransport(http_config(listener.url, timeout=30))
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            t.send(Update("s", "ready"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    sender = threading.Thread(target=send)
+    try:
+        sender.start()
+        assert wait_until(lambda: any(c.sock is not None for c in t._book.connections()))
+        time.sleep(0.1)  # well into the handshake that never completes (a sleep cannot fail this)
+        assert sender.is_alive(), "the connect did not hang: the listener let it through"
+        started = time.monotonic()
+        t.close()
+        sender.join(5)
+        assert time.monotonic() - started < 0.2
+    finally:
+        t.close()
+        listener.stop()
+    [err] = errors
+    assert isinstance(err, RemoteUnreachableError)
+    assert "closed" == err.reason
+
+
+@given(st.text())
+def test_parse_retry_after_never_raises_and_is_finite(value: str) -> None:
+    seconds = parse_retry_after(value)
+    assert seconds is None or (math.isfinite(seconds) and 0 <= seconds <= MAX_RETRY_AFTER)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "99999999999",
+        "inf",
+        "nan",
+        "1e400",
+        "-5",
+        "9" * 5000,
+        "-" + "9" * 5000,
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Fri, 31 Dec 9999 23:59:59 +2359",
+        "Mon, 01 Jan 0001 00:00:00 -2359",
+        "\u0663\u0664",
+        "\u00e9t\u00e9 \U0001f600",
+    ],
+)
+def test_parse_retry_after_garbage(value: str) -> None:
+    seconds = parse_retry_after(value)
+    assert seconds is None or (math.isfinite(seconds) and 0 <= seconds <= MAX_RETRY_AFTER)
+
+
+def test_parse_retry_after_values() -> None:
+    assert MAX_RETRY_AFTER == parse_retry_after("99999999999")
+    assert 0.0 == parse_retry_after("-5")
+    assert 7.0 == parse_retry_after(" 7 ")
+    assert MAX_RETRY_AFTER == parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT")
+    assert parse_retry_after("inf") is None

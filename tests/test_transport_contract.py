@@ -8,15 +8,20 @@ servers on 127.0.0.1. What only one transport does is tested in its own module.
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Callable
 
 import pytest
+import urllib3
 
 from lightd_sync import (
     AuthRejectedError,
+    DeliveryError,
     HttpTransport,
     Lifecycle,
     RemoteConfig,
@@ -31,8 +36,8 @@ from lightd_sync import (
     __version__,
 )
 
-from .conftest import TOKEN, http_config
-from .servers import Reply, ScriptedRemote, SilentServer, refused_url, serving
+from .conftest import TOKEN, LogCapture, http_config
+from .servers import RawRemote, Reply, ScriptedRemote, SilentServer, refused_url, serving
 
 Make = Callable[[RemoteConfig], Transport]
 
@@ -204,6 +209,8 @@ def test_close_wakes_a_request_blocked_on_a_silent_remote(
     silent: SilentServer, make: Make, scheme: str
 ) -> None:
     """Waiting for the answer, or in the TLS handshake: close() from another thread ends it."""
+    if scheme == "https" and urllib3.__version__.startswith("1."):
+        pytest.xfail("urllib3 1.26 stores the socket only after the handshake (docs/transports.md)")
     t = make(http_config(silent.url.replace("http", scheme, 1), timeout=30))
     errors: list[BaseException] = []
 
@@ -226,3 +233,151 @@ def test_close_wakes_a_request_blocked_on_a_silent_remote(
     assert "closed" in str(err)
     with pytest.raises(RemoteUnreachableError, match="the transport is closed"):
         t.send(Update("s", "ready"))
+
+
+# -- one deadline per request, answers of bounded size (issue 10) ------------------------
+
+
+def _raw(script: Callable[[socket.socket, bytes], None]) -> Iterator[RawRemote]:
+    yield from serving(RawRemote(script))
+
+
+def _trickle(prefix: bytes) -> Callable[[socket.socket, bytes], None]:
+    """Send *prefix*, then one byte every 0.2 s for as long as the client listens."""
+
+    def script(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(prefix)
+        for _ in range(200):
+            time.sleep(0.2)
+            conn.sendall(b"x-a: b\r\n"[:1])
+
+    return script
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"],
+    ids=["headers", "body"],
+)
+@pytest.mark.parametrize("call", ["send", "check_health"])
+def test_a_trickling_answer_is_cut_off_at_the_timeout(make: Make, prefix: bytes, call: str) -> None:
+    """timeout bounds the whole request: a byte every 0.2 s does not hold a lane past it."""
+    for server in _raw(_trickle(prefix)):
+        with make(http_config(server.url, timeout=1)) as t:
+            request = (
+                t.check_health if call == "check_health" else lambda: t.send(Update("s", "ready"))
+            )
+            started = time.monotonic()
+            with pytest.raises(RemoteTimeoutError, match="no answer within 1 s") as info:
+                request()
+            elapsed = time.monotonic() - started
+    assert elapsed <= 1.3
+    assert "timeout" == info.value.reason
+    assert info.value.retryable
+
+
+def _huge(kind: str) -> Callable[[socket.socket, bytes], None]:
+    def script(conn: socket.socket, request: bytes) -> None:
+        if kind == "declared":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n" + b"{" * 65536)
+            return
+        head = b"Transfer-Encoding: chunked\r\n" if kind == "chunked" else b"Connection: close\r\n"
+        conn.sendall(b"HTTP/1.1 200 OK\r\n" + head + b"\r\n")
+        block = b" " * 65536
+        for _ in range(1000):  # 64 MiB, unless the client stops reading first
+            conn.sendall(b"10000\r\n" + block + b"\r\n" if kind == "chunked" else block)
+
+    return script
+
+
+@pytest.mark.parametrize("kind", ["declared", "chunked", "close-delimited"])
+def test_an_answer_larger_than_64_kib_is_a_failed_delivery(make: Make, kind: str) -> None:
+    for server in _raw(_huge(kind)):
+        with make(http_config(server.url, timeout=5)) as t:
+            with pytest.raises(RemoteRejectedError, match="larger than 64 KiB") as info:
+                t.send(Update("s", "ready"))
+    assert "too_large" == info.value.reason
+    assert 200 == info.value.status
+    assert not info.value.retryable
+
+
+def test_an_answer_of_64_kib_is_read(make: Make) -> None:
+    body = b'{"success": true}' + b" " * (64 * 1024 - 17)
+    for server in scripted(Reply(body=body)):
+        with make(http_config(server.url)) as t:
+            t.send(Update("s", "ready"))
+
+
+# -- the token never leaks, whatever the remote sends back -------------------------------
+
+
+def _echo_token(conn: socket.socket, request: bytes) -> None:
+    conn.sendall(
+        (
+            f"HTTP/1.1 302 Found {TOKEN}\r\nLocation: http://127.0.0.1/{TOKEN}\r\n"
+            f"X-Echo: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+            f'Content-Length: {len(TOKEN) + 40}\r\n\r\n{{"success": false, "error": "{TOKEN}"    }}'
+        ).encode()
+    )
+
+
+def _bad_status_line(conn: socket.socket, request: bytes) -> None:
+    conn.sendall(f"HTTQ/9 {TOKEN}\r\n\r\n".encode())
+
+
+def _everything_shown(exc: BaseException) -> str:
+    shown = [repr(exc), str(exc), str(exc.__cause__), str(exc.__context__)]
+    shown += traceback.format_exception(type(exc), exc, exc.__traceback__)
+    shown += [repr(arg) for arg in exc.args]
+    return "".join(shown)
+
+
+@pytest.mark.parametrize("script", [_echo_token, _bad_status_line], ids=["echo", "garbage"])
+def test_a_remote_echoing_the_token_everywhere_never_leaks_it(
+    make: Make, script: Callable[[socket.socket, bytes], None]
+) -> None:
+    for server in _raw(script):
+        with make(http_config(server.url)) as t:
+            for call in (lambda: t.send(Update("s", "ready")), t.check_health):
+                with pytest.raises(DeliveryError) as info:
+                    call()
+                assert TOKEN not in _everything_shown(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:{port}/статус", "http://127.0.0.1:{port}/caf\u00e9/\u2603"],
+)
+def test_a_non_ascii_url_is_sent_percent_encoded(make: Make, url: str) -> None:
+    for server in serving(ScriptedRemote()):
+        with make(http_config(url.format(port=server.port))) as t:
+            t.send(Update("s", "ready"))
+        [post] = server.posts()
+    assert post.path.isascii()
+    assert post.path.endswith("/update")
+
+
+def test_an_unresolvable_non_ascii_host_fails_without_the_token(make: Make) -> None:
+    with make(http_config("http://bücher.invalid:9/api", timeout=2)) as t:
+        with pytest.raises(DeliveryError) as info:
+            t.send(Update("s", "ready"))
+    assert TOKEN not in _everything_shown(info.value)
+    assert not isinstance(info.value.__context__, UnicodeError)
+
+
+# -- the proxy that is not on this machine ----------------------------------------------
+
+
+@pytest.mark.parametrize("remote_url", ["http://127.0.0.1:9/api", "http://sync.example.org"])
+def test_plain_http_through_a_proxy_elsewhere_warns_at_creation(
+    make: Make, remote_url: str, logs: LogCapture
+) -> None:
+    make(http_config(remote_url, proxy="http://proxy.example.org:3128")).close()
+    [warning] = logs.messages(logging.WARNING)
+    assert "through the proxy http://proxy.example.org:3128 on another machine" in warning
+    assert "unencrypted" in warning
+
+
+def test_plain_http_through_a_loopback_proxy_is_quiet(make: Make, logs: LogCapture) -> None:
+    make(http_config("http://127.0.0.1:9/api", proxy="http://127.0.0.1:3128")).close()
+    assert not logs.messages(logging.WARNING)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
+import stat
 import threading
 from typing import IO, Optional, Union
 
 from .._exceptions import DeliveryError
+from .._forksafe import after_fork_in_child
 from .._model import Update
 from .base import Transport
 
@@ -29,33 +32,58 @@ class FileTransport(Transport):
     ``ts`` is the RFC 3339 UTC time of writing; ``body`` is exactly what the
     HTTP transport would POST. Lines never interleave across threads and each
     is flushed when written, so another process can follow the file. Healthy
-    while the file can be written.
+    while the file can be written; a *path* that is a folder, a FIFO or
+    anything else but a regular file is unhealthy, and sending to it fails
+    at once (a FIFO is never opened in a way that waits for a reader).
+
+    :meth:`close` never waits for a write: a write stuck on a hung network
+    mount keeps its own thread, and only that thread, until the mount answers.
 
     Args:
         path: The file to append to; it is created on the first update.
+
+    .. versionchanged:: 0.2.0 folders and FIFOs are unhealthy; ``close`` never waits for a write.
     """
 
     name = "file"
 
     def __init__(self, path: Union[str, os.PathLike[str]]) -> None:
         self.path = os.fspath(path)
-        # Guards _fh: opening, writing a whole line, flushing and closing.
+        # Guards _fh: opening, writing a whole line and flushing it (so lines never
+        # interleave). close() does not take it: it must not wait for a write.
         self._lock = threading.Lock()
         self._fh: Optional[IO[str]] = None
         self._closed = False
+        after_fork_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a parent's thread may have held it at fork time
 
     def __repr__(self) -> str:
         return f"FileTransport({self.path!r})"
 
     def _open(self) -> IO[str]:
         if self._closed:
+            fh, self._fh = self._fh, None
+            if fh is not None:  # close() found the lock taken and left the file to us
+                fh.close()
             raise DeliveryError(f"file transport for {self.path} is closed")
         if self._fh is None:
-            # A lone surrogate (from a surrogateescape-decoded message) cannot be
-            # UTF-8: written as \udcxx it is the very JSON escape of that character.
-            self._fh = open(  # noqa: SIM115 - kept open
-                self.path, "a", encoding="utf-8", errors="backslashreplace"
-            )
+            # O_NONBLOCK: a FIFO without a reader fails (ENXIO) instead of waiting.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+            try:
+                kind = os.fstat(fd).st_mode
+                if not stat.S_ISREG(kind):
+                    raise OSError(errno.EINVAL, f"not a regular file ({_kind(kind)})")
+                os.set_blocking(fd, True)
+                # A lone surrogate (from a surrogateescape-decoded message) cannot be
+                # UTF-8: written as \udcxx it is the very JSON escape of that character.
+                self._fh = open(  # noqa: SIM115 - kept open
+                    fd, "a", encoding="utf-8", errors="backslashreplace"
+                )
+            except BaseException:
+                os.close(fd)
+                raise
         return self._fh
 
     def send(self, update: Update) -> None:
@@ -64,21 +92,60 @@ class FileTransport(Transport):
         try:
             with self._lock:
                 fh = self._open()
-                fh.write(line)
-                fh.flush()
+                try:
+                    fh.write(line)
+                    fh.flush()
+                finally:
+                    if self._closed:  # close() came while this line was being written
+                        self._fh = None
+                        fh.close()
         except OSError as exc:
-            raise DeliveryError(f"cannot write to {self.path}: {exc.strerror}") from exc
+            why = "it is a FIFO that no one reads" if exc.errno == errno.ENXIO else exc.strerror
+            raise DeliveryError(f"cannot write to {self.path}: {why}") from exc
 
     def check_health(self) -> None:
-        """Healthy if the file (or, before it exists, its folder) is writable."""
-        target = self.path if os.path.exists(self.path) else os.path.dirname(self.path) or "."
-        if not os.access(target, os.W_OK):
-            raise DeliveryError(f"cannot write to {self.path}: permission denied or no such folder")
+        """Healthy if the path is a writable regular file (or, before it exists, its folder)."""
+        try:
+            kind = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            target = os.path.dirname(self.path) or "."
+            if not os.access(target, os.W_OK):
+                raise DeliveryError(
+                    f"cannot write to {self.path}: permission denied or no such folder"
+                ) from None
+            return
+        except OSError as exc:
+            raise DeliveryError(f"cannot write to {self.path}: {exc.strerror}") from None
+        if not stat.S_ISREG(kind):
+            raise DeliveryError(f"cannot write to {self.path}: it is {_kind(kind)}, not a file")
+        if not os.access(self.path, os.W_OK):
+            raise DeliveryError(f"cannot write to {self.path}: permission denied")
 
     def close(self) -> None:
-        """Close the file. Later sends fail."""
-        with self._lock:
-            self._closed = True
-            if self._fh is not None:
-                fh, self._fh = self._fh, None
-                fh.close()
+        """
+        Close the file. Later sends fail.
+
+        Never waits for a write in progress: if one holds the file, the thread
+        that writes closes it when its write ends.
+        """
+        self._closed = True
+        if not self._lock.acquire(blocking=False):
+            return  # a send is writing; it sees _closed and closes the file after its line
+        try:
+            fh, self._fh = self._fh, None
+        finally:
+            self._lock.release()
+        if fh is not None:
+            fh.close()
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"

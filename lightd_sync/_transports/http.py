@@ -1,152 +1,106 @@
-"""The HTTP transport, on urllib3: one keep-alive pool to the one remote host."""
+"""The HTTP transport: one keep-alive connection per lane, one deadline per request."""
 
 from __future__ import annotations
 
 import http.client
 import logging
-import os
-import socket
 import ssl
-import threading
-import weakref
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Optional, Union
-from urllib.parse import urlsplit
-
-import urllib3
-from urllib3 import exceptions as u3
+import time
+from typing import Optional
+from urllib.parse import quote, urlsplit
 
 from .._config import RemoteConfig
-from .._exceptions import (
-    ConfigError,
-    DeliveryError,
-    RemoteRejectedError,
-    RemoteTimeoutError,
-    RemoteUnreachableError,
-)
+from .._exceptions import ConfigError, RemoteUnreachableError
 from .._logutil import get_logger, safe_log
 from .._model import Update
-from . import _direct
-from ._pools import Pool, Proxy, choose_proxy, plan_pools
+from ._conn import ConnectionBook, Route
+from ._deadline import Answer, AnswerTooLargeError
+from ._errors import delivery_error
+from ._pools import Proxy, choose_proxy, tls_context
 from .base import Transport
 from .protocol import (
     encode_body,
     health_verdict,
+    judge,
     request_headers,
-    scrubbed,
     update_verdict,
     warn_about_security,
 )
 
 __all__ = ["HttpTransport"]
 
-# What a request returns: urllib3's response, or the direct POST's answer.
-# (A string: urllib3 1.26 has no BaseHTTPResponse at run time.)
-_Response = Union["urllib3.BaseHTTPResponse", _direct.Answer]
-
 log = get_logger("transport")
 
 # Errors that mean a kept-alive connection was already closed by the remote
 # when the request went out on it (RemoteDisconnected is a ConnectionResetError).
-_IDLE_CLOSE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-_IDLE_CLOSE_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
-# ... unless part of the answer had arrived: then the remote did see the request.
-_MID_ANSWER = (http.client.IncompleteRead, u3.IncompleteRead, u3.InvalidChunkLength)
-_LOCATION_SHOWN = 200
-_Verdict = Callable[[int, bytes, Mapping[str, str]], None]
-
-# Every open transport, so that a forked child can give each a pool of its own.
-_LIVE: weakref.WeakSet[HttpTransport] = weakref.WeakSet()
-_fork_hook_lock = threading.Lock()  # guards _fork_hook_installed
-_fork_hook_installed = False
-
-
-def _renew_all_in_child() -> None:
-    for transport in list(_LIVE):
-        transport._renew_pool(in_fork_hook=True)
+_IDLE_CLOSE = (
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+# Everything the connection code raises for a failed exchange (ValueError: a
+# malformed answer that http.client does not wrap; UnicodeError: an encoding).
+_FAILURES = (OSError, http.client.HTTPException, ValueError, AnswerTooLargeError)
+# In a URL's path: keep what is already ASCII and legal, percent-encode the rest.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
-def _install_fork_hook() -> None:
-    global _fork_hook_installed
-    with _fork_hook_lock:
-        if not _fork_hook_installed and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_renew_all_in_child)
-        _fork_hook_installed = True
+def _host_for_the_wire(host: str) -> str:
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError("remote.url: the host name cannot be written in ASCII (IDNA)") from None
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """*exc* and every exception it wraps (arguments, ``reason``, cause and context)."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        linked = [*current.args, getattr(current, "reason", None)]
-        linked += [current.__cause__, current.__context__]
-        todo.extend(e for e in linked if isinstance(e, BaseException))
+def _authority(host: str, port: Optional[int]) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port else shown
 
 
-def _closed_while_idle(exc: BaseException) -> bool:
-    found = list(_causes(exc))
-    if any(isinstance(e, _MID_ANSWER) for e in found):
-        return False
-    return any(isinstance(e, _IDLE_CLOSE + _IDLE_CLOSE_TLS) for e in found)
-
-
-def _os_reason(exc: BaseException) -> str:
-    """The operating system's words for a network failure, found in the cause chain."""
-    seen: set[int] = set()
-    current: Optional[BaseException] = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and not isinstance(current, u3.HTTPError):
-            return current.strerror or str(current) or type(current).__name__
-        reason = getattr(current, "reason", None)
-        current = (
-            reason
-            if isinstance(reason, BaseException)
-            else (current.__cause__ or current.__context__)
-        )
-    return str(exc).split(": ", 1)[-1] or type(exc).__name__
-
-
-def _shown_location(value: Optional[str]) -> str:
-    if not value:
-        return ""
-    if "@" in value or not value.isprintable():
-        return " to a URL not shown here (it may hold a password)"
-    return f" to {value[:_LOCATION_SHOWN]!r}"
+def _head(request_line: str, host: str, headers: dict[str, str]) -> bytes:
+    lines = [request_line, f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
 class HttpTransport(Transport):
     """
-    Send updates with ``POST {url}/update`` and check ``GET {url}/health``, on urllib3.
+    Send updates with ``POST {url}/update`` and check ``GET {url}/health``.
 
-    One pool of keep-alive connections to the remote host, as many as there
-    are workers (plus one for the health check). Every failure becomes a
-    :class:`~lightd_sync.DeliveryError`; urllib3 retries nothing, with one
-    exception: a request that went out on a kept-alive connection the remote
-    had closed while idle is sent again at once, on a new connection.
+    Each thread that sends (each lane, the health thread) keeps one
+    keep-alive connection of its own; each request is written in one
+    ``sendall`` and its answer parsed by ``http.client``. ``timeout`` is the
+    time the whole request may take: connecting, sending and every byte of
+    the answer. An answer's body is read up to 64 KiB; a larger one is a
+    failed delivery (``reason="too_large"``). Every failure becomes a
+    :class:`~lightd_sync.DeliveryError`, with one retry: a request that went
+    out on a kept-alive connection the remote had closed while idle (nothing
+    of an answer came back) is sent again at once, on a new connection.
 
     TLS certificates are verified (``ca_bundle`` adds a private CA,
     ``client_cert``/``client_key`` give mutual TLS); ``verify: false`` is
-    logged as a WARNING when the transport is created. Redirects are never
-    followed: they would carry the token elsewhere. ``remote.proxy``, else
-    ``HTTPS_PROXY``/``HTTP_PROXY`` minus ``NO_PROXY``, selects a proxy. A
-    forked child never uses the parent's connections: it gets a pool of its own.
+    logged as a WARNING when the transport is created, never per request.
+    Redirects are never followed: they would carry the token elsewhere.
+    ``remote.proxy``, else ``HTTPS_PROXY``/``HTTP_PROXY`` minus ``NO_PROXY``,
+    selects a proxy (``CONNECT`` for an ``https://`` remote). :meth:`close`
+    cuts off every request in flight, connecting included; only a DNS lookup
+    cannot be cut short (it ends within ``timeout``). A forked child never
+    uses the parent's connections: it makes its own.
 
     Args:
-        config: The remote config; ``url``, ``token``, ``timeout``, ``workers``
-            and the TLS and proxy keys are used.
+        config: The remote config; ``url``, ``token``, ``timeout`` and the TLS
+            and proxy keys are used.
 
     Raises:
         ConfigError: ``url`` or ``token`` is missing, or ``ca_bundle``,
             ``client_cert`` or ``client_key`` cannot be used.
 
     .. versionadded:: 0.1.0 TLS options, proxies, the idle-connection retry and fork safety.
+    .. versionchanged:: 0.2.0 ``timeout`` bounds the whole request; answers are
+       read up to 64 KiB; connections are one per thread, made by the transport.
     """
 
     name = "http"
@@ -158,178 +112,130 @@ class HttpTransport(Transport):
         if not config.token:
             raise ConfigError("remote.token: missing; the http transport needs it")
         self.url = config.url
-        self._base_path = urlsplit(config.url).path.rstrip("/")
-        self._origin = self.url[: len(self.url) - len(self._base_path)]  # scheme://host:port
+        parts = urlsplit(config.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("remote.url: expected an http:// or https:// URL with a host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError("remote.url: the port is not a number from 0 to 65535") from None
         self._timeout = config.timeout
-        self._scrub = config.token
+        self._token = config.token
+        self._base_path = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
+        host = _host_for_the_wire(parts.hostname)
+        authority = _authority(host, port)
         proxy = choose_proxy(config)
         if isinstance(proxy, str):
             safe_log(log, logging.WARNING, "ignoring the proxy: %s; connecting directly", proxy)
             proxy = None
         self.proxy: Optional[Proxy] = proxy
-        self._plan = plan_pools(config, proxy)
-        self._post_headers = request_headers(config.token, post=True)
-        self._get_headers = request_headers(config.token, post=False)
-        self._update_path = f"{self._base_path}/update"
-        self._post_head = _direct.encode_head(
-            self._update_path, urlsplit(self.url).netloc, self._post_headers
+        self._route, prefix = self._plan(config, parts.scheme, host, port, authority)
+        post = request_headers(config.token, post=True)
+        get = request_headers(config.token, post=False)
+        if proxy is not None and parts.scheme == "http":  # absolute-form, credentials to the proxy
+            post.update(proxy.headers)
+            get.update(proxy.headers)
+        self._post_head = _head(f"POST {prefix}{self._base_path}/update HTTP/1.1", authority, post)
+        self._get_message = (
+            _head(f"GET {prefix}{self._base_path}/health HTTP/1.1", authority, get) + b"\r\n"
         )
-        self._health_path = f"{self._base_path}/health"
-        # Guards _closed and replacing _conn (in a forked child).
-        self._lock = threading.Lock()
-        self._closed = False
-        # (manager, pool) in one attribute, so a request reads a matching pair.
-        self._conn: tuple[Optional[urllib3.PoolManager], Pool] = self._plan.build()
-        self._pid = os.getpid()  # the process that owns the pool's sockets
+        self._book = ConnectionBook(self._route)
         warn_about_security(
             self.url,
             unverified=None if config.verify else "remote.verify is false",
             proxy=self.proxy,
+            proxy_url=self.proxy.url if self.proxy is not None else None,
         )
-        _install_fork_hook()
-        _LIVE.add(self)
+
+    def _plan(
+        self, config: RemoteConfig, scheme: str, host: str, port: Optional[int], authority: str
+    ) -> tuple[Route, str]:
+        """The route to the remote, and the prefix of request targets (absolute via a proxy)."""
+        port = port or (443 if scheme == "https" else 80)
+        tls = tls_context(config) if scheme == "https" else None
+        proxy = self.proxy
+        if proxy is None:
+            return Route(host, port, tls=tls, server_hostname=host if tls else None), ""
+        pparts = urlsplit(proxy.url)
+        assert pparts.hostname is not None  # _parse_proxy checked
+        proxy_https = pparts.scheme == "https"
+        pport = pparts.port or (443 if proxy_https else 80)
+        proxy_tls = tls_context(config) if proxy_https else None
+        if scheme == "http":  # absolute-form requests to the proxy
+            return Route(
+                pparts.hostname,
+                pport,
+                proxy_tls=proxy_tls,
+                proxy_hostname=pparts.hostname if proxy_https else None,
+            ), f"http://{authority}"
+        if proxy_https:
+            raise ConfigError(
+                f"remote.proxy: an https:// proxy ({proxy.url}) for an https:// remote "
+                "(TLS inside TLS) is not supported; use the proxy's http:// port: the "
+                "tunnel to the remote is encrypted end to end anyway"
+            )
+        target = f"{_authority(host, None)}:{port}"
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        lines += [f"{k}: {v}" for k, v in proxy.headers.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        route = Route(
+            pparts.hostname,
+            pport,
+            tls=tls,
+            server_hostname=host,
+            tunnel=target,
+            tunnel_head=head,
+        )
+        return route, ""
 
     def __repr__(self) -> str:
         via = f", proxy={self.proxy.url!r}" if self.proxy is not None else ""
         return f"HttpTransport(url={self.url!r}{via})"
 
-    @property
-    def _pool(self) -> Pool:
-        """The pool of connections to the remote (or to the proxy, for an http:// remote)."""
-        return self._conn[1]
-
-    # -- fork safety --------------------------------------------------------
-
-    def _renew_pool(self, *, in_fork_hook: bool = False) -> None:
-        """
-        Give this (forked child) process a pool of its own.
-
-        The inherited sockets are the parent's connections too: shutting them
-        down or talking on them would break the parent's requests. The child
-        only closes its own copies of their file descriptors and forgets them.
-        """
-        if in_fork_hook:  # the only thread: a lock held at fork time is never released
-            self._lock = threading.Lock()
-        with self._lock:
-            if self._pid == os.getpid():
-                return  # another thread of this child did it
-            old = self._conn[1]
-            self._conn = self._plan.build()
-            self._pid = os.getpid()
-        old.forget()
-
     # -- requests -----------------------------------------------------------
 
-    def _urlopen(
-        self,
-        conn: tuple[Optional[urllib3.PoolManager], Pool],
-        method: str,
-        path: str,
-        body: Optional[bytes],
-        headers: dict[str, str],
-    ) -> _Response:
-        manager, pool = conn
-        if manager is None and body is not None:  # a POST straight to the remote: the hot path
-            return _direct.post(
-                pool, self._post_head, headers.get("X-Lightd-Event-Id"), body, self._timeout
-            )
-        kw: dict[str, Any] = {
-            "body": body,
-            "headers": headers,
-            "retries": False,
-            "redirect": False,
-            "preload_content": True,
-        }
-        if manager is not None:  # the proxy manager knows absolute-form and CONNECT
-            return manager.urlopen(method, self._origin + path, **kw)
-        return pool.urlopen(method, path, assert_same_host=False, **kw)
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: Optional[bytes],
-        headers: Optional[dict[str, str]] = None,
-    ) -> _Response:
-        if self._closed:
-            raise RemoteUnreachableError(f"{method} {path}: the transport is closed")
-        if self._pid != os.getpid():  # a forked child whose fork hook did not run (uWSGI)
-            self._renew_pool()
-        conn = self._conn
-        headers = headers or self._get_headers
-        what = f"{method} {self.url}{path[len(self._base_path) :]}"
+    def _exchange(self, method: str, path: str, message: bytes) -> Answer:
+        what = f"{method} {self.url}{path}"
+        book = self._book
+        if book.closed:
+            raise RemoteUnreachableError(f"{what}: the transport is closed", reason="closed")
+        deadline = time.monotonic() + self._timeout
         try:
+            conn = book.mine()
             try:
-                return self._urlopen(conn, method, path, body, headers)
-            except (u3.ProtocolError, u3.SSLError) as exc:
-                if self._closed or not conn[1].lightd_reused() or not _closed_while_idle(exc):
+                return conn.exchange(message, method, deadline)
+            except _IDLE_CLOSE:
+                # The remote had closed that kept-alive connection while it was idle?
+                if book.closed or not conn.reused or not conn.answered_nothing():
                     raise
-            # The remote had closed that kept-alive connection while it was idle.
-            return self._urlopen(conn, method, path, body, headers)
-        except (u3.ConnectTimeoutError, u3.ReadTimeoutError, socket.timeout) as exc:
-            if isinstance(exc, u3.NewConnectionError):  # a subclass of ConnectTimeoutError
-                raise self._unreachable(what, exc) from exc
-            raise RemoteTimeoutError(
-                f"{what}: no answer within {self._timeout:g} s", retryable=True
-            ) from exc
-        except (u3.HTTPError, OSError) as exc:
-            raise self._unreachable(what, exc) from exc
-
-    def _unreachable(self, what: str, exc: BaseException) -> DeliveryError:
-        if self._closed:
-            return RemoteUnreachableError(f"{what}: the transport was closed", retryable=False)
-        if isinstance(exc, u3.SSLError):
-            reason = f"TLS failed: {_os_reason(exc)}"
-            if "CERTIFICATE_VERIFY_FAILED" in reason and "mismatch" not in reason:
-                reason += "; if the remote's CA is private, set remote.ca_bundle"
-        elif isinstance(exc, u3.ProxyError) and self.proxy is not None:
-            reason = f"the proxy {self.proxy.url} failed: {_os_reason(exc)}"
-        elif isinstance(exc, u3.NewConnectionError):
-            reason = f"cannot connect: {_os_reason(exc)}"
-        else:
-            reason = f"connection failed: {_os_reason(exc)}"
-        return RemoteUnreachableError(
-            f"{what}: {reason}".replace(self._scrub, "<token>"), retryable=True
-        )
-
-    def _judge(self, verdict: _Verdict, what: str, response: _Response) -> None:
-        status = response.status
-        if 300 <= status < 400:
-            to = _shown_location(response.headers.get("Location"))
-            message = (
-                f"{what}: the remote answered HTTP {status}, a redirect{to}: remote.url is "
-                "misconfigured (set it to the final URL); redirects are never followed since "
-                "they would carry the token elsewhere"
+            return conn.exchange(message, method, deadline)
+        except _FAILURES as exc:
+            err = delivery_error(
+                exc,
+                what,
+                token=self._token,
+                timeout=self._timeout,
+                closed=book.closed,
+                proxy=self.proxy.url if self.proxy is not None else None,
             )
-            raise RemoteRejectedError(message.replace(self._scrub, "<token>"), status=status)
-        try:
-            verdict(status, response.data, response.headers)
-        except DeliveryError as exc:
-            raise scrubbed(exc, self._scrub) from None
+        raise err  # outside the except block: no __context__ that may hold the token
 
     def send(self, update: Update) -> None:
         """POST *update* to ``{url}/update``; raise a DeliveryError unless accepted."""
-        headers = self._post_headers
-        if update.event_id is not None:
-            headers = {**headers, "X-Lightd-Event-Id": update.event_id}
-        response = self._request("POST", self._update_path, encode_body(update), headers)
-        self._judge(update_verdict, "POST /update", response)
+        body = encode_body(update)
+        event_id = update.event_id
+        extra = b"X-Lightd-Event-Id: " + event_id.encode("ascii") + b"\r\n" if event_id else b""
+        message = b"".join(
+            (self._post_head, extra, b"Content-Length: ", b"%d\r\n\r\n" % len(body), body)
+        )
+        answer = self._exchange("POST", "/update", message)
+        judge(update_verdict, "POST /update", answer, self._token)
 
     def check_health(self) -> None:
         """GET ``{url}/health``; raise a DeliveryError unless it answers as active."""
-        response = self._request("GET", self._health_path, None)
-        self._judge(health_verdict, "GET /health", response)
+        answer = self._exchange("GET", "/health", self._get_message)
+        judge(health_verdict, "GET /health", answer, self._token)
 
     def close(self) -> None:
-        """Close every connection, waking any request blocked on a silent remote."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            manager, pool = self._conn
-        _LIVE.discard(self)
-        if self._pid == os.getpid():  # never shut down sockets a parent process owns
-            pool.cut_off()
-        pool.close()
-        if manager is not None:
-            manager.clear()
+        """Close every connection, cutting off every request in flight (connecting included)."""
+        self._book.cut_off()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from .._config import is_loopback_url
 from .._exceptions import (
@@ -24,6 +25,7 @@ from .._exceptions import (
 )
 from .._logutil import get_logger, safe_log
 from .._model import Update
+from .._secrets import scrub
 from .._version import version
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "health_verdict",
     "parse_retry_after",
     "request_headers",
+    "judge",
     "scrubbed",
     "warn_about_security",
     "update_verdict",
@@ -44,6 +47,10 @@ _SNIPPET = 200
 # ASCII digits only: str.isdigit() also takes '²', which float() refuses. A
 # negative delta is not in the RFC; it means "now", like a date in the past.
 _DELTA_SECONDS = re.compile(r"-?[0-9]+")
+#: The longest wait a Retry-After can say (a year: finite; the engine caps it far lower).
+MAX_RETRY_AFTER = 86400.0 * 365
+_MAX_DIGITS = 12  # more digits than any sane delay: no need to read them all
+_LOCATION_SHOWN = 200
 
 
 def request_headers(token: str, *, post: bool) -> dict[str, str]:
@@ -67,18 +74,32 @@ def parse_retry_after(value: Optional[str], *, now: Optional[float] = None) -> O
     """
     Parse a ``Retry-After`` header: delta-seconds or an HTTP date.
 
-    Returns the seconds to wait (never negative), or ``None`` when absent or unreadable.
+    Whatever the remote sent (huge numbers, ``inf``, dates in year 9999,
+    text in any script), this never raises.
+
+    Returns:
+        The seconds to wait, finite and between 0 and :data:`MAX_RETRY_AFTER`
+        (a value in the past or a negative one is 0), or ``None`` when absent
+        or unreadable.
     """
-    if not value:
+    if not value or not isinstance(value, str):
         return None
     value = value.strip()
     if _DELTA_SECONDS.fullmatch(value):
-        return max(0.0, float(value))
+        if value.startswith("-"):
+            return 0.0
+        digits = value.lstrip("0")
+        if len(digits) > _MAX_DIGITS:
+            return MAX_RETRY_AFTER
+        return min(MAX_RETRY_AFTER, float(int(digits or "0")))
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    except Exception:  # any text at all reaches this parser: what cannot be read is None
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    if not math.isfinite(seconds):
+        return None
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
 def _remote_says(body: bytes) -> str:
@@ -94,6 +115,14 @@ def _remote_says(body: bytes) -> str:
     return f": {clean}"
 
 
+def _shown_location(value: Optional[str]) -> str:
+    if not value:
+        return ""
+    if "@" in value or not value.isprintable():
+        return " to a URL not shown here (it may hold a password)"
+    return f" to {value[:_LOCATION_SHOWN]!r}"
+
+
 def _status_error(what: str, status: int, body: bytes, headers: Mapping[str, str]) -> DeliveryError:
     if status in (401, 403):
         return AuthRejectedError(
@@ -101,10 +130,13 @@ def _status_error(what: str, status: int, body: bytes, headers: Mapping[str, str
             status=status,
         )
     if 300 <= status < 400:
+        to = _shown_location(headers.get("Location"))
         return RemoteRejectedError(
-            f"{what}: the remote answered a redirect (HTTP {status}); redirects are never "
-            "followed since they would carry the token elsewhere: check remote.url",
+            f"{what}: the remote answered HTTP {status}, a redirect{to}: remote.url is "
+            "misconfigured (set it to the final URL); redirects are never followed since "
+            "they would carry the token elsewhere",
             status=status,
+            reason="redirect",
         )
     retry_after = parse_retry_after(headers.get("Retry-After"))
     return RemoteRejectedError(
@@ -168,17 +200,53 @@ def scrubbed(exc: DeliveryError, token: str) -> DeliveryError:
     if token not in exc.message:
         return exc
     return type(exc)(
-        exc.message.replace(token, "<token>"),
+        scrub(exc.message, token),
         status=exc.status,
         retryable=exc.retryable,
         retry_after=exc.retry_after,
+        reason=exc.reason,
     )
+
+
+class _Answer(Protocol):
+    @property
+    def status(self) -> int: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+Verdict = Callable[[int, bytes, Mapping[str, str]], None]
+
+
+def judge(verdict: Verdict, what: str, answer: _Answer, token: str) -> None:
+    """
+    Apply *verdict* to *answer*; raise its DeliveryError with the token scrubbed.
+
+    The error is raised outside the ``except`` block, so that its ``__context__``
+    is not the unscrubbed one.
+    """
+    try:
+        verdict(answer.status, answer.data, answer.headers)
+    except DeliveryError as exc:
+        err = scrubbed(exc, token)
+        err.__cause__ = None
+    else:
+        return
+    raise err
 
 
 _log = get_logger("transport")
 
 
-def warn_about_security(url: str, *, unverified: Optional[str], proxy: object = None) -> None:
+def warn_about_security(
+    url: str,
+    *,
+    unverified: Optional[str],
+    proxy: object = None,
+    proxy_url: Optional[str] = None,
+) -> None:
     """
     Log, once at a transport's creation, what weakens the connection to the remote.
 
@@ -186,6 +254,8 @@ def warn_about_security(url: str, *, unverified: Optional[str], proxy: object = 
         url: The remote's base URL.
         unverified: Why TLS certificates are not verified, or None if they are.
         proxy: The proxy requests go through, if any (logged at INFO).
+        proxy_url: That proxy's URL: plain http:// requests through a proxy on
+            another machine cross the network in clear text, even to a loopback remote.
     """
     if url.startswith("https:") and unverified is not None:
         safe_log(
@@ -196,6 +266,15 @@ def warn_about_security(url: str, *, unverified: Optional[str], proxy: object = 
             "remote.ca_bundle instead",
             unverified,
             url,
+        )
+    elif url.startswith("http:") and proxy_url is not None and not is_loopback_url(proxy_url):
+        safe_log(
+            _log,
+            logging.WARNING,
+            "remote.url %s is plain http:// through the proxy %s on another machine: the "
+            "token and the statuses cross the network unencrypted; use https:// in production",
+            url,
+            proxy_url,
         )
     elif url.startswith("http:") and not is_loopback_url(url):
         safe_log(

@@ -11,29 +11,35 @@ is built, never when this module is.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import socket
 import threading
+import time
 import weakref
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .._config import RemoteConfig
-from .._exceptions import (
-    ConfigError,
-    DeliveryError,
-    RemoteTimeoutError,
-    RemoteUnreachableError,
-)
+from .._exceptions import ConfigError, RemoteUnreachableError
+from .._forksafe import after_fork_in_child
 from .._logutil import get_logger
 from .._model import Update
+from ._deadline import (
+    MAX_ANSWER,
+    Answer,
+    AnswerTooLargeError,
+    DeadlineExceededError,
+    Ticket,
+    Watchdog,
+)
+from ._errors import Kinds, delivery_error
 from .base import Transport
 from .protocol import (
     encode_body,
     health_verdict,
+    judge,
     request_headers,
-    scrubbed,
     update_verdict,
     warn_about_security,
 )
@@ -86,7 +92,9 @@ def _own_adapter_class() -> Any:
     """
     The adapter of a session the transport builds itself (defined on first use: it needs requests).
 
-    It remembers the socket of every connection its pools open, so that
+    Its connections (classes of urllib3's public API) attach themselves to the
+    request's :class:`~._deadline.Ticket`, so that the transport's watchdog
+    can cut off a request at its deadline, and are remembered, so that
     :meth:`RequestsTransport.close` can shut them down and so wake a request
     blocked on a silent remote (in the TLS handshake or waiting for the
     answer), as the urllib3 transport's ``close`` does.
@@ -94,28 +102,34 @@ def _own_adapter_class() -> Any:
     base: Any = _requests().adapters.HTTPAdapter
     import urllib3
 
-    from ._pools import _UnverifiedHTTPSPool
-
     class OwnAdapter(base):  # type: ignore[misc]
-        def __init__(self, *, maxsize: int, verify: bool) -> None:
-            # Guards _lightd_closed and _lightd_socks against close() walking them.
-            self._lightd_lock = threading.Lock()
-            self._lightd_closed = False
-            self._lightd_socks: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-            self._lightd_pools = self._pool_classes(verify)
+        def __init__(self, *, maxsize: int, verify: bool, watch: Callable[[Any], None]) -> None:
+            self._lightd_reset()
+            self._lightd_pools = self._pool_classes(verify, watch)
             # max_retries=0: urllib3 retries nothing; the engine decides about retries.
             super().__init__(pool_maxsize=maxsize, max_retries=0, pool_block=False)
 
-        def _pool_classes(self, verify: bool) -> dict[str, Any]:
+        def _lightd_reset(self) -> None:
+            # Guards _lightd_closed and _lightd_conns against close() walking them.
+            self._lightd_lock = threading.Lock()
+            self._lightd_closed = False
+            self._lightd_conns: weakref.WeakSet[Any] = weakref.WeakSet()
+
+        def _pool_classes(self, verify: bool, watch: Callable[[Any], None]) -> dict[str, Any]:
             adapter = self
 
             class Tracked:
-                """Connection mixin: hand every new socket to the adapter."""
+                """Connection mixin: watched by the request's deadline, known to close()."""
 
-                def _new_conn(self) -> socket.socket:
-                    sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-                    adapter.lightd_track(sock)
-                    return sock
+                def connect(self) -> None:
+                    watch(self)
+                    adapter.lightd_track(self)  # before: close() may cut the TLS handshake
+                    super().connect()  # type: ignore[misc]
+                    adapter.lightd_track(self)  # and after: a close() that came meanwhile
+
+                def request(self, *args: Any, **kwargs: Any) -> Any:
+                    watch(self)  # a kept-alive connection: no connect() this time
+                    return super().request(*args, **kwargs)  # type: ignore[misc]
 
             class Conn(Tracked, urllib3.connection.HTTPConnection):
                 pass
@@ -123,13 +137,29 @@ def _own_adapter_class() -> Any:
             class TLSConn(Tracked, urllib3.connection.HTTPSConnection):
                 pass
 
-            https_base = urllib3.HTTPSConnectionPool if verify else _UnverifiedHTTPSPool
+            class QuietTLSConn(TLSConn):
+                """
+                For ``verify: false``: no ``InsecureRequestWarning`` on every request.
+
+                The transport logged one loud WARNING when it was created; urllib3
+                would add a Python warning per request (an error under ``-W error``),
+                and silencing it otherwise changes process-wide state. urllib3 reads
+                ``is_verified`` only to decide about that warning.
+                """
+
+                @property
+                def is_verified(self) -> bool:
+                    return True
+
+                @is_verified.setter
+                def is_verified(self, value: bool) -> None:
+                    pass
 
             class Pool(urllib3.HTTPConnectionPool):
                 ConnectionCls = Conn
 
-            class TLSPool(https_base):  # type: ignore[misc,valid-type]
-                ConnectionCls = TLSConn
+            class TLSPool(urllib3.HTTPSConnectionPool):
+                ConnectionCls = TLSConn if verify else QuietTLSConn
 
             return {"http": Pool, "https": TLSPool}
 
@@ -143,20 +173,21 @@ def _own_adapter_class() -> Any:
                 manager.pool_classes_by_scheme = dict(self._lightd_pools)
             return manager
 
-        def lightd_track(self, sock: socket.socket) -> None:
-            """Remember *sock*; shut it down at once if the adapter was closed meanwhile."""
+        def lightd_track(self, conn: Any) -> None:
+            """Remember *conn*; shut it down at once if the adapter was closed meanwhile."""
             with self._lightd_lock:
-                self._lightd_socks.add(sock)
+                self._lightd_conns.add(conn)
                 closed = self._lightd_closed
             if closed:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                _shut(conn.sock)
+                raise ConnectionAbortedError(errno.ECONNABORTED, "the transport was closed")
 
         def lightd_sockets(self) -> list[socket.socket]:
             """The sockets of this adapter's connections that are still open."""
             with self._lightd_lock:
-                socks = list(self._lightd_socks)
-            return [sock for sock in socks if sock.fileno() != -1]
+                conns = list(self._lightd_conns)
+            socks = [getattr(conn, "sock", None) for conn in conns]
+            return [sock for sock in socks if sock is not None and sock.fileno() != -1]
 
         def lightd_close(self, *, shutdown: bool) -> None:
             """
@@ -167,38 +198,33 @@ def _own_adapter_class() -> Any:
             """
             with self._lightd_lock:
                 self._lightd_closed = True
-                socks = list(self._lightd_socks)
-            for sock in socks:
-                with contextlib.suppress(OSError):  # already closed by its own thread
-                    if shutdown:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    else:
+                conns = list(self._lightd_conns)
+            for conn in conns:
+                sock = getattr(conn, "sock", None)
+                if shutdown:
+                    _shut(sock)
+                elif sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
+
+        def lightd_after_fork_in_child(self) -> None:
+            """In a forked child: forget the parent's connections (closing only our copies)."""
+            conns = list(self._lightd_conns)
+            self._lightd_reset()  # the parent may have held the lock
+            self._lightd_closed = True
+            for conn in conns:
+                sock = getattr(conn, "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
                         sock.close()
 
     return OwnAdapter
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """*exc* and every exception it wraps (arguments, ``reason``, cause and context)."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        linked = [*current.args, getattr(current, "reason", None)]
-        linked += [current.__cause__, current.__context__]
-        todo.extend(e for e in linked if isinstance(e, BaseException))
-
-
-def _os_reason(exc: BaseException, wrappers: tuple[type[BaseException], ...]) -> str:
-    """The operating system's words for a network failure, found in the cause chain."""
-    for current in _causes(exc):
-        if isinstance(current, OSError) and not isinstance(current, wrappers):
-            return current.strerror or str(current) or type(current).__name__
-    return type(exc).__name__
+def _shut(sock: Optional[socket.socket]) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed by its own thread
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class RequestsTransport(Transport):
@@ -262,14 +288,16 @@ class RequestsTransport(Transport):
 
             tls_context(config)  # a missing, broken or encrypted file is a ConfigError now
         self.url = config.url
-        self._scrub = config.token
+        self._token = config.token
         self._timeout = config.timeout
         self._auth = _BearerAuth(config.token)
-        self._post_headers = request_headers(config.token, post=True)
-        self._get_headers = request_headers(config.token, post=False)
+        # identity: a compressed answer could grow far past MAX_ANSWER once decoded.
+        self._post_headers = {**request_headers(config.token, post=True), **_IDENTITY}
+        self._get_headers = {**request_headers(config.token, post=False), **_IDENTITY}
         self._send_kw: dict[str, Any] = {
             "timeout": (config.timeout, config.timeout),
             "allow_redirects": False,
+            "stream": True,  # the body is read here: up to MAX_ANSWER, by the deadline
             "verify": self._verify_setting(config),
             "cert": self._cert_setting(config),
             "proxies": {"http": config.proxy, "https": config.proxy} if config.proxy else None,
@@ -278,13 +306,42 @@ class RequestsTransport(Transport):
         self._owned = session is None
         self._maxsize = config.workers + 1
         self._verify = config.verify
+        self._watchdog = Watchdog("lightd-sync-deadline")
+        self._local = threading.local()  # .ticket: the calling thread's request, for its conns
         # (pid, session, own adapter or None): swapped whole, so a request reads a matching set.
         self._state: tuple[int, requests.Session, Any] = (
             (os.getpid(), session, None) if session is not None else self._build()
         )
         self._close_lock = threading.Lock()  # one close at a time; guards setting _closed
         self._closed = False
+        after_fork_in_child(self._after_fork_in_child)
         self._warn_at_creation(config, session)
+
+    def _kinds(self) -> Kinds:
+        lib = _requests()
+        import urllib3
+
+        x, u3 = lib.exceptions, urllib3.exceptions
+        return Kinds(
+            timeout=(x.Timeout, u3.ReadTimeoutError),
+            tls=(x.SSLError, u3.SSLError),
+            proxy=(x.ProxyError, u3.ProxyError),
+            connect=(u3.NewConnectionError,),
+            wrappers=(x.RequestException, u3.HTTPError),
+        )
+
+    def _watch(self, conn: Any) -> None:
+        """Attach *conn* to the calling thread's request: cut off at its deadline."""
+        self._watchdog.attach(getattr(self._local, "ticket", None), conn)
+
+    def _after_fork_in_child(self) -> None:
+        self._close_lock = threading.Lock()  # the parent may have held it
+        self._local = threading.local()
+        adapter = self._state[2]
+        if adapter is not None:
+            adapter.lightd_after_fork_in_child()
+        if self._owned and not self._closed:
+            self._state = self._build()
 
     @staticmethod
     def _verify_setting(config: RemoteConfig) -> Union[bool, str, None]:
@@ -301,7 +358,9 @@ class RequestsTransport(Transport):
     def _build(self) -> tuple[int, requests.Session, Any]:
         lib = _requests()
         session = lib.Session()
-        adapter = _own_adapter_class()(maxsize=self._maxsize, verify=self._verify)
+        adapter = _own_adapter_class()(
+            maxsize=self._maxsize, verify=self._verify, watch=self._watch
+        )
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         return os.getpid(), session, adapter
@@ -312,7 +371,20 @@ class RequestsTransport(Transport):
             unverified = "remote.verify is false"
         elif session is not None and session.verify is False:
             unverified = "the session has verify=False"
-        warn_about_security(self.url, unverified=unverified, proxy=self._proxy)
+        warn_about_security(
+            self.url, unverified=unverified, proxy=self._proxy, proxy_url=self._proxy_url()
+        )
+
+    def _proxy_url(self) -> Optional[str]:
+        """The proxy requests to the remote go through: the config's, the session's or the env's."""
+        if self._proxy is not None:
+            return self._proxy
+        lib = _requests()
+        session = self._state[1]
+        proxies = dict(session.proxies)
+        if session.trust_env:
+            proxies = {**lib.utils.get_environ_proxies(self.url), **proxies}
+        return lib.utils.select_proxy(self.url, proxies)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         via = f", proxy={self._proxy!r}" if self._proxy is not None else ""
@@ -333,86 +405,72 @@ class RequestsTransport(Transport):
         state = self._state
         if state[0] == os.getpid() or not self._owned:
             return state
-        # A forked child: the inherited connections are the parent's too. Forget
-        # them (close() of our copies, never shutdown()) and start a pool of our own.
+        # A forked child whose fork hook did not run (uWSGI): the inherited connections
+        # are the parent's too. Forget them (never shutdown()) and start a pool of our own.
         fresh = self._build()
         self._state = fresh
         if state[2] is not None:
-            state[2].lightd_close(shutdown=False)
+            state[2].lightd_after_fork_in_child()
         return fresh
 
     def _request(
         self, method: str, path: str, body: Optional[bytes], headers: dict[str, str]
-    ) -> Any:
+    ) -> Answer:
         what = f"{method} {self.url}{path}"
         if self._closed:
-            raise RemoteUnreachableError(f"{what}: the transport is closed")
-        lib = _requests()
-        session = self._current()[1]
-        try:
-            return session.request(
-                method,
-                self.url + path,
-                data=body,
-                headers=headers,
-                auth=self._auth,
-                **self._send_kw,
-            )
-        except lib.exceptions.Timeout as exc:
-            if self._closed:
-                raise self._unreachable(what, exc, lib) from exc
-            raise RemoteTimeoutError(
-                f"{what}: no answer within {self._timeout:g} s", retryable=True
-            ) from exc
-        except Exception as exc:
-            import urllib3
-
-            if not isinstance(exc, (OSError, urllib3.exceptions.HTTPError)):
-                raise  # a bug (ours, requests', or a session hook's): the engine logs it
-            raise self._unreachable(what, exc, lib) from exc
-
-    def _unreachable(self, what: str, exc: BaseException, lib: ModuleType) -> DeliveryError:
-        if self._closed:
-            return RemoteUnreachableError(f"{what}: the transport was closed", retryable=False)
+            raise RemoteUnreachableError(f"{what}: the transport is closed", reason="closed")
         import urllib3
 
-        wrappers = (lib.exceptions.RequestException, urllib3.exceptions.HTTPError)
-        reason = _os_reason(exc, wrappers)
-        if isinstance(exc, lib.exceptions.SSLError):
-            reason = f"TLS failed: {reason}"
-            if "CERTIFICATE_VERIFY_FAILED" in reason and "mismatch" not in reason:
-                reason += "; if the remote's CA is private, set remote.ca_bundle"
-        elif isinstance(exc, lib.exceptions.ProxyError):
-            reason = f"the proxy failed: {reason}"
-        elif any(isinstance(e, urllib3.exceptions.NewConnectionError) for e in _causes(exc)):
-            reason = f"cannot connect: {reason}"
-        else:
-            reason = f"connection failed: {reason}"
-        return RemoteUnreachableError(
-            f"{what}: {reason}".replace(self._scrub, "<token>"), retryable=True
-        )
-
-    def _judge(self, verdict: Any, response: Any) -> None:
-        status, content = response.status_code, response.content
-        headers: Mapping[str, str] = response.headers
-        response.close()
+        session = self._current()[1]
+        watchdog = self._watchdog
+        ticket = watchdog.start(self._timeout)
+        self._local.ticket = ticket
+        response = None
         try:
-            verdict(status, content, headers)
-        except DeliveryError as exc:
-            raise scrubbed(exc, self._scrub) from None
+            try:
+                response = session.request(
+                    method,
+                    self.url + path,
+                    data=body,
+                    headers=headers,
+                    auth=self._auth,
+                    **self._send_kw,
+                )
+                # A given session's connection too, now that it is known: the body's reads.
+                watchdog.attach(ticket, getattr(response.raw, "connection", None))
+                answer = _read(response, ticket)
+            finally:
+                self._local.ticket = None
+                watchdog.finish(ticket)
+                if response is not None:
+                    response.close()
+        except (OSError, urllib3.exceptions.HTTPError, AnswerTooLargeError) as exc:
+            err = delivery_error(
+                exc,
+                what,
+                token=self._token,
+                timeout=self._timeout,
+                closed=self._closed,
+                timed_out=ticket.expired,
+                proxy=self._proxy,
+                kinds=self._kinds(),
+            )
+        else:
+            return answer
+        raise err  # outside the except block: no __context__ that may hold the token
 
     def send(self, update: Update) -> None:
         """POST *update* to ``{url}/update``; raise a DeliveryError unless accepted."""
         headers = self._post_headers
         if update.event_id is not None:
             headers = {**headers, "X-Lightd-Event-Id": update.event_id}
-        response = self._request("POST", "/update", encode_body(update), headers)
-        self._judge(update_verdict, response)
+        answer = self._request("POST", "/update", encode_body(update), headers)
+        judge(update_verdict, "POST /update", answer, self._token)
 
     def check_health(self) -> None:
         """GET ``{url}/health``; raise a DeliveryError unless it answers as active."""
-        response = self._request("GET", "/health", None, self._get_headers)
-        self._judge(health_verdict, response)
+        answer = self._request("GET", "/health", None, self._get_headers)
+        judge(health_verdict, "GET /health", answer, self._token)
 
     def close(self) -> None:
         """
@@ -425,8 +483,35 @@ class RequestsTransport(Transport):
                 return
             self._closed = True
         pid, session, adapter = self._state
-        if adapter is None:
-            return
-        # Never shut down sockets a parent process owns: a child only closes its copies.
-        adapter.lightd_close(shutdown=pid == os.getpid())
-        session.close()
+        if adapter is not None:
+            # Never shut down sockets a parent process owns: a child only closes its copies.
+            adapter.lightd_close(shutdown=pid == os.getpid())
+            session.close()
+        self._watchdog.close()
+
+
+_IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def _read(response: Any, ticket: Ticket) -> Answer:
+    """Read *response*'s body, up to MAX_ANSWER bytes and by *ticket*'s deadline."""
+    status = response.status_code
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and len(declared) < 20 and int(declared) > MAX_ANSWER:
+        raise AnswerTooLargeError(status, int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() >= ticket.deadline:
+            raise DeadlineExceededError("the request's deadline passed")
+        chunk = response.raw.read(_CHUNK, decode_content=True)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise AnswerTooLargeError(status, None)
+        chunks.append(chunk)
+    return Answer(status, b"".join(chunks), response.headers)
+
+
+_CHUNK = 16 * 1024
