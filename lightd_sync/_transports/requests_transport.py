@@ -121,10 +121,16 @@ def _own_adapter_class() -> Any:
             class Tracked:
                 """Connection mixin: watched by the request's deadline, known to close()."""
 
+                lightd_connecting = False
+
                 def connect(self) -> None:
                     watch(self)
-                    adapter.lightd_track(self)  # before: close() may cut the TLS handshake
-                    super().connect()  # type: ignore[misc]
+                    self.lightd_connecting = True  # close() waits a moment for its socket
+                    try:
+                        adapter.lightd_track(self)  # before: close() may cut the TLS handshake
+                        super().connect()  # type: ignore[misc]
+                    finally:
+                        self.lightd_connecting = False
                     adapter.lightd_track(self)  # and after: a close() that came meanwhile
 
                 def request(self, *args: Any, **kwargs: Any) -> Any:
@@ -206,6 +212,20 @@ def _own_adapter_class() -> Any:
                 elif sock is not None:
                     with contextlib.suppress(OSError):
                         sock.close()
+            if not shutdown:
+                return
+            # urllib3 stores a new connection's socket only once its TCP connect
+            # returned, just before the TLS handshake: a connection caught in
+            # between has no socket to shut down yet. Wait a moment for it.
+            deadline = time.monotonic() + _STORE_WAIT
+            waiting = [c for c in conns if c.lightd_connecting and getattr(c, "sock", None) is None]
+            while waiting and time.monotonic() < deadline:
+                time.sleep(0.002)
+                for conn in list(waiting):
+                    sock = getattr(conn, "sock", None)
+                    if sock is not None or not conn.lightd_connecting:
+                        _shut(sock)
+                        waiting.remove(conn)
 
         def lightd_after_fork_in_child(self) -> None:
             """In a forked child: forget the parent's connections (closing only our copies)."""
@@ -219,6 +239,10 @@ def _own_adapter_class() -> Any:
                         sock.close()
 
     return OwnAdapter
+
+
+#: How long close() waits for a connection in progress to store its socket.
+_STORE_WAIT = 0.2
 
 
 def _shut(sock: Optional[socket.socket]) -> None:
