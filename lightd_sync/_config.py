@@ -24,6 +24,7 @@ import attrs
 from ._config_secrets import TOKEN_FILE_VAR, read_token_file, warn_if_shared
 from ._config_url import hide_userinfo, is_loopback_url, normalize_url
 from ._exceptions import ConfigError
+from ._secrets import redact_token
 
 if TYPE_CHECKING:
     import cattrs
@@ -46,19 +47,6 @@ _MAX_PATH = 4096
 #: it, threading's timeouts overflow (``OverflowError``) and a lane or the
 #: health timer would sleep for longer than any daemon runs between restarts.
 MAX_SECONDS = 86_400
-
-
-def redact_token(token: Optional[str]) -> Optional[str]:
-    """
-    Return a form of *token* that is safe to show: ``lightd_…`` plus its last 4 characters.
-
-    Tokens shorter than 16 characters show no characters at all.
-    """
-    if token is None:
-        return None
-    prefix = "lightd_" if token.startswith("lightd_") else ""
-    tail = token[-4:] if len(token) >= 16 else ""
-    return f"{prefix}…{tail}"
 
 
 def _token_repr(token: Optional[str]) -> str:

@@ -18,10 +18,11 @@ from ._book import ResyncBook
 from ._exceptions import DeliveryError
 from ._forksafe import after_fork_in_child
 from ._ledger import DELIVERED, DROPPED, FAILED, SUPERSEDED, Ledger, Settled
-from ._logutil import Throttle, get_logger, safe_log, scrub
+from ._logutil import Throttle, get_logger, safe_log
 from ._model import Outcome
 from ._pending import Pending
 from ._policy import DeliveryPolicy, bounded, testing_mode, wait_for
+from ._secrets import scrub
 from ._slot import TransportSlot
 
 if TYPE_CHECKING:

@@ -9,9 +9,10 @@ from typing import Callable, Optional
 
 from ._exceptions import DeliveryError
 from ._forksafe import after_fork_in_child
-from ._logutil import get_logger, safe_log, scrub
+from ._logutil import get_logger, safe_log
 from ._model import HealthState
 from ._policy import bounded, testing_mode
+from ._secrets import scrub
 
 __all__ = ["HealthMonitor", "HealthTracker"]
 

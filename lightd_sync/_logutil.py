@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-__all__ = ["Throttle", "get_logger", "safe_log", "scrub"]
+__all__ = ["Throttle", "get_logger", "safe_log"]
 
 #: Default window within which repeated events are summed into one log line.
 LOG_WINDOW = 10.0
@@ -17,13 +17,6 @@ LOG_WINDOW = 10.0
 def get_logger(name: str) -> logging.Logger:
     """Return the ``lightd_sync.<name>`` logger."""
     return logging.getLogger(f"lightd_sync.{name}")
-
-
-def scrub(text: str, secret: Optional[str]) -> str:
-    """*text* with every occurrence of *secret* replaced by ``<token>``."""
-    if secret and secret in text:
-        return text.replace(secret, "<token>")
-    return text
 
 
 def safe_log(

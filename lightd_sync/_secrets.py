@@ -13,12 +13,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Optional
 
-from ._config import redact_token
-
 __all__ = ["PLACEHOLDER", "redact_token", "scrub", "scrub_all"]
 
 #: What stands in for a secret in any text the library produces.
 PLACEHOLDER = "<token>"
+
+
+def redact_token(token: Optional[str]) -> Optional[str]:
+    """
+    Return a form of *token* that is safe to show: ``lightd_…`` plus its last 4 characters.
+
+    Tokens shorter than 16 characters show no characters at all.
+    """
+    if token is None:
+        return None
+    prefix = "lightd_" if token.startswith("lightd_") else ""
+    tail = token[-4:] if len(token) >= 16 else ""
+    return f"{prefix}…{tail}"
 
 
 def scrub(text: str, secret: Optional[str]) -> str:

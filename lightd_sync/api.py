@@ -48,6 +48,7 @@ from ._exceptions import ConfigError, LightdSyncError
 from ._logutil import get_logger
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import render_metrics
+from ._secrets import scrub_all
 from ._server.http import StartResponse, WSGIEnvironment
 
 __all__ = ["API_TOKEN_ENV", "ApiApp", "api_token_from_config", "create_app"]
@@ -219,9 +220,7 @@ class ApiApp:
 
         def walk(value: Any) -> Any:
             if isinstance(value, str):
-                for secret in secrets:
-                    value = value.replace(secret, "<token>")
-                return value
+                return scrub_all(value, secrets)
             if isinstance(value, dict):
                 return {walk(k): walk(v) for k, v in value.items()}
             if isinstance(value, (list, tuple)):

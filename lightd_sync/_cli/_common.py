@@ -31,7 +31,6 @@ __all__ = [
     "positive_int",
     "print_error",
     "print_warning",
-    "scrub",
     "stop_on_signals",
 ]
 
@@ -162,13 +161,6 @@ def clean(text: object) -> str:
     if value.isprintable():
         return value
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in value)
-
-
-def scrub(text: str, secret: Optional[str]) -> str:
-    """Return *text* with *secret* replaced by ``<token>`` (a remote may echo anything)."""
-    if secret and secret in text:
-        return text.replace(secret, "<token>")
-    return text
 
 
 class Marks:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .._secrets import scrub
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -35,7 +36,6 @@ from ._common import (
     clean,
     marks_for,
     positive_float,
-    scrub,
 )
 
 if TYPE_CHECKING:

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from .._secrets import scrub
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -16,7 +17,6 @@ from ._common import (
     marks_for,
     positive_float,
     print_error,
-    scrub,
 )
 
 __all__ = ["add_parser", "run"]
