@@ -19,7 +19,7 @@ from ._exceptions import DeliveryError
 from ._forksafe import after_fork_in_child
 from ._ledger import DELIVERED, DROPPED, FAILED, SUPERSEDED, Ledger, Settled
 from ._logutil import Throttle, get_logger, safe_log
-from ._model import Outcome
+from ._model import Outcome, Update
 from ._pending import Pending
 from ._policy import DeliveryPolicy, bounded, testing_mode, wait_for
 from ._secrets import scrub
@@ -122,38 +122,72 @@ class Deliverer:
 
     # -- the lane's loop ---------------------------------------------------
 
-    def deliver(self, item: Pending) -> None:
-        """Send *item* until it is delivered, given up on or superseded (a lane thread)."""
-        attempt = 0
-        while True:
+    def deliver_batch(self, items: list[Pending]) -> None:
+        """
+        Send what a lane took at once (a lane thread): first attempts together, then each alone.
+
+        The first attempt of every item goes out in one ``send_many`` (the HTTP
+        transport pipelines them); an item that failed goes on alone with its
+        retries. The items are of different servers, so no order is at stake.
+        """
+        if len(items) == 1:
+            self.deliver(items[0])
+            return
+        while True:  # the remote's Retry-After holds the whole batch
             if self.abort.is_set():
-                self._settle(item, FAILED, "closed")
+                for item in items:
+                    self._settle(item, FAILED, "closed")
                 return
             wait = self.pause.left()
-            if wait > 0:
-                wait_for(self.abort, wait)
-                continue  # re-read: the pause may have grown, or close() ran out of time
-            if attempt and self.ledger.superseded(item):
-                self._settle(item, SUPERSEDED, SUPERSEDED)
-                return
-            update = item.update()
+            if wait <= 0:
+                break
+            wait_for(self.abort, wait)
+        updates = [item.update() for item in items]
+        for item in items:
             item.attempts += 1
-            if log.isEnabledFor(logging.DEBUG):
-                safe_log(
-                    log,
-                    logging.DEBUG,
-                    "sending %s (%s), attempt %d, event id %s",
-                    item.server,
-                    item.status.value,
-                    item.attempts,
-                    item.event_id,
-                    extra=log_extra(item),
-                )
-            started = time.perf_counter()
-            error = self._send(update)
+            self._log_attempt(item)
+        started = time.perf_counter()
+        errors = self._send_many(updates)
+        seconds = time.perf_counter() - started
+        for item, update, error in zip(items, updates, errors):
             if error is None:
-                self._settle(item, DELIVERED, None, time.perf_counter() - started)
-                return
+                self._settle(item, DELIVERED, None, seconds)
+            else:
+                self.deliver(item, update, error)
+
+    def deliver(
+        self,
+        item: Pending,
+        update: Optional[Update] = None,
+        error: Optional[DeliveryError] = None,
+    ) -> None:
+        """
+        Send *item* until it is delivered, given up on or superseded (a lane thread).
+
+        With *error*, its first attempt (of *update*) was already made and failed.
+        """
+        attempt = 0
+        while True:
+            if error is None:
+                if self.abort.is_set():
+                    self._settle(item, FAILED, "closed")
+                    return
+                wait = self.pause.left()
+                if wait > 0:
+                    wait_for(self.abort, wait)
+                    continue  # re-read: the pause may have grown, or close() ran out of time
+                if attempt and self.ledger.superseded(item):
+                    self._settle(item, SUPERSEDED, SUPERSEDED)
+                    return
+                if update is None:
+                    update = item.update()
+                item.attempts += 1
+                self._log_attempt(item)
+                started = time.perf_counter()
+                error = self._send(update)
+                if error is None:
+                    self._settle(item, DELIVERED, None, time.perf_counter() - started)
+                    return
             policy = self.policy
             decision = policy.after_failure(error, attempt)
             if decision.pause:
@@ -173,9 +207,38 @@ class Deliverer:
                         extra=log_extra(item, error.status),
                     )
                 wait_for(self.abort, decision.delay)
+                error = None
                 continue
             self._settle(item, FAILED, error.reason, error=error, resync=decision.resync)
             return
+
+    def _log_attempt(self, item: Pending) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            safe_log(
+                log,
+                logging.DEBUG,
+                "sending %s (%s), attempt %d, event id %s",
+                item.server,
+                item.status.value,
+                item.attempts,
+                item.event_id,
+                extra=log_extra(item),
+            )
+
+    def _send_many(self, updates: list[Update]) -> list[Optional[DeliveryError]]:
+        transport = self.slot.acquire()
+        try:
+            results = transport.send_many(updates)
+            if len(results) != len(updates):
+                raise ValueError(f"send_many returned {len(results)} results for {len(updates)}")
+        except DeliveryError as exc:
+            return [exc] * len(updates)
+        except Exception as exc:  # a bug in a transport must not kill the lane
+            said = scrub(f"the transport {transport!r} raised {exc!r}", self.secret)
+            return [DeliveryError(said)] * len(updates)
+        finally:
+            self.slot.release(transport)
+        return list(results)
 
     def _send(self, update: Any) -> Optional[DeliveryError]:
         transport = self.slot.acquire()

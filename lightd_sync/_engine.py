@@ -409,7 +409,7 @@ class SyncEngine:
             if self._pid == os.getpid() or self._closing:
                 return
             config = self._config
-            lanes = Lanes(config.workers, self._deliverer.deliver)
+            lanes = Lanes(config.workers, self._deliverer.deliver_batch)
             monitor = HealthMonitor(self._health, config.health_interval)
             # Routed and marked started before any thread starts: a call that a
             # signal handler makes meanwhile queues its update and returns.
@@ -601,7 +601,7 @@ class SyncEngine:
         old.on_drained = gate.set
         self._generation += 1
         lanes = Lanes(
-            count, self._deliverer.deliver, name_suffix=f"-g{self._generation}", gate=gate
+            count, self._deliverer.deliver_batch, name_suffix=f"-g{self._generation}", gate=gate
         )
         lanes.start()
         self._ledger.reroute(lanes)  # stops the old lanes after what they hold

@@ -135,6 +135,54 @@ class Connection:
         book.end(self)
         return answer
 
+    def pipeline(
+        self, messages: list[bytes], method: str, timeout: float
+    ) -> tuple[list[Answer], Optional[BaseException]]:
+        """
+        Send *messages* (whole requests) in one write on this kept-alive connection; read answers.
+
+        HTTP/1.1 answers pipelined requests in order. Each answer must be
+        complete within *timeout* of the previous one (the first, of the
+        write). Reading stops at the first answer after which the connection
+        cannot carry more (``Connection: close``) or at the first failure.
+
+        Returns:
+            The answers read, in order (as many as the first requests), and
+            the exception that stopped the reading early, if any. The
+            requests without an answer may or may not have reached the remote.
+
+        Raises:
+            ClosedError: The transport was closed before anything was sent.
+        """
+        book = self._book
+        book.begin(self)
+        answers: list[Answer] = []
+        error: Optional[BaseException] = None
+        reusable = True
+        try:
+            sock, reader = self.sock, self._reader
+            if sock is None or reader is None:
+                raise ConnectionResetError(
+                    errno.ENOTCONN, "no kept-alive connection to pipeline on"
+                )
+            sock.settimeout(timeout)
+            sock.sendall(b"".join(messages))
+            for _ in messages:
+                reader.arm(time.monotonic() + timeout)
+                answer, reusable = read_answer(reader, method)
+                answers.append(answer)
+                if not reusable:
+                    break
+        except BaseException as exc:
+            error = exc
+            reusable = False
+        if not reusable:
+            self.close()
+        book.end(self)
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise error
+        return answers, error
+
     def answered_nothing(self) -> bool:
         """Whether the remote sent no byte at all for the last request."""
         return self._reader is None or self._reader.received == 0

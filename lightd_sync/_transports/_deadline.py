@@ -77,6 +77,9 @@ class DeadlineReader(io.RawIOBase):
         self.sock = sock
         self.deadline = 0.0
         self.received = 0
+        #: The one buffer answers are parsed from, for the connection's life: the
+        #: answers to pipelined requests arrive together and must not be lost.
+        self.file = _Buffer(self, _BUFFER)
 
     def arm(self, deadline: float) -> None:
         """Start a new request that must be answered by *deadline* (``time.monotonic()``)."""
@@ -100,6 +103,13 @@ class DeadlineReader(io.RawIOBase):
             raise DeadlineExceededError("the request's deadline passed") from None
         self.received += n
         return n
+
+
+class _Buffer(io.BufferedReader):
+    """A connection's read buffer: ``http.client`` closes it after each answer; it stays open."""
+
+    def close(self) -> None:
+        """Keep the buffer: the next answer on the connection is read from it."""
 
 
 class _Source:
@@ -126,9 +136,7 @@ def read_answer(reader: DeadlineReader, method: str) -> tuple[Answer, bool]:
         DeadlineExceededError: The deadline passed before the answer was complete.
         http.client.HTTPException, OSError: The answer is malformed or the connection broke.
     """
-    response = http.client.HTTPResponse(
-        cast(socket.socket, _Source(io.BufferedReader(reader, _BUFFER))), method=method
-    )
+    response = http.client.HTTPResponse(cast(socket.socket, _Source(reader.file)), method=method)
     try:
         response.begin()
         length = response.length

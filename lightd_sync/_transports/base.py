@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Optional
 
+from .._exceptions import DeliveryError
 from .._model import Update
 
 __all__ = ["Transport"]
@@ -44,6 +46,31 @@ class Transport:
             DeliveryError: The update was not accepted.
         """
         raise NotImplementedError
+
+    def send_many(self, updates: Sequence[Update]) -> list[Optional[DeliveryError]]:
+        """
+        Deliver several updates of different servers; say how each one went, in order.
+
+        The engine calls it with what a lane found queued at once (never two
+        updates of one server). The default sends them one by one with
+        :meth:`send`; the HTTP transport pipelines them on one kept-alive
+        connection.
+
+        Returns:
+            One entry per update: ``None`` if delivered, else the
+            :class:`~lightd_sync.DeliveryError` it failed with.
+
+        .. versionadded:: 0.2.0
+        """
+        results: list[Optional[DeliveryError]] = []
+        for update in updates:
+            try:
+                self.send(update)
+            except DeliveryError as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
 
     def check_health(self) -> None:
         """
