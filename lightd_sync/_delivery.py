@@ -86,6 +86,7 @@ class Deliverer:
         on_missed: Called when an update is remembered for a re-send (the
             engine then checks health early).
         on_outcome: The daemon's hook, if any.
+        after_batch: Called in the lane thread after each batch.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class Deliverer:
         *,
         on_missed: Callable[[], None],
         on_outcome: Optional[OutcomeHook] = None,
+        after_batch: Optional[Callable[[], None]] = None,
     ) -> None:
         self.ledger = ledger
         self.book = book
@@ -111,6 +113,7 @@ class Deliverer:
         self.abort = threading.Event()
         self._on_missed = on_missed
         self._on_outcome = on_outcome
+        self._after_batch = after_batch
         # Guards the two throttles below (any lane may log).
         self._log_lock = threading.Lock()
         self._hook_log = Throttle()
@@ -130,9 +133,16 @@ class Deliverer:
         transport pipelines them); an item that failed goes on alone with its
         retries. The items are of different servers, so no order is at stake.
         """
-        if len(items) == 1:
-            self.deliver(items[0])
-            return
+        try:
+            if len(items) == 1:
+                self.deliver(items[0])
+            else:
+                self._deliver_together(items)
+        finally:
+            if self._after_batch is not None:
+                self._after_batch()
+
+    def _deliver_together(self, items: list[Pending]) -> None:
         while True:  # the remote's Retry-After holds the whole batch
             if self.abort.is_set():
                 for item in items:

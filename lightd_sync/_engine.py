@@ -30,6 +30,8 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
+from threading import get_ident
 from types import TracebackType
 from typing import Optional, Union
 
@@ -103,6 +105,20 @@ def _reset_exit_hook_lock() -> None:
 
 
 after_fork_in_child(_reset_exit_hook_lock)
+
+
+# Python runs signal handlers in the main thread only: only there can a call into
+# an engine be interrupted by another call into it. Renewed in a forked child,
+# whose main thread is the one that forked.
+_main_ident = threading.main_thread().ident
+
+
+def _renew_main_ident() -> None:
+    global _main_ident
+    _main_ident = threading.get_ident()
+
+
+after_fork_in_child(_renew_main_ident)
 
 
 def _budget(timeout: Optional[float]) -> float:
@@ -221,6 +237,7 @@ class SyncEngine:
             DeliveryPolicy.from_config(config),
             on_missed=self._probe,
             on_outcome=self._on_outcome,
+            after_batch=self._after_batch,
         )
         self._health = HealthTracker(self._check_transport, on_healthy=self._resync)
         self._deliverer.secret = self._health.secret = config.token
@@ -237,6 +254,13 @@ class SyncEngine:
         self._generation = 0
         self._monitor: Optional[HealthMonitor] = None
         self._sighup: Optional[SighupReload] = None
+        # Whether the main thread is inside a call that changes the engine: read
+        # and written by the main thread only (where Python runs signal handlers),
+        # so a handler that calls the engine can tell it interrupted one.
+        self._in_main = False
+        # Updates a signal handler made while _in_main was set; appended and
+        # popped atomically (a deque), admitted by the interrupted call or a lane.
+        self._deferred: deque[Pending] = deque()
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: forget the parent's threads, locks, queues and counters."""
@@ -368,9 +392,49 @@ class SyncEngine:
         return self.update(server, ev.status)
 
     def _submit(self, server: str, status: Status, data: Optional[str]) -> bool:
-        if self._pid != os.getpid():
-            self._start()
         item = Pending(server, status, data)
+        if get_ident() != _main_ident:
+            if self._pid != os.getpid():
+                self._start()
+            return self._admit(item)
+        if (
+            self._in_main
+        ):  # a signal handler interrupted this engine: the interrupted call admits it
+            self._deferred.append(item)
+            return True
+        self._in_main = True
+        try:
+            if self._pid != os.getpid():
+                self._start()
+            return self._admit(item)
+        finally:
+            self._admit_deferred()  # what a signal handler queued meanwhile, the flag still up
+            self._in_main = False
+
+    def _drain(self) -> None:
+        """Admit what signal handlers queued, from any call that is not itself nested in one."""
+        if not self._deferred:
+            return
+        if get_ident() != _main_ident:
+            self._admit_deferred()
+        elif not self._in_main:
+            self._in_main = True
+            try:
+                self._admit_deferred()
+            finally:
+                self._in_main = False
+
+    def _admit_deferred(self) -> None:
+        """Admit what signal handlers queued (see :meth:`_submit`); the caller is not nested."""
+        deferred = self._deferred
+        while deferred:
+            try:
+                item = deferred.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            self._admit(item)
+
+    def _admit(self, item: Pending) -> bool:
         dropped = self._ledger.admit(item)
         if dropped is None:
             return True
@@ -398,8 +462,16 @@ class SyncEngine:
 
     def start(self) -> SyncEngine:
         """Start the delivery threads and the health timer (idempotent; also done lazily)."""
-        if self._pid != os.getpid():
+        if self._pid == os.getpid():
+            return self
+        if get_ident() != _main_ident or self._in_main:  # (nested: _start is reentrant)
             self._start()
+            return self
+        self._in_main = True
+        try:
+            self._start()
+        finally:
+            self._in_main = False
         return self
 
     def _start(self) -> None:
@@ -459,6 +531,34 @@ class SyncEngine:
                 ``math.inf`` included); ``None`` means 5 seconds.
         """
         budget = _budget(timeout)
+        if get_ident() == _main_ident:
+            if self._in_main:  # a signal handler interrupted this engine in the main thread
+                self._close_from_handler(budget)
+                return
+            self._in_main = True
+            try:
+                self._close(budget)
+            finally:
+                self._in_main = False
+        else:
+            self._close(budget)
+
+    def _close_from_handler(self, budget: float) -> None:
+        """
+        close() in a signal handler that interrupted the engine: close from a thread, return.
+
+        The interrupted call holds the engine's locks below the handler on
+        this very stack, so nothing can finish here; a ``lightd-sync-close``
+        thread closes the engine (by *budget*) as soon as that call returns.
+        """
+        with self._lifecycle:
+            self._ledger.close()  # safe: it only sets a flag and queues the lanes' stop
+        closer = threading.Thread(
+            target=self._close, args=(budget,), name="lightd-sync-close", daemon=True
+        )
+        closer.start()
+
+    def _close(self, budget: float) -> None:
         deadline = time.monotonic() + budget
         with self._lifecycle:
             if self._closing:
@@ -499,6 +599,7 @@ class SyncEngine:
             ended = monitor.join(deadline) and ended
         if sighup is not None:
             ended = sighup.stop(deadline) and ended
+        self._admit_deferred()  # dropped now (closed), and counted
         left, drops, fails = self._ledger.finish()
         store = self._store
         if store is not None:  # what was accepted and acknowledged, written before we return
@@ -536,6 +637,20 @@ class SyncEngine:
 
         .. versionadded:: 0.1.0
         """
+        if get_ident() == _main_ident:
+            if self._in_main:
+                raise LightdSyncError(
+                    "reload: called from a signal handler that interrupted the engine; "
+                    "use install_sighup_reload(), which reloads from a thread"
+                )
+            self._in_main = True
+            try:
+                return self._reload(config)
+            finally:
+                self._in_main = False
+        return self._reload(config)
+
+    def _reload(self, config: Optional[RemoteConfig]) -> ReloadResult:
         with self._reload_lock:
             if config is None:
                 if self._source is None:
@@ -642,6 +757,9 @@ class SyncEngine:
         finally:
             self._slot.release(transport)
 
+    def _after_batch(self) -> None:
+        self._drain()  # a lane admits what a signal handler queued, if still there
+
     def _probe(self) -> None:
         monitor = self._monitor
         if monitor is not None:
@@ -685,10 +803,12 @@ class SyncEngine:
         Returns:
             ``True`` if everything was delivered or given up on in time.
         """
+        self._drain()
         return self._ledger.wait_idle(time.monotonic() + _budget(timeout))
 
     def stats(self) -> SyncStats:
         """Return a consistent snapshot of the counters."""
+        self._drain()
         return self._ledger.stats()
 
     def outcome_reasons(self) -> dict[tuple[str, str], int]:

@@ -285,35 +285,51 @@ def _reload_quietly(engine: SyncEngine) -> None:
         engine.reload(RemoteConfig(workers=3))
 
 
-def test_calls_from_a_signal_handler_that_interrupted_the_library_never_deadlock() -> None:
+@pytest.mark.parametrize("interval", [0.002, 0.0005])
+def test_calls_from_a_signal_handler_that_interrupted_the_library_never_deadlock(
+    interval: float,
+) -> None:
+    """SIGALRM every interval: the handler calls the engine that the main loop is inside."""
     if not hasattr(signal, "setitimer"):
         pytest.skip("needs setitimer")
-    engine = SyncEngine(RemoteConfig(queue_size=100_000), transport=RecordingTransport())
-    fired = []
+    for _ in range(3):
+        engine = SyncEngine(RemoteConfig(queue_size=100_000), transport=RecordingTransport())
+        fired = []
+        calls = [0]
 
-    def handler(signum: int, frame: object) -> None:
-        fired.append(signum)
-        engine.update("from-handler", "ready")
-        engine.error("from-handler", "x")
-        engine.lifecycle("from-handler", "Started")
-        engine.stats()
-        if len(fired) == 50:
-            engine.close(0.5)
+        def handler(
+            signum: int,
+            frame: object,
+            engine: SyncEngine = engine,
+            fired: list[int] = fired,
+            calls: list[int] = calls,
+        ) -> None:
+            fired.append(signum)
+            engine.update("from-handler", "ready")
+            engine.error("from-handler", "x")
+            engine.lifecycle("from-handler", "Started")
+            calls[0] += 3
+            engine.stats()
+            if len(fired) == 50:
+                engine.close(0.5)
 
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
-        deadline = time.monotonic() + 10
-        while len(fired) < 60 and time.monotonic() < deadline:
-            engine.update("main", "installing")
-            engine.flush(0)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        signal.signal(signal.SIGALRM, old)
-    engine.close(2)
-    assert len(fired) >= 60
-    assert engine.stats().balanced
-    assert wait_until(lambda: not lightd_threads(), timeout=3)
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, interval, interval)
+            deadline = time.monotonic() + 10
+            while len(fired) < 60 and time.monotonic() < deadline:
+                engine.update("main", "installing")
+                calls[0] += 1
+                engine.flush(0)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.signal(signal.SIGALRM, old)
+        engine.close(2)
+        assert len(fired) >= 60
+        stats = engine.stats()
+        assert stats.balanced, stats
+        assert calls[0] == stats.submitted, "every call is counted, none twice"
+        assert wait_until(lambda: not lightd_threads(), timeout=3)
 
 
 # -- odd numbers and long input ------------------------------------------------
