@@ -23,9 +23,10 @@ __all__ = ["after_fork_in_child"]
 
 _Ref = Union["weakref.WeakMethod[Callable[[], None]]", Callable[[], Callable[[], None]]]
 
-# Guards _callbacks and _installed. In the child it is replaced before use:
-# the parent may have held it at fork time.
-_lock = threading.Lock()
+# Guards _callbacks and _installed. Reentrant: an engine made in a signal
+# handler may register while the interrupted code holds it. In the child it is
+# replaced before use: the parent may have held it at fork time.
+_lock = threading.RLock()
 _callbacks: list[_Ref] = []
 _installed = False
 
@@ -56,7 +57,7 @@ def after_fork_in_child(callback: Callable[[], None]) -> None:
 
 def _run_in_child() -> None:
     global _lock
-    _lock = threading.Lock()  # the parent may have held the old one
+    _lock = threading.RLock()  # the parent may have held the old one
     for ref in list(_callbacks):
         callback = ref()
         if callback is not None:
