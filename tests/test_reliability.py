@@ -340,7 +340,7 @@ def test_close_from_a_signal_handler_does_not_deadlock(remote: ScriptedRemote) -
         signal.signal(signal.SIGALRM, lambda *a: e.close(1))
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         n = 0
-        while not e._closed:
+        while not e.closed:
             e.update(f"s{{n % 50}}", "ready"); n += 1
         assert e.stats().balanced, e.stats()
         print("ok", n)
