@@ -40,8 +40,6 @@ BURST = 10
 PACE = 0.003
 #: A p99 of update() above this fails the test (the issue's promise).
 P99_LIMIT = 0.001
-#: Engines here retry quickly: the policy is the same, the waits are shorter.
-BACKOFF_BASE = 0.02
 
 
 def fault_config(url: str, **kw: Any) -> RemoteConfig:

@@ -18,7 +18,7 @@ from lightd_sync import SyncEngine
 
 from ..conftest import LogCapture
 from .conftest import Fault
-from .harness import BACKOFF_BASE, check_latency, fault_config, ride_out
+from .harness import check_latency, fault_config, ride_out
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -38,9 +38,7 @@ FAULTS = [
 
 
 def engine_for(url: str, **kw: object) -> SyncEngine:
-    engine = SyncEngine(fault_config(url, **kw))
-    engine.backoff_base = BACKOFF_BASE  # quicker retries, same policy
-    return engine
+    return SyncEngine(fault_config(url, **kw))  # testing mode: retries do not wait
 
 
 @pytest.mark.parametrize("name", FAULTS)

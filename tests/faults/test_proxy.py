@@ -15,7 +15,7 @@ from lightd_sync import HttpTransport, RemoteUnreachableError, SyncEngine, Updat
 from ..conftest import TOKEN, LogCapture
 from ..servers import refused_url
 from .conftest import Fault
-from .harness import BACKOFF_BASE, check_latency, fault_config, ride_out
+from .harness import check_latency, fault_config, ride_out
 from .servers import FaultServer, ForwardProxy, Hang
 
 pytestmark = pytest.mark.timeout(20)
@@ -178,7 +178,6 @@ def test_engine_rides_out_a_remote_down_behind_the_proxy(
     behind_proxy: Fault, proxy: ForwardProxy, logs: LogCapture
 ) -> None:
     engine = SyncEngine(fault_config(behind_proxy.server.url, proxy=proxy.url))
-    engine.backoff_base = BACKOFF_BASE
     outcome = ride_out(engine, behind_proxy, logs)
     check_latency(outcome, behind_proxy.name)
     assert any("HTTP 502" in m for m in logs.messages(logging.ERROR))
