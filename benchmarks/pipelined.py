@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from common import base_headers, encode
 
-__all__ = ["DrainSender", "PipelinedSender"]
+__all__ = ["DrainSender", "PipelinedSender", "parse_answers"]
 
 _STOP: Any = object()
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
@@ -171,7 +171,7 @@ class PipelinedSender(_Lanes):
                     if not data:
                         raise ConnectionError("the remote closed a pipelined connection")
                     buf += data
-                    answered, good, buf = _parse_answers(buf, wanted)
+                    answered, good, buf = parse_answers(buf, wanted)
                     wanted -= answered
                     ok += good
                 self.counts[k] += ok
@@ -182,7 +182,7 @@ class PipelinedSender(_Lanes):
             sock.close()
 
 
-def _parse_answers(buf: bytes, wanted: int) -> tuple[int, int, bytes]:
+def parse_answers(buf: bytes, wanted: int) -> tuple[int, int, bytes]:
     """(complete answers, of which 200, the rest of *buf*): at most *wanted* answers."""
     answered = good = pos = 0
     while answered < wanted:

@@ -214,6 +214,7 @@ def tables(results: dict[str, Any], markdown: bool = False) -> str:
             f"(medians of {results['params']['rounds']} rounds):"
         )
         if markdown:
+            out.append("")
             out.append("| " + " | ".join(_COLUMNS) + " |")
             out.append("|---|" + "---:|" * (len(_COLUMNS) - 1))
             out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -302,8 +303,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--json",
         type=Path,
-        default=HERE / "starvation.json",
-        help="where to write the results (default: benchmarks/starvation.json)",
+        default=HERE / "results-starvation.json",
+        help="where to write the results (default: benchmarks/results-starvation.json)",
     )
     parser.add_argument("--no-nginx", action="store_true", help="use the built-in receiver")
     parser.add_argument(
