@@ -349,6 +349,7 @@ def run(p: dict[str, Any]) -> dict[str, Any]:
         extra = sender.stats() if hasattr(sender, "stats") else {}
     finally:
         sender.close(2.0)
+    at_close = sender.delivered() - warm  # what gil_profile.py divides its counts by
     s4 = _sample(host)
     time.sleep(window)
     s5 = _sample(host)
@@ -362,6 +363,7 @@ def run(p: dict[str, Any]) -> dict[str, Any]:
         "refused": producer.refused,
         "delivered_in_window": in_window,
         "delivered_after_drain": after_drain,
+        "delivered_at_close": at_close,
         "solo_1": _span(s0, s1),
         "measured": _span(s1, s2),
         "drain": _span(s2, s3),

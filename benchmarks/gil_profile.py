@@ -28,7 +28,7 @@ import remotes
 from starvation import CHILD, LABELS
 
 #: The system calls counted: every one the senders make that can release the GIL.
-TRACED = "%network,poll,ppoll,select,pselect6,epoll_wait,futex,clock_nanosleep,read,write"
+TRACED = "%network,poll,ppoll,select,pselect6,epoll_wait,futex,clock_nanosleep,ioctl,fcntl"
 SENDERS = (
     "floor_queue",
     "lightd_sync",
@@ -67,7 +67,7 @@ def profile(sender: str, rate: float, url: str, window: float, strace: str) -> d
             raise RuntimeError(f"{sender}: status {done.returncode}: {done.stderr[-1500:]}")
         result = json.loads(lines[-1][len("RESULT ") :])
         counts = strace_counts(out)
-    delivered = result["delivered_after_drain"] + params["warm"]
+    delivered = result["delivered_at_close"] + params["warm"]  # all the process delivered
     per = {name: round(calls / delivered, 2) for name, calls in sorted(counts.items())}
     return {
         "sender": sender,

@@ -76,8 +76,9 @@ def test_quick_starvation_runs_every_sender(tmp_path: Path) -> None:
         assert run["producer_done"], sender
         assert 0 <= run["delivered_in_window"] <= run["delivered_after_drain"] <= 200, sender
         assert run["delivered_after_drain"] + run["refused"] >= 150, (sender, run)
-        for span in ("solo_1", "measured", "drain", "solo_2"):
+        for span in ("solo_1", "measured", "solo_2"):  # the drain may take no time at all
             assert run[span]["units"] > 0, (sender, span)
+        assert 0 <= run["drain"]["seconds"] <= 1.5, sender
         figures = results["medians"]["200.0"][sender]
         assert all(math.isfinite(v) for v in figures.values()), (sender, figures)
         assert starvation.LABELS[sender] in done.stdout  # the table was printed
