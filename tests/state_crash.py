@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 HERE = Path(__file__).resolve()
+#: Seconds the producer may take to commit its first write (a busy CI machine).
+FIRST_WRITE_TIMEOUT = 30.0
 STATUSES = ("installing", "ready", "failed")
 
 
@@ -63,7 +66,7 @@ def produce(path: str, servers: int, flush_interval: float, start: int) -> None:
         done = i
         i += 1
         if i % 256 == 0:
-            time.sleep(0)  # let the reporter and the writer run
+            time.sleep(0.0002)  # let the reporter and the writer run (sleep(0) may not, on 3.9)
 
 
 def kill_run(
@@ -84,6 +87,13 @@ def kill_run(
     )
     assert proc.stdout is not None
     try:
+        ready, _, _ = select.select([proc.stdout], [], [], FIRST_WRITE_TIMEOUT)
+        if not ready:  # never hang the suite: say what the producer was doing
+            proc.kill()
+            raise AssertionError(
+                f"no committed write within {FIRST_WRITE_TIMEOUT:g} s: "
+                f"{proc.stderr.read() if proc.stderr else ''}"
+            )
         first = proc.stdout.readline()  # the first committed write
         assert first.startswith("durable "), (first, proc.stderr.read() if proc.stderr else "")
         time.sleep(rng.uniform(0.0, 0.3))  # the random moment of the kill
