@@ -27,7 +27,13 @@ from typing import Optional
 import attrs
 
 from .._forksafe import after_fork_in_child
-from ._deadline import Answer, DeadlineExceededError, DeadlineReader, read_answer
+from ._deadline import (
+    Answer,
+    DeadlineExceededError,
+    DeadlineReader,
+    read_answer,
+    set_timeout_near,
+)
 
 __all__ = [
     "ClosedError",
@@ -122,7 +128,7 @@ class Connection:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineExceededError("the request's deadline passed")
-            sock.settimeout(left)
+            set_timeout_near(sock, left)
             sock.sendall(message)
             reader.arm(deadline)
             answer, reusable = read_answer(reader, method)
@@ -165,7 +171,7 @@ class Connection:
                 raise ConnectionResetError(
                     errno.ENOTCONN, "no kept-alive connection to pipeline on"
                 )
-            sock.settimeout(timeout)
+            set_timeout_near(sock, timeout)
             sock.sendall(b"".join(messages))
             for _ in messages:
                 reader.arm(time.monotonic() + timeout)

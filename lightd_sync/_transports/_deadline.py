@@ -34,6 +34,7 @@ __all__ = [
     "Ticket",
     "Watchdog",
     "read_answer",
+    "set_timeout_near",
 ]
 
 #: The most bytes of an answer's body a transport reads (64 KiB).
@@ -61,6 +62,25 @@ class Answer(NamedTuple):
     status: int
     data: bytes
     headers: Mapping[str, str]
+
+
+#: How much earlier than its deadline a socket operation may time out, at most:
+#: the timeout already set is kept while it is within this of what is left.
+DEADLINE_SLACK = 0.05
+
+
+def set_timeout_near(sock: socket.socket, left: float) -> None:
+    """
+    Make *sock*'s timeout *left* seconds, give or take :data:`DEADLINE_SLACK`.
+
+    ``settimeout`` is a system call that releases the GIL, and beside a busy
+    Python thread each release may cost up to the 5 ms switch interval: on a
+    kept-alive connection the timeout already set is nearly always close
+    enough, so most requests make no such call at all.
+    """
+    current = sock.gettimeout()
+    if current is None or not left - DEADLINE_SLACK <= current <= left:
+        sock.settimeout(left)
 
 
 class DeadlineReader(io.RawIOBase):
@@ -96,7 +116,7 @@ class DeadlineReader(io.RawIOBase):
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceededError("the request's deadline passed")
-        self.sock.settimeout(left)
+        set_timeout_near(self.sock, left)
         try:
             n = self.sock.recv_into(buffer)
         except socket.timeout:
