@@ -195,6 +195,33 @@ def serving(server: Any) -> Iterator[Any]:
         server.stop()
 
 
+def read_request(conn: socket.socket, buf: bytes = b"") -> Optional[tuple[bytes, bytes, bytes]]:
+    """
+    Read one HTTP request from *conn* (after *buf*, what was read before).
+
+    Returns:
+        ``(head, body, rest)``: the request's head and body, and what came
+        after it (a pipelined request); ``None`` if the client closed first.
+    """
+    while b"\r\n\r\n" not in buf:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        rest += chunk
+    return head, rest[:length], rest[length:]
+
+
 class RawRemote:
     """
     A raw-socket remote for misbehaviour: reads each request's head and body, then runs *script*.

@@ -34,7 +34,15 @@ from lightd_sync import (
 from lightd_sync.testing import RecordingTransport
 
 from .conftest import TOKEN, LogCapture, http_config
-from .servers import HEALTHY, Reply, Request, ScriptedRemote, lightd_threads, wait_until
+from .servers import (
+    HEALTHY,
+    Reply,
+    Request,
+    ScriptedRemote,
+    lightd_threads,
+    read_request,
+    wait_until,
+)
 
 RACE_ROUNDS = 200
 
@@ -75,19 +83,11 @@ class RawRemote:
             buf = b""
             try:
                 while not self._stop.is_set():
-                    while b"\r\n\r\n" not in buf:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            return
-                        buf += chunk
-                    head, _, rest = buf.partition(b"\r\n\r\n")
-                    length = 0
-                    for line in head.split(b"\r\n"):
-                        if line.lower().startswith(b"content-length:"):
-                            length = int(line.split(b":", 1)[1])
-                    while len(rest) < length:
-                        rest += conn.recv(65536)
-                    request, buf = head + b"\r\n\r\n" + rest[:length], rest[length:]
+                    parts = read_request(conn, buf)
+                    if parts is None:
+                        return
+                    head, body, buf = parts
+                    request = head + b"\r\n\r\n" + body
                     with self._lock:
                         self.requests.append(request)
                     if request.startswith(b"GET "):
