@@ -59,7 +59,8 @@ def read_token_file(path: str) -> str:
     try:
         fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        # Our own words for a NUL: the interpreter's differ from version to version.
+        reason = exc.strerror if isinstance(exc, OSError) else "the path holds a NUL character"
         raise ConfigError(f"{TOKEN_FILE_VAR}: cannot read {path!r}: {reason}") from None
     try:
         info = os.fstat(fd)

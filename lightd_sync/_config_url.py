@@ -97,7 +97,11 @@ def _host(key: str, hostname: str, bracketed: bool, url: str) -> str:
     try:
         ascii_host = hostname.encode("idna").decode("ascii")
     except UnicodeError as exc:
-        reason = exc.__cause__ or exc  # the codec wraps the label's error
+        # The codec's own words (its wording differs between Python versions):
+        # 3.13 raises UnicodeEncodeError with .reason, older ones a UnicodeError
+        # that may wrap the label's error.
+        cause = exc.__cause__ or exc
+        reason = getattr(cause, "reason", None) or getattr(exc, "reason", None) or cause
         raise ConfigError(
             f"remote.{key}: the host name cannot be IDNA-encoded ({reason}): {shown_url(url)}"
         ) from None

@@ -966,7 +966,7 @@ def test_token_file_wins_over_the_file_and_the_variable(tmp_path: pathlib.Path) 
         (lambda d: token_file(d, " \n\t\n"), "'{path}' is empty"),
         (lambda d: token_file(d, b"\xff" + TOKEN.encode()), "'{path}' is not UTF-8 text"),
         (lambda d: token_file(d, TOKEN * 2000), "'{path}' is larger than 65536 bytes"),
-        (lambda d: "a\0b", "cannot read 'a\\x00b': embedded null byte"),
+        (lambda d: "a\0b", "cannot read 'a\\x00b': the path holds a NUL character"),
     ],
     ids=["missing", "folder", "empty", "whitespace", "not-utf8", "huge", "nul"],
 )
