@@ -338,6 +338,9 @@ def test_the_connection_limit_holds_new_clients_in_the_backlog_until_one_leaves(
                 sock.close()
 
 
+# waitress's own file_wrapper may find its descriptor already closed when stop() wins
+# the race (an ignored OSError in its __del__); what this test asserts is ours.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_stop_racing_a_request_200_times_leaves_nothing_behind() -> None:
     for _ in range(200):
         srv = serve(hello, threads=2).start()
