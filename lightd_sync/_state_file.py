@@ -343,11 +343,13 @@ def write_batch(
             conn.execute(_UPSERT, (json.dumps(chunk),))
         for start in range(0, len(acks), CHUNK):
             conn.execute(_ACK, (json.dumps(acks[start : start + CHUNK]),))
-        if rows and count + len(rows) > max_servers:
-            count = conn.execute("SELECT count(*) FROM lightd_sync_state").fetchone()[0]
+        if rows:
+            count += len(rows)  # at most: some rows were updates of servers already there
             if count > max_servers:
-                conn.execute(_TRIM, (max_servers,))
-                count = max_servers
+                count = conn.execute("SELECT count(*) FROM lightd_sync_state").fetchone()[0]
+                if count > max_servers:
+                    conn.execute(_TRIM, (max_servers,))
+                    count = max_servers
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

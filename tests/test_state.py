@@ -656,3 +656,21 @@ def test_summary_reads_rows_and_unacknowledged_while_the_store_runs(tmp_path: Pa
         assert summary(str(path)) == (2, 1)  # without the lock: check may run beside a daemon
     finally:
         store.close(5.0)
+
+
+def test_rows_stay_bounded_when_new_servers_arrive_in_small_batches(tmp_path: Path) -> None:
+    """Batches of new servers, each under max_servers, never add up past it."""
+    from lightd_sync._state_file import summary
+
+    path = tmp_path / "state.db"
+    store = StateStore(str(path), max_servers=50)
+    store.open()
+    try:
+        for batch in range(5):  # 5 x 40 new servers, one write each
+            for i in range(40):
+                n = batch * 40 + i
+                store.accepted(f"s{n}", "ready", None, f"ev-{n:06d}")
+            assert store.wait_flushed(5.0)
+    finally:
+        store.close(5.0)
+    assert (50, 50) == summary(str(path))
