@@ -48,6 +48,10 @@ def log_extra(item: Pending, http_status: Optional[int] = None) -> dict[str, Any
     return extra
 
 
+def _no_hand_off() -> None:
+    """What a delivery outside a lane's turn calls before a wait: nothing."""
+
+
 class RemotePause:
     """The remote's ``Retry-After``: until when no lane sends (shared across reloads)."""
 
@@ -125,33 +129,32 @@ class Deliverer:
 
     # -- the lane's loop ---------------------------------------------------
 
-    def deliver_batch(self, items: list[Pending]) -> None:
+    def deliver_batch(
+        self, items: list[Pending], hand_off: Callable[[], None] = _no_hand_off
+    ) -> None:
         """
         Send what a lane took at once (a lane thread): first attempts together, then each alone.
 
         The first attempt of every item goes out in one ``send_many`` (the HTTP
         transport pipelines them); an item that failed goes on alone with its
         retries. The items are of different servers, so no order is at stake.
+        *hand_off* is called before any wait (a back-off, the remote's pause),
+        so that another lane thread takes the next batch meanwhile.
         """
         try:
             if len(items) == 1:
-                self.deliver(items[0])
+                self.deliver(items[0], hand_off=hand_off)
             else:
-                self._deliver_together(items)
+                self._deliver_together(items, hand_off)
         finally:
             if self._after_batch is not None:
                 self._after_batch()
 
-    def _deliver_together(self, items: list[Pending]) -> None:
-        while True:  # the remote's Retry-After holds the whole batch
-            if self.abort.is_set():
-                for item in items:
-                    self._settle(item, FAILED, "closed")
-                return
-            wait = self.pause.left()
-            if wait <= 0:
-                break
-            wait_for(self.abort, wait)
+    def _deliver_together(self, items: list[Pending], hand_off: Callable[[], None]) -> None:
+        if not self._wait_for_pause(hand_off):
+            for item in items:
+                self._settle(item, FAILED, "closed")
+            return
         updates = [item.update() for item in items]
         for item in items:
             item.attempts += 1
@@ -163,29 +166,38 @@ class Deliverer:
             if error is None:
                 self._settle(item, DELIVERED, None, seconds)
             else:
-                self.deliver(item, update, error)
+                self.deliver(item, update, error, hand_off=hand_off)
+
+    def _wait_for_pause(self, hand_off: Callable[[], None]) -> bool:
+        """Wait out the remote's ``Retry-After`` pause; False if close() ran out of time first."""
+        while not self.abort.is_set():
+            wait = self.pause.left()
+            if wait <= 0:
+                return True
+            hand_off()
+            wait_for(self.abort, wait)  # then re-read: the pause may have grown
+        return False
 
     def deliver(
         self,
         item: Pending,
         update: Optional[Update] = None,
         error: Optional[DeliveryError] = None,
+        *,
+        hand_off: Callable[[], None] = _no_hand_off,
     ) -> None:
         """
         Send *item* until it is delivered, given up on or superseded (a lane thread).
 
         With *error*, its first attempt (of *update*) was already made and failed.
+        *hand_off* is called before any wait.
         """
         attempt = 0
         while True:
             if error is None:
-                if self.abort.is_set():
+                if not self._wait_for_pause(hand_off):
                     self._settle(item, FAILED, "closed")
                     return
-                wait = self.pause.left()
-                if wait > 0:
-                    wait_for(self.abort, wait)
-                    continue  # re-read: the pause may have grown, or close() ran out of time
                 if attempt and self.ledger.superseded(item):
                     self._settle(item, SUPERSEDED, SUPERSEDED)
                     return
@@ -216,6 +228,7 @@ class Deliverer:
                         error.message,
                         extra=log_extra(item, error.status),
                     )
+                hand_off()
                 wait_for(self.abort, decision.delay)
                 error = None
                 continue

@@ -32,7 +32,6 @@ from ._deadline import (
     DeadlineExceededError,
     DeadlineReader,
     read_answer,
-    set_timeout_near,
 )
 
 __all__ = [
@@ -125,11 +124,7 @@ class Connection:
             sock, reader = self.sock, self._reader
             assert sock is not None
             assert reader is not None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceededError("the request's deadline passed")
-            set_timeout_near(sock, left)
-            sock.sendall(message)
+            reader.send(message, deadline)
             reader.arm(deadline)
             answer, reusable = read_answer(reader, method)
         except BaseException:
@@ -171,8 +166,7 @@ class Connection:
                 raise ConnectionResetError(
                     errno.ENOTCONN, "no kept-alive connection to pipeline on"
                 )
-            set_timeout_near(sock, timeout)
-            sock.sendall(b"".join(messages))
+            reader.send(b"".join(messages), time.monotonic() + timeout)
             for _ in messages:
                 reader.arm(time.monotonic() + timeout)
                 answer, reusable = read_answer(reader, method)
@@ -216,7 +210,7 @@ class Connection:
             with contextlib.suppress(OSError):
                 sock.close()
             raise
-        self._reader = DeadlineReader(sock)
+        self._reader = DeadlineReader(sock, kernel=True)
 
     def _open(self, host: str, port: int, deadline: float) -> socket.socket:
         error: Optional[OSError] = None

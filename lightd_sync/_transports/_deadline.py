@@ -18,12 +18,16 @@ import http.client
 import io
 import itertools
 import socket
+import ssl
+import struct
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional, cast
 
 from .._forksafe import after_fork_in_child
+from ._quick import quick_answer
 
 __all__ = [
     "MAX_ANSWER",
@@ -83,6 +87,17 @@ def set_timeout_near(sock: socket.socket, left: float) -> None:
         sock.settimeout(left)
 
 
+#: Whether a plain TCP socket may be made blocking with the kernel's own timeouts
+#: (``SO_RCVTIMEO``/``SO_SNDTIMEO``, a ``struct timeval`` whose layout is known here).
+KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+
+
+def _timeval(seconds: float) -> bytes:
+    """*seconds* as a ``struct timeval``, never zero (which would mean no timeout at all)."""
+    micros = max(1, round(seconds * 1_000_000))
+    return struct.pack("@ll", micros // 1_000_000, micros % 1_000_000)
+
+
 class DeadlineReader(io.RawIOBase):
     """
     A socket's reading end where each ``recv_into`` gets what is left of *deadline*.
@@ -90,13 +105,31 @@ class DeadlineReader(io.RawIOBase):
     Wrapped in :class:`io.BufferedReader`, it is what ``http.client`` reads an
     answer from. ``received`` counts the bytes read since :meth:`arm`: zero
     means the remote sent nothing at all for this request.
+
+    With *kernel* (plain TCP on Linux), the socket is made blocking and each
+    call is bounded by the kernel's ``SO_RCVTIMEO``/``SO_SNDTIMEO`` instead
+    of Python's socket timeout. Python implements its timeout with a
+    ``poll()`` before each ``send``/``recv``, and the ``poll`` releases the
+    GIL too: beside a busy host thread every release may cost up to the 5 ms
+    switch interval and forces a switch away from the host, so a blocking
+    socket halves the releases per request. ``setsockopt`` does not release
+    the GIL. (A signal that interrupts a blocked call restarts the kernel's
+    timer; the deadline is checked again after every call, so the only case
+    it stretches is a storm of signals, each interrupting this very thread,
+    faster than the timeout: the kernel gives process signals to the main
+    thread first.)
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, kernel: bool = False) -> None:
         super().__init__()
         self.sock = sock
         self.deadline = 0.0
         self.received = 0
+        # The SO_RCVTIMEO/SO_SNDTIMEO in force (kernel mode), else None.
+        self._kernel: Optional[float] = None
+        if kernel and KERNEL_TIMEOUTS and not isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(None)  # blocking: once per connection
+            self._kernel = -1.0  # none set yet: the first limit() sets it
         #: The one buffer answers are parsed from, for the connection's life: the
         #: answers to pipelined requests arrive together and must not be lost.
         self.file = _Buffer(self, _BUFFER)
@@ -112,14 +145,36 @@ class DeadlineReader(io.RawIOBase):
     def close(self) -> None:
         """Nothing to close: the connection owns the socket (and reads the next answer here)."""
 
+    def limit(self, left: float) -> None:
+        """Bound the socket's next calls to *left* seconds, give or take :data:`DEADLINE_SLACK`."""
+        current = self._kernel
+        if current is None:
+            set_timeout_near(self.sock, left)
+        elif not left - DEADLINE_SLACK <= current <= left:
+            value = _timeval(left)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+            self._kernel = left
+
+    def send(self, data: bytes, deadline: float) -> None:
+        """Send all of *data* by *deadline* (``time.monotonic()``)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError("the request's deadline passed")
+        self.limit(left)
+        try:
+            self.sock.sendall(data)
+        except (socket.timeout, BlockingIOError):  # BlockingIOError: the kernel's timeout
+            raise DeadlineExceededError("the request's deadline passed") from None
+
     def readinto(self, buffer: Any) -> int:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceededError("the request's deadline passed")
-        set_timeout_near(self.sock, left)
+        self.limit(left)
         try:
             n = self.sock.recv_into(buffer)
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError):  # BlockingIOError: the kernel's timeout
             raise DeadlineExceededError("the request's deadline passed") from None
         self.received += n
         return n
@@ -156,6 +211,12 @@ def read_answer(reader: DeadlineReader, method: str) -> tuple[Answer, bool]:
         DeadlineExceededError: The deadline passed before the answer was complete.
         http.client.HTTPException, OSError: The answer is malformed or the connection broke.
     """
+    quick = quick_answer(reader.file, method, MAX_ANSWER)
+    if quick is not None:
+        status, data, headers, reusable, too_large = quick
+        if too_large is not None:
+            raise AnswerTooLargeError(status, too_large)
+        return Answer(status, data, headers), reusable
     response = http.client.HTTPResponse(cast(socket.socket, _Source(reader.file)), method=method)
     try:
         response.begin()
