@@ -23,18 +23,16 @@ them on :meth:`~SyncEngine.reload`.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import sys
 import threading
 import time
-import weakref
-from collections import deque
 from threading import get_ident
 from types import TracebackType
 from typing import Optional, Union
 
+from . import _atexit
 from ._book import ResyncBook
 from ._config import RemoteConfig, load_config
 from ._delivery import Deliverer, OutcomeHook
@@ -59,6 +57,7 @@ from ._model import (
 )
 from ._pending import Pending
 from ._policy import DeliveryPolicy, bounded
+from ._reentry import MAIN, Reentry
 from ._reload import TRANSPORT_KEYS, ReloadResult, SighupReload
 from ._slot import TransportSlot, close_quietly
 from ._state import StateStore
@@ -71,54 +70,6 @@ log = get_logger("engine")
 
 #: What ``timeout=None`` means for :meth:`SyncEngine.close` and :meth:`SyncEngine.flush`.
 DEFAULT_WAIT = 5.0
-
-# Engines with threads, for the exit hook. Weak: an engine the daemon dropped
-# is not kept alive by us. A WeakSet is thread-safe for add/discard/iteration copies.
-_OPEN: weakref.WeakSet[SyncEngine] = weakref.WeakSet()
-_exit_hook_lock = threading.Lock()  # guards _exit_hook_installed
-_exit_hook_installed = False
-
-
-def _close_all_at_exit() -> None:
-    """The exit hook: give all open engines one shared deadline, ``shutdown_timeout``."""
-    engines = list(_OPEN)
-    if not engines:
-        return
-    deadline = time.monotonic() + max(e.config.shutdown_timeout for e in engines)
-    for engine in engines:  # stop taking updates everywhere first, so all drain at once
-        engine._ledger.close()
-    for engine in engines:
-        engine.close(timeout=max(0.0, deadline - time.monotonic()))
-
-
-def _install_exit_hook() -> None:
-    global _exit_hook_installed
-    with _exit_hook_lock:
-        if not _exit_hook_installed:
-            atexit.register(_close_all_at_exit)
-            _exit_hook_installed = True
-
-
-def _reset_exit_hook_lock() -> None:
-    global _exit_hook_lock
-    _exit_hook_lock = threading.Lock()
-
-
-after_fork_in_child(_reset_exit_hook_lock)
-
-
-# Python runs signal handlers in the main thread only: only there can a call into
-# an engine be interrupted by another call into it. Renewed in a forked child,
-# whose main thread is the one that forked.
-_main_ident = threading.main_thread().ident
-
-
-def _renew_main_ident() -> None:
-    global _main_ident
-    _main_ident = threading.get_ident()
-
-
-after_fork_in_child(_renew_main_ident)
 
 
 def _budget(timeout: Optional[float]) -> float:
@@ -192,7 +143,6 @@ class SyncEngine:
                 self._slot.close_all()  # nothing else will close what we built
                 raise
         after_fork_in_child(self._after_fork_in_child)
-        _install_exit_hook()
 
     def _open_store(self, path: str) -> None:
         """
@@ -211,7 +161,7 @@ class SyncEngine:
         self._store = store
         self._ledger.store = store
         self._deliverer.store = store
-        _OPEN.add(self)  # its writer thread runs: the exit hook must close it
+        _atexit.close_at_exit(self)  # its writer thread runs: the exit hook must close it
         for row in rows:
             item = Pending(row.server, row.status, row.data, row.event_id)
             self._ledger.seed(item)
@@ -254,13 +204,8 @@ class SyncEngine:
         self._generation = 0
         self._monitor: Optional[HealthMonitor] = None
         self._sighup: Optional[SighupReload] = None
-        # Whether the main thread is inside a call that changes the engine: read
-        # and written by the main thread only (where Python runs signal handlers),
-        # so a handler that calls the engine can tell it interrupted one.
-        self._in_main = False
-        # Updates a signal handler made while _in_main was set; appended and
-        # popped atomically (a deque), admitted by the interrupted call or a lane.
-        self._deferred: deque[Pending] = deque()
+        # Signal handlers that interrupt a call into the engine in the main thread.
+        self._reentry = Reentry(self._admit)
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: forget the parent's threads, locks, queues and counters."""
@@ -272,7 +217,7 @@ class SyncEngine:
             self._closing = True
             self._ledger.close()
             self._closed.set()
-        _OPEN.discard(self)
+        _atexit.forget(self)
 
     @classmethod
     def from_file(
@@ -393,46 +338,22 @@ class SyncEngine:
 
     def _submit(self, server: str, status: Status, data: Optional[str]) -> bool:
         item = Pending(server, status, data)
-        if get_ident() != _main_ident:
+        if get_ident() != MAIN.ident:
             if self._pid != os.getpid():
                 self._start()
             return self._admit(item)
-        if (
-            self._in_main
-        ):  # a signal handler interrupted this engine: the interrupted call admits it
-            self._deferred.append(item)
+        reentry = self._reentry  # (inlined here: this is the hot path)
+        if reentry.inside:  # a signal handler interrupted this engine: that call admits it
+            reentry.defer(item)
             return True
-        self._in_main = True
+        reentry.inside = True
         try:
             if self._pid != os.getpid():
                 self._start()
             return self._admit(item)
         finally:
-            self._admit_deferred()  # what a signal handler queued meanwhile, the flag still up
-            self._in_main = False
-
-    def _drain(self) -> None:
-        """Admit what signal handlers queued, from any call that is not itself nested in one."""
-        if not self._deferred:
-            return
-        if get_ident() != _main_ident:
-            self._admit_deferred()
-        elif not self._in_main:
-            self._in_main = True
-            try:
-                self._admit_deferred()
-            finally:
-                self._in_main = False
-
-    def _admit_deferred(self) -> None:
-        """Admit what signal handlers queued (see :meth:`_submit`); the caller is not nested."""
-        deferred = self._deferred
-        while deferred:
-            try:
-                item = deferred.popleft()
-            except IndexError:  # another thread took the last one
-                return
-            self._admit(item)
+            reentry.admit_deferred()  # what a signal handler queued meanwhile, the flag still up
+            reentry.inside = False
 
     def _admit(self, item: Pending) -> bool:
         dropped = self._ledger.admit(item)
@@ -462,16 +383,8 @@ class SyncEngine:
 
     def start(self) -> SyncEngine:
         """Start the delivery threads and the health timer (idempotent; also done lazily)."""
-        if self._pid == os.getpid():
-            return self
-        if get_ident() != _main_ident or self._in_main:  # (nested: _start is reentrant)
-            self._start()
-            return self
-        self._in_main = True
-        try:
-            self._start()
-        finally:
-            self._in_main = False
+        if self._pid != os.getpid():
+            self._reentry.guarded(self._start)  # (nested in a handler: _start is reentrant)
         return self
 
     def _start(self) -> None:
@@ -501,7 +414,7 @@ class SyncEngine:
                 self._closed.set()
                 safe_log(log, logging.WARNING, "not started: %s; updates are dropped", exc)
                 return
-        _OPEN.add(self)
+        _atexit.close_at_exit(self)
 
     def __enter__(self) -> SyncEngine:
         return self.start()
@@ -513,6 +426,11 @@ class SyncEngine:
         tb: Optional[TracebackType],
     ) -> None:
         self.close()
+
+    def _stop_for_exit(self) -> float:
+        """The exit hook's first step: take no more updates; return how long to drain."""
+        self._ledger.close()
+        return self._config.shutdown_timeout
 
     def close(self, timeout: Optional[float] = None) -> None:
         """
@@ -531,17 +449,10 @@ class SyncEngine:
                 ``math.inf`` included); ``None`` means 5 seconds.
         """
         budget = _budget(timeout)
-        if get_ident() == _main_ident:
-            if self._in_main:  # a signal handler interrupted this engine in the main thread
-                self._close_from_handler(budget)
-                return
-            self._in_main = True
-            try:
-                self._close(budget)
-            finally:
-                self._in_main = False
+        if self._reentry.interrupted():  # in a signal handler that interrupted this engine
+            self._close_from_handler(budget)
         else:
-            self._close(budget)
+            self._reentry.guarded(lambda: self._close(budget))
 
     def _close_from_handler(self, budget: float) -> None:
         """
@@ -575,7 +486,7 @@ class SyncEngine:
             self._finish_close(lanes, monitor, sighup, deadline, budget)
         finally:
             self._closed.set()
-            _OPEN.discard(self)
+            _atexit.forget(self)
 
     def _finish_close(
         self,
@@ -599,7 +510,7 @@ class SyncEngine:
             ended = monitor.join(deadline) and ended
         if sighup is not None:
             ended = sighup.stop(deadline) and ended
-        self._admit_deferred()  # dropped now (closed), and counted
+        self._reentry.admit_deferred()  # dropped now (closed), and counted
         left, drops, fails = self._ledger.finish()
         store = self._store
         if store is not None:  # what was accepted and acknowledged, written before we return
@@ -637,18 +548,12 @@ class SyncEngine:
 
         .. versionadded:: 0.1.0
         """
-        if get_ident() == _main_ident:
-            if self._in_main:
-                raise LightdSyncError(
-                    "reload: called from a signal handler that interrupted the engine; "
-                    "use install_sighup_reload(), which reloads from a thread"
-                )
-            self._in_main = True
-            try:
-                return self._reload(config)
-            finally:
-                self._in_main = False
-        return self._reload(config)
+        if self._reentry.interrupted():
+            raise LightdSyncError(
+                "reload: called from a signal handler that interrupted the engine; "
+                "use install_sighup_reload(), which reloads from a thread"
+            )
+        return self._reentry.guarded(lambda: self._reload(config))
 
     def _reload(self, config: Optional[RemoteConfig]) -> ReloadResult:
         with self._reload_lock:
@@ -758,7 +663,7 @@ class SyncEngine:
             self._slot.release(transport)
 
     def _after_batch(self) -> None:
-        self._drain()  # a lane admits what a signal handler queued, if still there
+        self._reentry.drain()  # a lane admits what a signal handler queued, if still there
 
     def _probe(self) -> None:
         monitor = self._monitor
@@ -803,12 +708,12 @@ class SyncEngine:
         Returns:
             ``True`` if everything was delivered or given up on in time.
         """
-        self._drain()
+        self._reentry.drain()
         return self._ledger.wait_idle(time.monotonic() + _budget(timeout))
 
     def stats(self) -> SyncStats:
         """Return a consistent snapshot of the counters."""
-        self._drain()
+        self._reentry.drain()
         return self._ledger.stats()
 
     def outcome_reasons(self) -> dict[tuple[str, str], int]:
