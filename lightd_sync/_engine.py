@@ -9,13 +9,17 @@ Each piece of state has one owner (see ``docs/engine.md``):
   ones the remote missed;
 - :class:`~lightd_sync._slot.TransportSlot`: the transport in use and the ones
   a reload replaced;
-- :class:`~lightd_sync._lanes.Lanes`: the delivery threads of one generation;
+- :class:`~lightd_sync._lanes.Lanes`: the delivery threads of one generation,
+  which of them takes the next batch, the servers with an update in flight;
 - :class:`~lightd_sync._delivery.Deliverer`: what a lane does with an update,
   asking the :class:`~lightd_sync._policy.DeliveryPolicy` (a frozen value)
   what follows each failure, and the remote's ``Retry-After`` pause;
 - :class:`~lightd_sync._health.HealthMonitor`: the health timer thread;
 - :class:`~lightd_sync._state.StateStore` (with ``remote.state_path``): the
-  file that keeps each server's latest update across a restart.
+  file that keeps each server's latest update across a restart;
+- :class:`~lightd_sync._reentry.Reentry`: whether a signal handler
+  interrupted a call into the engine, and what it submitted meanwhile;
+- :mod:`~lightd_sync._atexit`: the engines to close at interpreter exit.
 
 :class:`SyncEngine` wires them, starts and stops their threads, and swaps
 them on :meth:`~SyncEngine.reload`.
@@ -86,8 +90,8 @@ class SyncEngine:
 
     ``update``/``error``/``lifecycle`` return at once: ``True`` if queued,
     ``False`` if dropped (queue full, or engine closed). Updates of one server
-    are delivered in order and never two at once; servers proceed in
-    parallel, ``config.workers`` at a time. Nothing about the network ever
+    are delivered in order and never two at once; up to ``config.workers``
+    batches of updates of other servers are in flight at once. Nothing about the network ever
     raises into the caller; every update is counted in :meth:`stats`.
 
     Failed deliveries are retried ``config.retries`` times when that can help;
@@ -341,7 +345,8 @@ class SyncEngine:
         if get_ident() != MAIN.ident:
             if self._pid != os.getpid():
                 self._start()
-            return self._admit(item)
+            dropped = self._ledger.admit(item)
+            return True if dropped is None else self._dropped(item, dropped)
         reentry = self._reentry  # (inlined here: this is the hot path)
         if reentry.inside:  # a signal handler interrupted this engine: that call admits it
             reentry.defer(item)
@@ -350,15 +355,19 @@ class SyncEngine:
         try:
             if self._pid != os.getpid():
                 self._start()
-            return self._admit(item)
+            dropped = self._ledger.admit(item)
+            return True if dropped is None else self._dropped(item, dropped)
         finally:
-            reentry.admit_deferred()  # what a signal handler queued meanwhile, the flag still up
+            if reentry.deferred:  # what a signal handler queued meanwhile, the flag still up
+                reentry.admit_deferred()
             reentry.inside = False
 
     def _admit(self, item: Pending) -> bool:
         dropped = self._ledger.admit(item)
-        if dropped is None:
-            return True
+        return True if dropped is None else self._dropped(item, dropped)
+
+    def _dropped(self, item: Pending, dropped: tuple[str, int]) -> bool:
+        """Count, remember and log *item*, which the ledger did not queue; return False."""
         reason, due = dropped
         if reason == "queue_full":
             self._book.missed(item)  # re-sent once the queue has room and the remote is healthy

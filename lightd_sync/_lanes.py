@@ -80,6 +80,8 @@ class Lanes:
             deliver meanwhile).
         name_suffix: Added to the thread names (``lightd-sync-lane-0-g2``).
         gate: If given, the threads deliver nothing before it is set.
+        slow_after: A batch that took longer (seconds) makes the next ones
+            go out in parallel (:data:`HAND_OFF`).
     """
 
     def __init__(
@@ -89,8 +91,10 @@ class Lanes:
         *,
         name_suffix: str = "",
         gate: Optional[threading.Event] = None,
+        slow_after: float = HAND_OFF,
     ) -> None:
         self._deliver = deliver
+        self._slow_after = slow_after
         self._gate = gate
         # SimpleQueue: put() is one C call that never blocks (the hot path).
         self._intake: queue.SimpleQueue[_Entry] = queue.SimpleQueue()
@@ -102,7 +106,7 @@ class Lanes:
         self._busy: set[str] = set()  # servers with an update ready or in flight
         self._held: dict[str, deque[Pending]] = {}  # a busy server's newer updates, oldest first
         self._ready: deque[Pending] = deque()  # updates of busy servers whose turn it is
-        self._slow = False  # the last batch took longer than HAND_OFF
+        self._slow = False  # the last batch took longer than slow_after
         self._stopping = False  # the stop mark was taken from the intake
         self._running = count  # threads not ended yet
         self._threads = [
@@ -227,7 +231,7 @@ class Lanes:
         """Free the batch's servers (or ready their next update); True if the taker must look."""
         nudge = False
         with self._lock:
-            self._slow = seconds > HAND_OFF
+            self._slow = seconds > self._slow_after
             busy, held, ready = self._busy, self._held, self._ready
             for item in batch:
                 server = item.server

@@ -52,12 +52,13 @@ class Reentry:
         admit: Admits one update (the engine's own path, outside every handler).
     """
 
-    __slots__ = ("_admit", "_deferred", "inside")
+    __slots__ = ("_admit", "deferred", "inside")
 
     def __init__(self, admit: Callable[[Pending], bool]) -> None:
         self._admit = admit
         self.inside = False
-        self._deferred: deque[Pending] = deque()
+        #: What handlers submitted meanwhile (test it before calling admit_deferred).
+        self.deferred: deque[Pending] = deque()
 
     def interrupted(self) -> bool:
         """Whether the caller is a signal handler that interrupted a call into the engine."""
@@ -75,11 +76,11 @@ class Reentry:
 
     def defer(self, item: Pending) -> None:
         """Keep *item*, submitted by a handler that interrupted the engine, for later."""
-        self._deferred.append(item)
+        self.deferred.append(item)
 
     def admit_deferred(self) -> None:
         """Admit what handlers queued; the caller is not itself nested in a handler."""
-        deferred = self._deferred
+        deferred = self.deferred
         while deferred:
             try:
                 item = deferred.popleft()
@@ -89,7 +90,7 @@ class Reentry:
 
     def drain(self) -> None:
         """Admit what handlers queued, from any call that is not itself nested in one."""
-        if not self._deferred:
+        if not self.deferred:
             return
         if threading.get_ident() != MAIN.ident:
             self.admit_deferred()

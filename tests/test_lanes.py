@@ -81,7 +81,7 @@ def run(lanes: Lanes, timeout: float = 10.0) -> None:
 def test_quick_deliveries_wake_one_thread_only() -> None:
     """While each batch is quick, the other threads are never woken: one took everything."""
     recorder = Recorder()
-    lanes = Lanes(4, recorder)
+    lanes = Lanes(4, recorder, slow_after=5.0)  # no stall of a loaded machine counts as slow
     lanes.start()
     for i in range(300):
         lanes.put(pending(f"s{i % 50}", i))
@@ -97,10 +97,10 @@ def test_slow_deliveries_go_out_in_parallel() -> None:
     release = threading.Event()
 
     def slow(batch: list[Pending], hand_off: Callable[[], None]) -> None:
-        release.wait(HAND_OFF * 4)
+        release.wait(0.1 if batch[0].server == "first" else 10)
 
     recorder = Recorder(slow)
-    lanes = Lanes(4, recorder)
+    lanes = Lanes(4, recorder, slow_after=0.05)
     lanes.start()
     try:
         lanes.put(pending("first", 0))  # slow: marks the lanes slow once it ends
@@ -259,3 +259,22 @@ def test_stop_racing_puts_and_slow_batches_200_rounds() -> None:
         run(lanes)
         assert recorder.delivered == n, round_
         assert recorder.overlaps == []
+
+
+def test_a_retry_passes_the_turn_on_before_each_backoff() -> None:
+    """The deliverer calls hand_off before every wait, so the other lanes go on meanwhile."""
+    from lightd_sync import RemoteConfig, RemoteRejectedError, SyncEngine
+    from lightd_sync.testing import RecordingTransport
+
+    def busy(update: object) -> None:
+        raise RemoteRejectedError("busy", status=503, retryable=True)
+
+    engine = SyncEngine(RemoteConfig(retries=2), transport=RecordingTransport(busy))
+    try:
+        item = Pending("x", Status.READY, None)
+        handed: list[int] = []
+        engine._deliverer.deliver_batch([item], lambda: handed.append(item.attempts))
+        assert handed == [1, 2]  # after the first and the second attempt, before each wait
+        assert item.attempts == 3
+    finally:
+        engine.close(1)
