@@ -86,7 +86,7 @@ def test_quick_deliveries_wake_one_thread_only() -> None:
     for i in range(300):
         lanes.put(pending(f"s{i % 50}", i))
         if i % 10 == 0:
-            assert wait_until(lambda: recorder.delivered == i + 1, 5)
+            assert wait_until(lambda n=i + 1: recorder.delivered == n, 5)
     run(lanes)
     assert recorder.delivered == 300
     assert len(recorder.threads) == 1, recorder.threads
@@ -107,7 +107,7 @@ def test_slow_deliveries_go_out_in_parallel() -> None:
         assert wait_until(lambda: recorder.ended == 1, 5)
         for i in range(1, 5):  # each batch now hands the baton on before it is delivered
             lanes.put(pending(f"s{i}", i))
-            assert wait_until(lambda: recorder.delivered == i + 1, 5)
+            assert wait_until(lambda n=i + 1: recorder.delivered == n, 5)
         assert recorder.most_in_flight == 4
     finally:
         release.set()
@@ -244,7 +244,9 @@ def test_stop_racing_puts_and_slow_batches_200_rounds() -> None:
     for round_ in range(200):
         rng = random.Random(round_)
 
-        def maybe_slow(batch: list[Pending], hand_off: Callable[[], None]) -> None:
+        def maybe_slow(
+            batch: list[Pending], hand_off: Callable[[], None], rng: random.Random = rng
+        ) -> None:
             if rng.random() < 0.3:
                 hand_off()
             if rng.random() < 0.3:
