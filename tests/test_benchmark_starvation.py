@@ -75,7 +75,10 @@ def test_quick_starvation_runs_every_sender(tmp_path: Path) -> None:
         assert run["offered"] == 200, sender  # 200/s for a 1 s window, paced exactly
         assert run["producer_done"], sender
         assert 0 <= run["delivered_in_window"] <= run["delivered_after_drain"] <= 200, sender
-        assert run["delivered_after_drain"] + run["refused"] >= 150, (sender, run)
+        if sender in ("floor_queue", "lightd_sync"):  # ours and the no-network floor keep up
+            assert run["delivered_after_drain"] + run["refused"] >= 150, (sender, run)
+        else:  # a baseline that the busy host starves (that is what the benchmark shows)
+            assert run["delivered_after_drain"] + run["refused"] > 0, (sender, run)
         for span in ("solo_1", "measured", "solo_2"):  # the drain may take no time at all
             assert run[span]["units"] > 0, (sender, span)
         assert 0 <= run["drain"]["seconds"] <= 1.5, sender

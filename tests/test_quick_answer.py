@@ -118,7 +118,7 @@ def answers(draw: st.DrawFn) -> bytes:
     return head.encode("latin-1", "replace") + body
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(answers(), st.sampled_from(["POST", "GET", "HEAD"]))
 def test_quick_reader_agrees_with_http_client_or_declines(data: bytes, method: str) -> None:
     file = io.BufferedReader(io.BytesIO(data))
@@ -175,3 +175,27 @@ def test_headers_mapping() -> None:
     assert "retry-after" in repr(headers)
     with pytest.raises(KeyError):
         headers["x"]
+
+
+@pytest.mark.parametrize(
+    ("data", "method"),
+    [
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n{}", "POST"),  # no body by rule
+        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n", "GET"),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "POST"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", "HEAD"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "POST"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "POST"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}", "POST"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", "POST"),
+        (b"HTTP/1.1 200 OK\nContent-Length: 2\n\n{}", "POST"),
+        (b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 2\r\n\r\n{}", "POST"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", "POST"),  # the header block not all here
+        (b"HTTP/1.1 200 OK\r\n\r\n{}", "POST"),  # delimited by the close
+    ],
+)
+def test_the_shapes_it_leaves_to_http_client(data: bytes, method: str) -> None:
+    """Each of these goes to http.client, with nothing consumed."""
+    file = io.BufferedReader(io.BytesIO(data))
+    assert quick_answer(file, method, MAX_ANSWER) is None
+    assert file.read() == data
