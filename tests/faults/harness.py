@@ -167,6 +167,11 @@ def ride_out(
             f"{recovery_timeout} s after the fault ended, e.g. {sorted(missing)[:3]}; "
             f"stats {engine.stats()}"
         )
+        # Delivery may converge before the health timer's next check (nothing failed
+        # since the fault ended, so nothing asked for an early one): check once now,
+        # so that the engine has seen the remote come back before it closes.
+        if engine.health.healthy is not True:
+            assert engine.check_health().healthy, f"{fault.name}: /health still fails"
     finally:
         engine.close(timeout=2)
     outcome.final = engine.stats()
