@@ -27,7 +27,16 @@ from ._exceptions import (
     RemoteTimeoutError,
     RemoteUnreachableError,
 )
-from ._model import HealthState, LatencyHistogram, Lifecycle, Outcome, Status, SyncStats, Update
+from ._model import (
+    BillingEvent,
+    HealthState,
+    LatencyHistogram,
+    Lifecycle,
+    Outcome,
+    Status,
+    SyncStats,
+    Update,
+)
 from ._reload import ReloadResult
 from ._transports.base import Transport
 from ._transports.file import FileTransport
@@ -36,6 +45,7 @@ from ._transports.registry import available_transports
 
 __all__ = [
     "AuthRejectedError",
+    "BillingEvent",
     "ConfigError",
     "DeliveryError",
     "FileTransport",

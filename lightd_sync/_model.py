@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import enum
+import math
 from typing import Any, Optional, Union
 
 import attrs
 
 __all__ = [
+    "BILLING_FIELDS",
     "MAX_SERVER_ID_LENGTH",
+    "BillingEvent",
+    "Event",
     "HealthState",
     "Lifecycle",
     "Status",
@@ -23,7 +27,8 @@ __all__ = [
 
 #: The longest server id the protocol's reference remote accepts.
 MAX_SERVER_ID_LENGTH = 255
-#: The longest error message sent; :meth:`SyncEngine.error` cuts longer ones to this.
+#: The longest error message (``data``) sent; :meth:`SyncEngine.error` cuts longer ones to
+#: this. The ``error`` value itself is bounded by the same length.
 MAX_MESSAGE_LENGTH = 8192
 
 
@@ -152,23 +157,55 @@ def _valid_data(inst: Update, _attr: attrs.Attribute[Optional[str]], value: Opti
         raise ValueError("data is only sent with an error update (status 'failed')")
 
 
+def error_value_problem(value: object) -> Optional[str]:
+    """Say what is wrong with *value* as an update's ``error`` value, or return None."""
+    if type(value) is not str:
+        return f"error must be a str, not {type(value).__name__}"
+    if not value:
+        return "error must not be empty"
+    if len(value) > MAX_MESSAGE_LENGTH:
+        return f"error is {len(value)} characters long; at most {MAX_MESSAGE_LENGTH}"
+    return None
+
+
+def _valid_error(inst: Update, _attr: attrs.Attribute[Optional[str]], value: Optional[str]) -> None:
+    if value is None:
+        return
+    problem = error_value_problem(value)
+    if problem is not None:
+        raise (TypeError if type(value) is not str else ValueError)(problem)
+    if inst.status is not Status.FAILED:
+        raise ValueError("error is only sent with an error update (status 'failed')")
+
+
 @attrs.frozen
 class Update:
     """
     One status update of one server.
 
-    An update with ``data`` is an *error update*: it is sent in the protocol's
-    error form. ``data`` is only allowed with :attr:`Status.FAILED`.
+    An update with ``error`` or ``data`` is an *error update*: it is sent in the
+    protocol's error form, ``"error"`` (``"failed"`` unless said otherwise)
+    with ``"data"`` when there is a message. Both are only allowed with
+    :attr:`Status.FAILED`.
 
     >>> Update("my-server-001", Status.INSTALLING).body()
     {'event': 'update', 'server': 'my-server-001', 'status': 'installing'}
     >>> Update("my-server-001", Status.FAILED, "image not found").body()
     {'event': 'update', 'server': 'my-server-001', 'error': 'failed', 'data': 'image not found'}
+    >>> Update("my-server-001", Status.FAILED, error="timeout").body()
+    {'event': 'update', 'server': 'my-server-001', 'error': 'timeout'}
     """
 
     server: str = attrs.field(validator=_valid_server)
     status: Status = attrs.field(converter=parse_status)
     data: Optional[str] = attrs.field(default=None, validator=_valid_data)
+    error: Optional[str] = attrs.field(default=None, validator=_valid_error, kw_only=True)
+    """The protocol's ``error`` value (``"failed"``, ``"timeout"`` or any message).
+
+    ``None`` with ``data`` set means ``"failed"``.
+
+    .. versionadded:: 0.2.0
+    """
     event_id: Optional[str] = attrs.field(default=None, eq=False, kw_only=True)
     """A UUID the remote may use to de-duplicate retried and resynced updates (an extension).
 
@@ -177,19 +214,147 @@ class Update:
 
     @property
     def is_error(self) -> bool:
-        """True for an error update (sent with ``"error": "failed"`` and ``data``)."""
-        return self.data is not None
+        """True for an error update (sent with ``"error"`` and, if any, ``data``)."""
+        return self.error is not None or self.data is not None
+
+    @property
+    def error_value(self) -> Optional[str]:
+        """The ``error`` value sent: ``None`` for a status update, else ``error`` or ``"failed"``.
+
+        .. versionadded:: 0.2.0
+        """
+        if self.error is not None:
+            return self.error
+        return Status.FAILED.value if self.data is not None else None
 
     def body(self) -> dict[str, str]:
         """Return exactly the JSON body the protocol sends for this update."""
+        if self.error is None and self.data is None:
+            return {"event": "update", "server": self.server, "status": self.status.value}
+        body = {"event": "update", "server": self.server, "error": self.error or "failed"}
         if self.data is not None:
-            return {
-                "event": "update",
-                "server": self.server,
-                "error": Status.FAILED.value,
-                "data": self.data,
-            }
-        return {"event": "update", "server": self.server, "status": self.status.value}
+            body["data"] = self.data
+        return body
+
+
+#: The numbers of a billing event, in the order Lightd's client sends them.
+BILLING_FIELDS = (
+    "memory_gb",
+    "cpu_vcpus",
+    "storage_gb",
+    "egress_gb",
+    "duration_hours",
+    "estimated_cost",
+)
+
+
+def billing_number_problem(name: str, value: object) -> Optional[str]:
+    """Say what is wrong with *value* as the billing field *name*, or return None."""
+    if type(value) not in (int, float):
+        return f"{name}: must be a number, not {type(value).__name__}"
+    if type(value) is int and value > 2**63:  # 10**400 is an int; as a float it is inf
+        return f"{name}: must be a finite number"
+    if not math.isfinite(value):  # type: ignore[arg-type]  # int or float, checked above
+        return f"{name}: must be a finite number"
+    if value < 0:  # type: ignore[operator]
+        return f"{name}: must not be negative"
+    return None
+
+
+def timestamp_problem(value: object) -> Optional[str]:
+    """Say what is wrong with *value* as a billing ``timestamp``, or return None."""
+    if type(value) is not int:
+        return f"timestamp: must be whole seconds since the epoch, not {type(value).__name__}"
+    if not 0 <= value < 2**63:
+        return "timestamp: must be from 0 to 2**63 - 1 seconds since the epoch"
+    return None
+
+
+def _number(name: str, value: object) -> float:
+    problem = billing_number_problem(name, value)
+    if problem is not None:
+        raise (TypeError if "must be a number" in problem else ValueError)(problem)
+    return float(value)  # type: ignore[arg-type]  # int or float, checked above
+
+
+def _memory_gb(value: object) -> float:
+    return _number("memory_gb", value)
+
+
+def _cpu_vcpus(value: object) -> float:
+    return _number("cpu_vcpus", value)
+
+
+def _storage_gb(value: object) -> float:
+    return _number("storage_gb", value)
+
+
+def _egress_gb(value: object) -> float:
+    return _number("egress_gb", value)
+
+
+def _duration_hours(value: object) -> float:
+    return _number("duration_hours", value)
+
+
+def _estimated_cost(value: object) -> float:
+    return _number("estimated_cost", value)
+
+
+def _valid_timestamp(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:
+    problem = timestamp_problem(value)
+    if problem is not None:
+        raise (TypeError if type(value) is not int else ValueError)(problem)
+
+
+@attrs.frozen
+class BillingEvent:
+    """
+    One billing event: a container's resource use, as Lightd v2 reports it about hourly.
+
+    It is sent to the same ``POST {url}/update`` as a status update, and never
+    changes the server's install status. The numbers are non-negative and
+    finite (kept as floats, as Lightd's client sends them); ``timestamp`` is
+    whole seconds since the epoch, UTC.
+
+    >>> BillingEvent("my-server-001", memory_gb=0.5, cpu_vcpus=0.25, storage_gb=2,
+    ...              egress_gb=0.01, duration_hours=1, estimated_cost=0.0123,
+    ...              timestamp=1767225600).body()  # doctest: +NORMALIZE_WHITESPACE
+    {'event': 'billing', 'server': 'my-server-001', 'memory_gb': 0.5, 'cpu_vcpus': 0.25,
+     'storage_gb': 2.0, 'egress_gb': 0.01, 'duration_hours': 1.0, 'estimated_cost': 0.0123,
+     'timestamp': 1767225600}
+
+    .. versionadded:: 0.2.0
+    """
+
+    server: str = attrs.field(validator=_valid_server)
+    memory_gb: float = attrs.field(converter=_memory_gb, kw_only=True)
+    cpu_vcpus: float = attrs.field(converter=_cpu_vcpus, kw_only=True)
+    storage_gb: float = attrs.field(converter=_storage_gb, kw_only=True)
+    egress_gb: float = attrs.field(converter=_egress_gb, kw_only=True)
+    duration_hours: float = attrs.field(converter=_duration_hours, kw_only=True)
+    estimated_cost: float = attrs.field(converter=_estimated_cost, kw_only=True)
+    timestamp: int = attrs.field(validator=_valid_timestamp, kw_only=True)
+    event_id: Optional[str] = attrs.field(default=None, eq=False, kw_only=True)
+    """A UUID the remote may use to de-duplicate re-sent events (an extension)."""
+
+    def body(self) -> dict[str, Any]:
+        """Return exactly the JSON body the protocol sends for this event, in Lightd's order."""
+        return {
+            "event": "billing",
+            "server": self.server,
+            "memory_gb": self.memory_gb,
+            "cpu_vcpus": self.cpu_vcpus,
+            "storage_gb": self.storage_gb,
+            "egress_gb": self.egress_gb,
+            "duration_hours": self.duration_hours,
+            "estimated_cost": self.estimated_cost,
+            "timestamp": self.timestamp,
+        }
+
+
+#: What a transport sends: a status (or error) update, or a billing event.
+Event = Union[Update, BillingEvent]
 
 
 @attrs.frozen

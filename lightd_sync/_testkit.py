@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Callable, Optional
 
 from ._forksafe import after_fork_in_child
-from ._model import Update
+from ._model import Event
 from ._policy import set_testing_mode
 from ._transports.base import Transport
 
@@ -44,7 +44,7 @@ class RecordingTransport(Transport):
 
     name = "recording"
 
-    def __init__(self, handler: Optional[Callable[[Update], None]] = None) -> None:
+    def __init__(self, handler: Optional[Callable[[Event], None]] = None) -> None:
         if handler is not None and not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
         self.handler = handler
@@ -52,7 +52,7 @@ class RecordingTransport(Transport):
         self.healthy = True
         # Guards _sent: lanes append while the test reads.
         self._lock = threading.Lock()
-        self._sent: list[Update] = []
+        self._sent: list[Event] = []
         self.closed = False
         after_fork_in_child(self._after_fork_in_child)
 
@@ -63,7 +63,7 @@ class RecordingTransport(Transport):
         return f"RecordingTransport(sent={len(self._sent)}, healthy={self.healthy})"
 
     @property
-    def sent(self) -> list[Update]:
+    def sent(self) -> list[Event]:
         """
         Every update the engine asked to send, in order, rejected attempts included.
 
@@ -77,7 +77,7 @@ class RecordingTransport(Transport):
         with self._lock:
             self._sent.clear()
 
-    def send(self, update: Update) -> None:
+    def send(self, update: Event) -> None:
         """Record *update*, then let the handler decide (delivered unless it raises)."""
         with self._lock:
             self._sent.append(update)

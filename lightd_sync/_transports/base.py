@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Optional
 
 from .._exceptions import DeliveryError
-from .._model import Update
+from .._model import Event
 
 __all__ = ["Transport"]
 
@@ -16,11 +16,22 @@ class Transport:
     """
     How updates reach the remote: the interface every transport implements.
 
-    Only :meth:`send` is required. The engine calls :meth:`send` from several
-    threads at once (never for the same server at once), :meth:`check_health`
-    from its health thread, and :meth:`close` once, possibly while a
-    :meth:`send` is still blocked in another thread: ``close`` must make such
-    a call return promptly.
+    Only :meth:`send` is required. The engine calls :meth:`send` (or
+    :meth:`send_many`) from several threads at once (never for the same server
+    at once), :meth:`check_health` from its health thread, and :meth:`close`
+    once, possibly while a :meth:`send` is still blocked in another thread:
+    ``close`` must make such a call return promptly.
+
+    What is sent is an *event*: an :class:`~lightd_sync.Update` (a status or
+    error update) or, since 0.2.0, a :class:`~lightd_sync.BillingEvent`. Both
+    have ``server``, ``event_id`` and ``body()``, the JSON object to send.
+
+    **Batches.** :meth:`max_batch` says how many events one :meth:`send_many`
+    call may carry right now; the engine never hands it more. The default is
+    1: one event per call, which :meth:`send_many` passes to :meth:`send`, so a
+    transport written for 0.1.0 works unchanged. The HTTP transports answer
+    the remote's latest batch offer (``POST {url}/updates``, offered in the
+    health answer); the file and null transports take many at once.
 
     A transport raises :class:`~lightd_sync.DeliveryError` (or a subclass) for
     every failure it can explain; anything else it raises is logged by the
@@ -38,26 +49,37 @@ class Transport:
     #: .. versionadded:: 0.2.0
     talks_http = False
 
-    def send(self, update: Update) -> None:
+    def send(self, update: Event) -> None:
         """
-        Deliver one update; return when the remote accepted it.
+        Deliver one event; return when the remote accepted it.
 
         Raises:
-            DeliveryError: The update was not accepted.
+            DeliveryError: The event was not accepted.
         """
         raise NotImplementedError
 
-    def send_many(self, updates: Sequence[Update]) -> list[Optional[DeliveryError]]:
+    def max_batch(self) -> int:
         """
-        Deliver several updates of different servers; say how each one went, in order.
+        Return how many events one :meth:`send_many` call may carry now (at least 1).
 
-        The engine calls it with what a lane found queued at once (never two
-        updates of one server). The default sends them one by one with
-        :meth:`send`; the HTTP transport pipelines them on one kept-alive
-        connection.
+        Asked by the engine before each call, from any thread; it must be cheap
+        and never block. The default, 1, means one event per call.
+
+        .. versionadded:: 0.2.0
+        """
+        return 1
+
+    def send_many(self, updates: Sequence[Event]) -> list[Optional[DeliveryError]]:
+        """
+        Deliver several events of different servers; say how each one went, in order.
+
+        The engine calls it with at most :meth:`max_batch` events, never two of
+        one server. The default sends them one by one with :meth:`send`; the
+        HTTP transports send them as one ``POST {url}/updates`` when the remote
+        offers batches.
 
         Returns:
-            One entry per update: ``None`` if delivered, else the
+            One entry per event: ``None`` if delivered, else the
             :class:`~lightd_sync.DeliveryError` it failed with.
 
         .. versionadded:: 0.2.0

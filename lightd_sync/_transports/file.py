@@ -12,13 +12,13 @@ from typing import IO, Optional, Union
 
 from .._exceptions import DeliveryError
 from .._forksafe import after_fork_in_child
-from .._model import Update
+from .._model import Event
 from .base import Transport
 
 __all__ = ["FileTransport", "format_record"]
 
 
-def format_record(update: Update, now: Optional[datetime.datetime] = None) -> str:
+def format_record(update: Event, now: Optional[datetime.datetime] = None) -> str:
     """Return the JSON line (with its newline) the file transport writes for *update*."""
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     ts = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -86,7 +86,7 @@ class FileTransport(Transport):
                 raise
         return self._fh
 
-    def send(self, update: Update) -> None:
+    def send(self, update: Event) -> None:
         """Append *update* as one JSON line and flush it."""
         line = format_record(update)
         try:

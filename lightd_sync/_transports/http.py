@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 from .._config import RemoteConfig
 from .._exceptions import ConfigError, DeliveryError, RemoteUnreachableError
 from .._logutil import get_logger, safe_log
-from .._model import Update
+from .._model import Event
 from ._conn import ClosedError, ConnectionBook, Route
 from ._deadline import Answer, AnswerTooLargeError, DeadlineExceededError
 from ._errors import delivery_error
@@ -227,7 +227,7 @@ class HttpTransport(Transport):
             )
         raise err  # outside the except block: no __context__ that may hold the token
 
-    def _post_message(self, update: Update) -> bytes:
+    def _post_message(self, update: Event) -> bytes:
         body = encode_body(update)
         event_id = update.event_id
         extra = b"X-Lightd-Event-Id: " + event_id.encode("ascii") + b"\r\n" if event_id else b""
@@ -235,12 +235,12 @@ class HttpTransport(Transport):
             (self._post_head, extra, b"Content-Length: ", b"%d\r\n\r\n" % len(body), body)
         )
 
-    def send(self, update: Update) -> None:
+    def send(self, update: Event) -> None:
         """POST *update* to ``{url}/update``; raise a DeliveryError unless accepted."""
         answer = self._exchange("POST", "/update", self._post_message(update))
         judge(update_verdict, "POST /update", answer, self._token)
 
-    def send_many(self, updates: Sequence[Update]) -> list[Optional[DeliveryError]]:
+    def send_many(self, updates: Sequence[Event]) -> list[Optional[DeliveryError]]:
         """
         POST several updates, pipelined on this thread's kept-alive connection.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._model import Update
+from .._model import Event
 from .base import Transport
 
 __all__ = ["NullTransport"]
@@ -17,7 +17,7 @@ class NullTransport(Transport):
 
     name = "null"
 
-    def send(self, update: Update) -> None:
+    def send(self, update: Event) -> None:
         """Discard *update*."""
 
     def __repr__(self) -> str:

@@ -24,7 +24,7 @@ from .._exceptions import (
     RemoteRejectedError,
 )
 from .._logutil import get_logger, safe_log
-from .._model import Update
+from .._model import Event
 from .._secrets import scrub
 from .._version import version
 
@@ -65,7 +65,7 @@ def request_headers(token: str, *, post: bool) -> dict[str, str]:
     return headers
 
 
-def encode_body(update: Update) -> bytes:
+def encode_body(update: Event) -> bytes:
     """Return the exact bytes POSTed for *update* (compact JSON, ASCII)."""
     return json.dumps(update.body(), separators=(",", ":")).encode("ascii")
 

@@ -24,7 +24,7 @@ from .._config import RemoteConfig
 from .._exceptions import ConfigError, RemoteUnreachableError
 from .._forksafe import after_fork_in_child
 from .._logutil import get_logger
-from .._model import Update
+from .._model import Event
 from ._deadline import (
     MAX_ANSWER,
     Answer,
@@ -483,7 +483,7 @@ class RequestsTransport(Transport):
             return answer
         raise err  # outside the except block: no __context__ that may hold the token
 
-    def send(self, update: Update) -> None:
+    def send(self, update: Event) -> None:
         """POST *update* to ``{url}/update``; raise a DeliveryError unless accepted."""
         headers = self._post_headers
         if update.event_id is not None:
