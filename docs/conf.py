@@ -22,6 +22,9 @@ from typing import Any
 
 import lightd_sync
 
+# docs/_ext: this folder's own extension (mermaid_offline) and helpers (wire_capture).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))
+
 project = "lightd-sync"
 author = "The lightd-sync developers"
 copyright = "The lightd-sync developers"
@@ -34,6 +37,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.doctest",
     "sphinxcontrib.mermaid",
+    "mermaid_offline",  # after sphinxcontrib.mermaid: its page script, as a classic script
 ]
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
@@ -52,29 +56,33 @@ html_static_path = ["_static"]
 html_show_sourcelink = False
 
 # -- Mermaid, served with the docs -------------------------------------------
-# The extension's default imports mermaid from a CDN when the page is viewed;
-# offline readers would see the diagrams' source text. The ESM build of the npm
-# package mermaid (MIT licence, kept next to it as LICENSE; 2.8 MB in 72 files)
-# is copied into _static/mermaid instead, at the version the extension expects.
+# The extension's default imports mermaid from a CDN as an ES module when the
+# page is viewed; offline readers would see the diagrams' source text, and a
+# module script is refused to a page opened from disk (origin null) even when
+# it is served next to it. _ext/mermaid_offline.py replaces that script with
+# the UMD build of the npm package mermaid (MIT licence, kept next to it as
+# LICENSE; one 2.7 MB file), loaded by a classic <script src> from
+# _static/mermaid, at the version the extension expects. check_offline.py
+# --render proves it in headless Chromium from file://.
 MERMAID_VERSION = "11.12.1"
 mermaid_version = MERMAID_VERSION
-mermaid_use_local = "mermaid/mermaid.esm.min.mjs"
 mermaid_include_elk = False
 mermaid_include_zenuml = False
 mermaid_d3_zoom = False
 _HERE = Path(__file__).resolve().parent
 _MERMAID_DIR = _HERE / "_static" / "mermaid"
+_MERMAID_KEEP = ("LICENSE", "dist/mermaid.min.js")
 
 
 def _vendor_mermaid() -> None:
     """
-    Put mermaid's ESM build into ``_static/mermaid`` (once; the folder is not committed).
+    Put mermaid's UMD build into ``_static/mermaid`` (once; the folder is not committed).
 
     ``npm pack`` fetches the package from the npm registry (npm checks its
-    integrity); only ``dist/mermaid.esm.min.mjs``, its chunks and the licence
-    are kept. An offline machine can copy the folder from another build.
+    integrity); only ``dist/mermaid.min.js`` and the licence are kept. An
+    offline machine can copy the folder from another build.
     """
-    marker = _MERMAID_DIR / f"VERSION-{MERMAID_VERSION}"
+    marker = _MERMAID_DIR / f"VERSION-{MERMAID_VERSION}-umd"
     if marker.exists():
         return
     npm = shutil.which("npm")
@@ -95,28 +103,23 @@ def _vendor_mermaid() -> None:
         with tarfile.open(archive) as tar:
             for member in tar.getmembers():
                 name = member.name.removeprefix("package/")
-                wanted = name == "LICENSE" or (
-                    name.endswith(".mjs")
-                    and (
-                        name == "dist/mermaid.esm.min.mjs"
-                        or name.startswith("dist/chunks/mermaid.esm.min/")
-                    )
-                )
-                if not (wanted and member.isfile()) or ".." in name.split("/"):
+                if name not in _MERMAID_KEEP or not member.isfile():
                     continue
                 target = _MERMAID_DIR / name.removeprefix("dist/")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
                 assert source is not None
                 target.write_bytes(source.read())
+    missing = [name for name in _MERMAID_KEEP if not (_MERMAID_DIR / name.removeprefix("dist/")).is_file()]
+    if missing:
+        raise RuntimeError(f"mermaid {MERMAID_VERSION} from npm lacks {missing}")
     marker.write_text(f"mermaid {MERMAID_VERSION} from npm, MIT licence (LICENSE)\n")
 
 
 _vendor_mermaid()
 
 # -- the requests on the wire, captured at every build -------------------------
-sys.path.insert(0, str(_HERE / "_ext"))
-import wire_capture  # noqa: E402  (found through the path just added)
+import wire_capture  # noqa: E402  (found in _ext, on sys.path above)
 
 wire_capture.write(_HERE / "_generated")
 
