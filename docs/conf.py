@@ -110,7 +110,9 @@ def _vendor_mermaid() -> None:
                 source = tar.extractfile(member)
                 assert source is not None
                 target.write_bytes(source.read())
-    missing = [name for name in _MERMAID_KEEP if not (_MERMAID_DIR / name.removeprefix("dist/")).is_file()]
+    missing = [
+        name for name in _MERMAID_KEEP if not (_MERMAID_DIR / name.removeprefix("dist/")).is_file()
+    ]
     if missing:
         raise RuntimeError(f"mermaid {MERMAID_VERSION} from npm lacks {missing}")
     marker.write_text(f"mermaid {MERMAID_VERSION} from npm, MIT licence (LICENSE)\n")

@@ -116,7 +116,7 @@ def chromium() -> str | None:
 
 
 def render(url: str, browser: str, budget_ms: int = 10_000) -> str:
-    """The DOM of *url* (``file://`` or ``http://``) in headless *browser*, after its scripts ran."""
+    """The DOM of *url* (``file://`` or ``http://``) in headless *browser*, scripts run."""
     command = [browser, "--headless", "--disable-gpu", "--no-first-run"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
@@ -153,7 +153,8 @@ def _check_rendering(folder: Path, pages: list[Path]) -> int:
                 expected = diagrams(page.read_text("utf-8"))
                 name = page.relative_to(folder).as_posix()
                 http = f"http://127.0.0.1:{server.server_address[1]}/{name}"
-                for how, url in (("opened from disk", page.resolve().as_uri()), ("over HTTP", http)):
+                ways = (("opened from disk", page.resolve().as_uri()), ("over HTTP", http))
+                for how, url in ways:
                     dom = render(url, browser)
                     left = unrendered_diagrams(dom)
                     if diagrams(dom) != expected or left:
@@ -177,7 +178,7 @@ def _check_rendering(folder: Path, pages: list[Path]) -> int:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002  (the base's name)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
