@@ -110,7 +110,7 @@ class PostgresStore(SqlStore):
             real="DOUBLE PRECISION",
             collate=' COLLATE "C"',  # ids sort by code point, as in SQLite
         ):
-            conn.execute(statement)  # type: ignore[call-overload]  # our own constant text
+            conn.execute(statement)
 
         def columns(table: str) -> set[str]:
             return {
@@ -123,7 +123,7 @@ class PostgresStore(SqlStore):
             }
 
         def run(statement: str, params: Any = ()) -> Any:
-            return conn.execute(_pg(statement), params)  # type: ignore[call-overload]
+            return conn.execute(_pg(statement), params)
 
         create_schema(run, columns("latest"), columns("updates"))
 
@@ -137,7 +137,7 @@ class PostgresStore(SqlStore):
         with self._pool.connection() as conn, conn.transaction():
 
             def run(statement: str, params: Any = ()) -> Any:
-                return conn.execute(_pg(statement), params)  # type: ignore[call-overload]
+                return conn.execute(_pg(statement), params)
 
             yield run
 

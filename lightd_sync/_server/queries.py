@@ -100,7 +100,11 @@ class SqlStore:
         return self.add_many([update], received_at=received_at, node=node)[0]
 
     def add_billing(
-        self, event: BillingEvent, *, received_at: Optional[float] = None, node: Optional[str] = None
+        self,
+        event: BillingEvent,
+        *,
+        received_at: Optional[float] = None,
+        node: Optional[str] = None,
     ) -> bool:
         """Store one billing event; True if stored, False if its event id was already stored."""
         return self.add_many([event], received_at=received_at, node=node)[0]
@@ -123,7 +127,9 @@ class SqlStore:
         now = time.time()
         results = [False] * len(events)
         # Rows are locked in server order, so two batches never wait on each other in a cycle.
-        order = sorted(range(len(events)), key=lambda i: (events[i].server, type(events[i]).__name__))
+        order = sorted(
+            range(len(events)), key=lambda i: (events[i].server, type(events[i]).__name__)
+        )
         with self._tx(write=True) as run:
             for i in order:
                 event = events[i]
@@ -154,9 +160,25 @@ class SqlStore:
         if replaced and self.webhooks:
             was = before[0] if before else None
             if status == "failed" and was != "failed":
-                self._queue_alert(run, "server_failed", node, server, status, update.data, when)
+                self._queue_alert(
+                    run,
+                    "server_failed",
+                    node=node,
+                    server=server,
+                    status=status,
+                    data=update.data,
+                    at=when,
+                )
             elif status == "ready" and was == "failed":
-                self._queue_alert(run, "server_recovered", node, server, status, None, when)
+                self._queue_alert(
+                    run,
+                    "server_recovered",
+                    node=node,
+                    server=server,
+                    status=status,
+                    data=None,
+                    at=when,
+                )
         return True
 
     def _add_billing(self, run: Run, event: BillingEvent, when: float, node: Optional[str]) -> bool:
@@ -180,6 +202,7 @@ class SqlStore:
         self,
         run: Run,
         kind: str,
+        *,
         node: Optional[str],
         server: Optional[str],
         status: Optional[str],
@@ -209,7 +232,9 @@ class SqlStore:
                 if at > float(last_seen) or state != "online":
                     run(sql.SET_NODE, (max(at, float(last_seen)), name))
                 if state == "stale" and self.webhooks:
-                    self._queue_alert(run, "node_online", name, None, None, None, at)
+                    self._queue_alert(
+                        run, "node_online", node=name, server=None, status=None, data=None, at=at
+                    )
 
     def mark_stale(self, cutoff: float, names: Sequence[str]) -> list[str]:
         """Mark the nodes of *names* last heard before *cutoff* stale (once); the ones marked."""
@@ -221,7 +246,9 @@ class SqlStore:
             now = time.time()
             if self.webhooks:
                 for name, _last in marked:
-                    self._queue_alert(run, "node_stale", name, None, None, None, now)
+                    self._queue_alert(
+                        run, "node_stale", node=name, server=None, status=None, data=None, at=now
+                    )
         return [row[0] for row in marked]
 
     def retain(self, before: float) -> int:
@@ -316,7 +343,8 @@ class SqlStore:
         Raises:
             LightdSyncError: The store is closed.
         """
-        filters, params = "", [after]
+        filters = ""
+        params: list[Any] = [after]
         if status is not None:
             filters += " AND l.status = ?"
             params.append(status)
@@ -425,4 +453,3 @@ def create_schema(run: Run, have_latest: set[str], have_updates: set[str]) -> No
         run(sql.MIGRATE_ERROR)
     for statement in sql.late_indexes():
         run(statement)
-

@@ -211,8 +211,7 @@ USAGE_PAGE = (
 )
 SERVERS_BY_NODE = "SELECT node, COUNT(*) FROM latest WHERE node IS NOT NULL GROUP BY node"
 COST_BY_NODE = (
-    "SELECT node, SUM(estimated_cost) FROM billing WHERE ts >= ? AND node IS NOT NULL"
-    " GROUP BY node"
+    "SELECT node, SUM(estimated_cost) FROM billing WHERE ts >= ? AND node IS NOT NULL GROUP BY node"
 )
 RESOURCES_BY_NODE = (
     "SELECT COALESCE(node, ''), SUM(memory_gb), SUM(cpu_vcpus), SUM(storage_gb), SUM(egress_gb),"
@@ -292,7 +291,7 @@ def latest_row(row: tuple[Any, ...]) -> dict[str, Any]:
     numbers with their ``timestamp``, or None.
     """
     _server, status, data, at, event_id, error, node, since = row[:8]
-    usage = None
+    usage: Optional[dict[str, Any]] = None
     if row[8] is not None:
         usage = {"timestamp": int(row[8])}
         usage.update({name: float(v) for name, v in zip(BILLING_FIELDS, row[9:15])})

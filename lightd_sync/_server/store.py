@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from .._exceptions import LightdSyncError
 from .._forksafe import after_fork_in_child
