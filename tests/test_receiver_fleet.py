@@ -335,8 +335,11 @@ def test_lightds_exact_billing_bytes_are_accepted(fleet: tuple[ReceiverApp, str]
         f"{url}/update",
         data=raw,
         method="POST",
-        headers={"authorization": f"Bearer {NODE_A}", "content-type": "application/json",
-                 "accept": "*/*"},  # fmt: skip
+        headers={
+            "authorization": f"Bearer {NODE_A}",
+            "content-type": "application/json",
+            "accept": "*/*",
+        },  # fmt: skip
     )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(request, timeout=10) as answer:
