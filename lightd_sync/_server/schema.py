@@ -132,11 +132,6 @@ NEW_COLUMNS = {
 NEW_UPDATE_COLUMNS = {"node": "TEXT"}
 
 # Every statement, with ? placeholders (PostgreSQL's store swaps in %s).
-#: Insert into the history; nothing if this server already sent this event id.
-INSERT_UPDATE = (
-    "INSERT INTO updates (received_at, server, status, error, data, event_id, node)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (server, event_id) DO NOTHING"
-)
 _NEWER = (
     "(excluded.order_key IS NULL OR latest.order_key IS NULL"
     " OR excluded.order_key >= latest.order_key)"
@@ -144,9 +139,12 @@ _NEWER = (
 #: Count the update in its server's history, and make it the server's latest
 #: state unless the stored one is known to be newer (one statement: ingest's
 #: cost is its statements). ``since`` is when the server took its status.
-UPSERT_LATEST = f"""
-INSERT INTO latest (server, status, data, error, node, updated_at, since, event_id, order_key, kept)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+_UPSERT_HEAD = (
+    "INSERT INTO latest (server, status, data, error, node, updated_at, since, event_id,"
+    " order_key, kept) VALUES "
+)
+_UPSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+_UPSERT_TAIL = f"""
 ON CONFLICT (server) DO UPDATE SET
     kept = latest.kept + 1,
     status = CASE WHEN {_NEWER} THEN excluded.status ELSE latest.status END,
@@ -158,10 +156,39 @@ ON CONFLICT (server) DO UPDATE SET
         THEN excluded.since ELSE latest.since END,
     event_id = CASE WHEN {_NEWER} THEN excluded.event_id ELSE latest.event_id END,
     order_key = CASE WHEN {_NEWER} THEN excluded.order_key ELSE latest.order_key END
-RETURNING kept, updated_at, event_id
-"""  # noqa: S608 - built from this module's own constant
-#: The status a server has before an update (locked in PostgreSQL).
-LATEST_STATUS = "SELECT status FROM latest WHERE server = ?"
+RETURNING server, kept, updated_at, event_id
+"""
+_INSERT_HEAD = (
+    "INSERT INTO updates (received_at, server, status, error, data, event_id, node) VALUES "
+)
+_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?)"
+_INSERT_TAIL = " ON CONFLICT (server, event_id) DO NOTHING RETURNING server"
+
+
+def insert_updates(rows: int) -> str:
+    """Insert *rows* updates (of different servers) into the history; returns the stored ones.
+
+    An update whose server already sent its event id is left out.
+    """
+    return _INSERT_HEAD + ", ".join([_INSERT_ROW] * rows) + _INSERT_TAIL
+
+
+def upsert_latest(rows: int) -> str:
+    """
+    Count *rows* updates (of different servers) in their histories, and make each
+    its server's latest state unless the stored one is known to be newer.
+
+    One statement for all: ingest's cost is its statements. ``since`` is when
+    the server took its status. Returns ``server, kept, updated_at, event_id``.
+    """
+    return _UPSERT_HEAD + ", ".join([_UPSERT_ROW] * rows) + _UPSERT_TAIL
+
+
+def statuses(rows: int) -> str:
+    """The statuses of *rows* servers before their updates."""
+    return f"SELECT server, status FROM latest WHERE server IN ({', '.join(['?'] * rows)})"  # noqa: S608
+
+
 #: Drop the oldest updates of a server beyond what is kept.
 PRUNE = (
     "DELETE FROM updates WHERE id IN (SELECT id FROM updates WHERE server = ? ORDER BY id LIMIT ?)"
