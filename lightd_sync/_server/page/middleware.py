@@ -201,7 +201,9 @@ class StatusPage:
 
     # -- static files ----------------------------------------------------------
 
-    def _serve_static(self, name: str, method: str, start_response: StartResponse) -> Iterable[bytes]:
+    def _serve_static(
+        self, name: str, method: str, start_response: StartResponse
+    ) -> Iterable[bytes]:
         # Only the package's own files, looked up by exact name: no path is
         # ever built from the request, so "../" leads nowhere.
         found = self._static.get(name)
@@ -246,7 +248,9 @@ def _load_assets() -> tuple[dict[str, tuple[str, bytes, str]], bytes, bytes]:
     for name in ("page.html", "login.html"):
         html = (root / name).read_bytes()
         for file, (_, _, etag) in static.items():
-            html = html.replace(f"/static/{file}".encode(), f"/static/{file}?v={etag[1:9]}".encode())
+            html = html.replace(
+                f"/static/{file}".encode(), f"/static/{file}?v={etag[1:9]}".encode()
+            )
         pages.append(html)
     return static, pages[0], pages[1]
 
@@ -277,7 +281,7 @@ def _form_token(environ: dict[str, Any]) -> Optional[str]:
     values = fields.get("token")
     if not values or len(values) != 1:
         return None
-    return values[0].strip()
+    return str(values[0]).strip()
 
 
 def _html(

@@ -129,6 +129,4 @@ def _digest(sid: str) -> bytes:
 
 
 def _well_formed(sid: Optional[str]) -> bool:
-    return (
-        isinstance(sid, str) and len(sid) == _COOKIE_LENGTH and _COOKIE_CHARS.issuperset(sid)
-    )
+    return isinstance(sid, str) and len(sid) == _COOKIE_LENGTH and _COOKIE_CHARS.issuperset(sid)
