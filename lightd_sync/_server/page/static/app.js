@@ -296,7 +296,7 @@
       const status = el("td");
       status.appendChild(pill(entry.status));
       tr.appendChild(status);
-      tr.appendChild(el("td", "error-value", entry.error || "—"));
+      tr.appendChild(entry.error ? el("td", "error-value", entry.error) : el("td", "muted", "—"));
       tr.appendChild(el("td", "data-cell", entry.data === undefined || entry.data === null ? "—" : entry.data));
       tr.appendChild(el("td", "event-id muted", entry.event_id || "—"));
       history.appendChild(tr);

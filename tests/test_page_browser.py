@@ -1,0 +1,248 @@
+"""
+The status page in a real browser: Debian's chromium, driven by Playwright, against the real receiver.
+
+The receiver is the command an operator runs (``python -m lightd_sync
+receiver --nodes ...``), on 127.0.0.1 and a port of the OS's choosing; nodes
+fill it over HTTP with their own tokens, and a real :class:`SyncEngine` sends
+the live update. The browser is ``/usr/bin/chromium`` (never one Playwright
+downloads). Every request the page makes is recorded; one for another host
+would be refused and fails the test.
+
+tox runs this file in one env of the matrix (py311): the others set
+``LIGHTD_SYNC_BROWSER=0``. Where chromium or Playwright is missing it skips,
+except under ``CI=true``, where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from lightd_sync import RemoteConfig, SyncEngine
+
+from .test_cli import Streaming
+
+CHROMIUM = "/usr/bin/chromium"
+OPERATOR = "lightd_0perat0r0000000000000000000000000a"
+NODES = {
+    "node-a": "lightd_a0000000000000000000000000000001",
+    "node-b": "lightd_b0000000000000000000000000000002",
+    "node-c": "lightd_c0000000000000000000000000000003",  # never heard from
+}
+HOSTILE = '<img src=x onerror="document.title=\'pwned\'">'
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(
+        os.environ.get("LIGHTD_SYNC_BROWSER") == "0",
+        reason="LIGHTD_SYNC_BROWSER=0: tox runs the browser test in one env of the matrix (py311)",
+    ),
+]
+
+
+def _playwright() -> Any:
+    """Playwright's sync API, or a skip (a failure under CI=true) saying what is missing."""
+    missing = None
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing = "Playwright for Python is not installed (pip install playwright)"
+    if missing is None and not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        missing = f"no chromium at {CHROMIUM} (apt-get install chromium)"
+    if missing is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the browser test: {missing}")
+        pytest.skip(missing)
+    return sync_api
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The receiver command with three nodes, filled by two of them; yields its URL."""
+    folder = tmp_path_factory.mktemp("page")
+    nodes, operator = folder / "nodes.json", folder / "operator.token"
+    nodes.write_text(json.dumps(NODES), encoding="utf-8")
+    operator.write_text(OPERATOR + "\n", encoding="utf-8")
+    os.chmod(nodes, 0o600)
+    os.chmod(operator, 0o600)
+    proc = Streaming(
+        "receiver",
+        "--port",
+        "0",
+        "--nodes",
+        str(nodes),
+        "--operator-token-file",
+        str(operator),
+        "--stuck-after",
+        "1",
+        "--no-audit",
+    )
+    try:
+        line = proc.wait_for(r"listening on http://")
+        url = line.split("listening on ", 1)[1].split()[0]
+        _fill(url)
+        yield url
+    finally:
+        proc.stop()
+        assert OPERATOR not in proc.stdout_text + proc.stderr_text
+
+
+def _send(url: str, node: str, body: dict[str, Any]) -> None:
+    answer = requests.post(
+        url + "/update",
+        json=body,
+        headers={"Authorization": f"Bearer {NODES[node]}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def _fill(url: str) -> None:
+    """Twelve servers on node-a and node-b: ready, failed (three), stuck installing; usage."""
+    for i in range(8):
+        node = "node-a" if i % 2 else "node-b"
+        _send(url, node, {"event": "update", "server": f"web-{i:02d}", "status": "installing"})
+        _send(url, node, {"event": "update", "server": f"web-{i:02d}", "status": "ready"})
+    _send(url, "node-a", {"event": "update", "server": "db-01", "status": "installing"})
+    _send(url, "node-a", {"event": "update", "server": "db-01", "error": "timeout"})
+    _send(url, "node-b", {"event": "update", "server": "db-02", "error": "failed", "data": HOSTILE})
+    _send(url, "node-b", {"event": "update", "server": "db-03", "error": "disk quota exceeded"})
+    _send(url, "node-a", {"event": "update", "server": "mc-stuck", "status": "installing"})
+    for server, cost in (("web-01", 0.0421), ("web-02", 1.5)):
+        _send(
+            url,
+            "node-a" if server == "web-01" else "node-b",
+            {
+                "event": "billing",
+                "server": server,
+                "memory_gb": 2.0,
+                "cpu_vcpus": 1.0,
+                "storage_gb": 20.0,
+                "egress_gb": 0.5,
+                "duration_hours": 1.0,
+                "estimated_cost": cost,
+                "timestamp": "2026-12-06T12:00:00Z",
+            },
+        )
+
+
+def test_the_status_page_in_chromium(receiver: str) -> None:
+    sync_api = _playwright()
+    expect = sync_api.expect
+    origin = urlsplit(receiver).netloc
+    requested: list[str] = []
+    refused: list[str] = []
+    errors: list[str] = []
+
+    def guard(route: Any) -> None:
+        url = route.request.url
+        requested.append(url)
+        if urlsplit(url).netloc == origin and url.startswith("http://"):
+            route.continue_()
+        else:
+            refused.append(url)
+            route.abort()
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            context = browser.new_context(base_url=receiver)
+            context.route("**/*", guard)
+            page = context.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.set_default_timeout(10_000)
+
+            # -- login: a wrong token is refused, the operator token opens the page --
+            page.goto("/")
+            expect(page.locator("#token")).to_be_visible()
+            page.fill("#token", OPERATOR[:-1] + "b")
+            page.click("button[type=submit]")
+            expect(page.locator(".notice.error")).to_contain_text("not the operator token")
+            assert context.cookies() == []
+            page.fill("#token", OPERATOR)
+            page.click("button[type=submit]")
+
+            # -- the counts, the nodes, the table ------------------------------------
+            expect(page.locator("#n-failed")).to_have_text("3")
+            expect(page.locator("#n-ready")).to_have_text("8")
+            expect(page.locator("#n-installing")).to_have_text("1")
+            expect(page.locator("#n-all")).to_have_text("12")
+            expect(page.locator("#n-stuck")).to_have_text("1")
+            expect(page.locator("#nodes li")).to_have_count(3)
+            expect(page.locator("#nodes li.node.online")).to_have_count(2)
+            expect(page.locator("#nodes li.node.never_seen")).to_contain_text("node-c")
+            expect(page.locator("#servers tr")).to_have_count(12)
+            stuck = page.locator('#servers tr[data-server="mc-stuck"]')
+            expect(stuck).to_have_class("status-installing stuck")
+            expect(stuck).to_contain_text("stuck")
+            expect(stuck).to_contain_text("node-a")
+            expect(page.locator('#servers tr[data-server="web-02"]')).to_contain_text("1.50")
+            hostile = page.locator('#servers tr[data-server="db-02"]')
+            expect(hostile).to_contain_text(HOSTILE)  # shown as text, never as markup
+            assert page.locator("#servers img").count() == 0
+            expect(page.locator('#servers tr[data-server="web-00"] td.time')).to_contain_text(
+                "ago"
+            )
+
+            # -- the failed filter ------------------------------------------------------
+            page.click('#status-filter button[data-status="failed"]')
+            expect(page.locator("#servers tr")).to_have_count(3)
+            expect(page.locator("#servers tr.status-failed")).to_have_count(3)
+            assert "status=failed" in page.url
+
+            # -- one server's history ----------------------------------------------------
+            page.click('#servers tr[data-server="db-01"] a')
+            expect(page.locator("#detail-view")).to_be_visible()
+            expect(page.locator("#detail-title")).to_have_text("db-01")
+            rows = page.locator("#history tr")
+            expect(rows).to_have_count(2)
+            expect(rows.nth(0)).to_contain_text("failed")
+            expect(rows.nth(0)).to_contain_text("timeout")
+            expect(rows.nth(1)).to_contain_text("installing")
+            assert "#/server/db-01" in page.url
+
+            # -- live: an update a SyncEngine sends shows without a reload ---------------
+            page.click("#back")
+            expect(page.locator("#servers tr")).to_have_count(12)
+            config = RemoteConfig(enabled=True, url=receiver, token=NODES["node-b"])
+            with SyncEngine(config) as engine:
+                sent = time.monotonic()
+                assert engine.update("aaa-live", "ready")
+                live = page.locator('#servers tr[data-server="aaa-live"]')
+                expect(live).to_be_visible(timeout=5_000)
+                shown = time.monotonic() - sent
+                expect(live).to_contain_text("node-b")
+                expect(page.locator("#n-ready")).to_have_text("9", timeout=5_000)
+            assert shown < 5.0, shown
+
+            # -- logout ends the session on the server too --------------------------------
+            session = [c for c in context.cookies() if c["name"].endswith("session")]
+            assert len(session) == 1 and session[0]["httpOnly"]
+            assert session[0]["sameSite"] == "Strict"
+            page.click("#logout")
+            expect(page.locator("#token")).to_be_visible()
+            assert context.cookies() == []
+            stale = requests.get(
+                receiver + "/servers",
+                headers={"Cookie": f"{session[0]['name']}={session[0]['value']}"},
+                timeout=10,
+            )
+            assert stale.status_code == 401
+            assert page.title() != "pwned"
+        finally:
+            browser.close()
+
+    # -- nothing left for another host ---------------------------------------------------
+    assert refused == []
+    assert requested and all(urlsplit(url).netloc == origin for url in requested)
+    assert errors == []
