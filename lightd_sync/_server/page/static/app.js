@@ -33,7 +33,16 @@
 
   // -- time ---------------------------------------------------------------
 
-  function ago(iso) {
+  // ISO 8601 as the receiver writes it; a number is seconds since the epoch.
+  function isoOf(value) {
+    if (typeof value === "number" && Number.isFinite(value)) {
+      return new Date(value * 1000).toISOString();
+    }
+    return value || null;
+  }
+
+  function ago(value) {
+    const iso = isoOf(value);
     if (!iso) return "never";
     const then = Date.parse(iso);
     if (Number.isNaN(then)) return String(iso);
@@ -47,7 +56,8 @@
     return Math.floor(h / 24) + " days ago";
   }
 
-  function timeCell(iso) {
+  function timeCell(value) {
+    const iso = isoOf(value);
     const td = el("td", "time", ago(iso));
     if (iso) {
       td.title = iso;
@@ -285,14 +295,14 @@
       facts.appendChild(dd);
     };
     fact("Node", doc.node || latest.node || "—");
-    const updated = doc.updated || latest.received_at;
+    const updated = isoOf(doc.updated || latest.at || latest.received_at);
     fact("Updated", ago(updated), updated);
     const usage = doc.usage;
     fact("Est. cost", usage ? cost(usage.estimated_cost) : "–", usage && usage.at);
     fact("Resources", resources(usage));
     for (const entry of items) {
       const tr = el("tr", "status-" + entry.status);
-      tr.appendChild(timeCell(entry.received_at));
+      tr.appendChild(timeCell(entry.at || entry.received_at));
       const status = el("td");
       status.appendChild(pill(entry.status));
       tr.appendChild(status);
