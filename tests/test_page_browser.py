@@ -128,7 +128,7 @@ def _fill(url: str) -> None:
                 "egress_gb": 0.5,
                 "duration_hours": 1.0,
                 "estimated_cost": cost,
-                "timestamp": "2026-12-06T12:00:00Z",
+                "timestamp": int(time.time()),
             },
         )
 

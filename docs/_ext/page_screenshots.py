@@ -66,7 +66,7 @@ def billing(url: str, node: str, server: str, rng: random.Random) -> None:
             "egress_gb": round(rng.random() * 6, 2),
             "duration_hours": 1.0,
             "estimated_cost": round(0.006 * memory + 0.011 * cpus + rng.random() * 0.01, 4),
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "timestamp": int(time.time()) - rng.randint(0, 3000),
         },
     )
 

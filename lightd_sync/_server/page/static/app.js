@@ -284,7 +284,8 @@
       facts.appendChild(el("dd", "muted", "No update stored for this server."));
       return;
     }
-    const items = doc.history || [];
+    // The receiver lists a history oldest first (the newest N of it): show the newest first.
+    const items = (doc.history || []).slice().reverse();
     const latest = items[0] || {};
     badges.appendChild(pill(doc.status || latest.status));
     if (doc.stuck) badges.appendChild(stuckBadge());
