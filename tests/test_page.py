@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
@@ -431,3 +432,12 @@ def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def test_the_screenshots_docs_receiver_md_shows_are_there() -> None:
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    text = (docs / "receiver.md").read_text(encoding="utf-8")
+    shown = re.findall(r"!\[[^\]]*\]\((_static/page-[a-z-]+\.png)\)", text)
+    assert len(shown) >= 3  # the login, the fleet, one server
+    for name in shown:
+        assert (docs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -19,7 +19,9 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ NODES = {
     "ap-sgp-1": "lightd_" + "d4" * 16,  # heard from once, then silent: stale
     "us-sfo-3": "lightd_" + "e5" * 16,  # configured, never heard from
 }
-STALE_AFTER, STUCK_AFTER = 4, 3
+STALE_AFTER, STUCK_AFTER = 6, 15
 ERRORS = [
     ("failed", "docker pull ghcr.io/acme/shop:4.2: manifest unknown"),
     ("timeout", None),
@@ -46,10 +48,18 @@ ERRORS = [
 
 
 def send(url: str, node: str, body: dict[str, Any]) -> None:
-    answer = requests.post(
-        url + "/update", json=body, headers={"Authorization": f"Bearer {NODES[node]}"}, timeout=10
-    )
+    headers = {"Authorization": f"Bearer {NODES[node]}", "X-Lightd-Event-Id": str(uuid.uuid4())}
+    answer = requests.post(url + "/update", json=body, headers=headers, timeout=10)
     answer.raise_for_status()
+
+
+def heartbeats(url: str, stop: threading.Event) -> None:
+    """The live nodes' health checks, as Lightd makes them (here every second)."""
+    while not stop.wait(1.0):
+        for node in ("eu-fra-1", "eu-ams-2", "us-nyc-1"):
+            requests.get(
+                url + "/health", headers={"Authorization": f"Bearer {NODES[node]}"}, timeout=10
+            )
 
 
 def billing(url: str, node: str, server: str, rng: random.Random) -> None:
@@ -76,7 +86,7 @@ def fill(url: str) -> None:
     send(url, "ap-sgp-1", {"event": "update", "server": "ap-game-0042", "status": "ready"})
     billing(url, "ap-sgp-1", "ap-game-0042", rng)
     # Two installs that will be stuck by the time the page is shown.
-    for server, node in (("shop-eu-0007", "eu-fra-1"), ("mc-us-0113", "us-nyc-1")):
+    for server, node in (("api-eu-0007", "eu-fra-1"), ("db-us-0113", "us-nyc-1")):
         send(url, node, {"event": "update", "server": server, "status": "installing"})
     time.sleep(max(STALE_AFTER, STUCK_AFTER) + 0.5)
     kinds = ["mc", "shop", "api", "db", "web"]
@@ -96,10 +106,6 @@ def fill(url: str) -> None:
             send(url, node, {"event": "update", "server": server, "status": "ready"})
             billing(url, node, server, rng)
             billing(url, node, server, rng)
-    for node in live:  # keep the three live nodes online
-        requests.get(
-            url + "/health", headers={"Authorization": f"Bearer {NODES[node]}"}, timeout=10
-        )
 
 
 def shoot(url: str, out: Path) -> None:
@@ -117,7 +123,9 @@ def shoot(url: str, out: Path) -> None:
         page.click("button[type=submit]")
         expect(page.locator("#servers tr").first).to_be_visible()
         page.wait_for_timeout(500)
-        page.screenshot(path=str(out / "page-fleet.png"), full_page=True)
+        page.set_viewport_size({"width": 1360, "height": 1240})  # counts, nodes, 25 rows
+        page.screenshot(path=str(out / "page-fleet.png"))
+        page.set_viewport_size({"width": 1360, "height": 860})
         failed = page.locator("#servers tr.status-failed a").first
         failed.click()
         expect(page.locator("#history tr").first).to_be_visible()
@@ -164,7 +172,14 @@ def main() -> int:
                 raise SystemExit(f"the receiver did not start: {line!r}")
             url = match.group(1)
             fill(url)
-            shoot(url, args.out)
+            stop = threading.Event()
+            beating = threading.Thread(target=heartbeats, args=(url, stop), daemon=True)
+            beating.start()
+            try:
+                shoot(url, args.out)
+            finally:
+                stop.set()
+                beating.join(10)
         finally:
             proc.terminate()
             proc.wait(10)

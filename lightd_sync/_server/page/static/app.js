@@ -199,13 +199,14 @@
       const main = el("div", "node-main");
       main.appendChild(el("span", "node-name", node.name));
       const state = (node.state || "").replace("_", " ");
-      const seen = node.last_seen ? "seen " + ago(node.last_seen) : "never seen";
-      const line = el("span", "node-line muted", state + " · " + seen);
+      const seen = node.last_seen ? " · seen " + ago(node.last_seen) : "";
+      const line = el("span", "node-line muted", state + seen);
       if (node.last_seen) line.title = node.last_seen;
       main.appendChild(line);
       li.appendChild(main);
       const side = el("div", "node-side");
-      side.appendChild(el("span", "node-servers", num(node.servers, 0) + " servers"));
+      const servers = num(node.servers, 0) + (node.servers === 1 ? " server" : " servers");
+      side.appendChild(el("span", "node-servers", servers));
       side.appendChild(el("span", "node-cost muted", cost(node.cost_24h) + " / 24 h"));
       li.appendChild(side);
       li.title = "Show this node's servers";
@@ -308,7 +309,8 @@
       status.appendChild(pill(entry.status));
       tr.appendChild(status);
       tr.appendChild(entry.error ? el("td", "error-value", entry.error) : el("td", "muted", "—"));
-      tr.appendChild(el("td", "data-cell", entry.data === undefined || entry.data === null ? "—" : entry.data));
+      const hasData = entry.data !== undefined && entry.data !== null;
+      tr.appendChild(hasData ? el("td", "data-cell", entry.data) : el("td", "muted", "—"));
       tr.appendChild(el("td", "event-id muted", entry.event_id || "—"));
       history.appendChild(tr);
     }
