@@ -441,3 +441,9 @@ def test_the_screenshots_docs_receiver_md_shows_are_there() -> None:
     assert len(shown) >= 3  # the login, the fleet, one server
     for name in shown:
         assert (docs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_the_receiver_reads_the_key_the_middleware_sets() -> None:
+    from lightd_sync._server.app import OPERATOR_ENVIRON
+
+    assert OPERATOR_ENVIRON == OPERATOR_KEY

@@ -90,6 +90,7 @@ class StatusPage:
         session_ttl: Seconds a login lasts.
         failed_login_delay: Seconds before a wrong token is answered.
         max_slow_logins: Wrong-token answers that may wait at once.
+        clock: Wall-clock seconds, for the sessions' expiry (tests inject their own).
 
     .. versionadded:: 0.2.0
     """
