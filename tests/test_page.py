@@ -447,3 +447,37 @@ def test_the_receiver_reads_the_key_the_middleware_sets() -> None:
     from lightd_sync._server.app import OPERATOR_ENVIRON
 
     assert OPERATOR_ENVIRON == OPERATOR_KEY
+
+
+# -- in the receiver command ------------------------------------------------------------
+
+
+def test_the_receiver_command_serves_the_page_with_secure_cookies(tmp_path: Path) -> None:
+    """Without --nodes its one token logs in; the session then reads the operator's routes."""
+    from .test_cli import Streaming, cli_env
+
+    proc = Streaming(
+        "receiver",
+        "--port",
+        "0",
+        "--no-audit",
+        "--secure-cookies",
+        env=cli_env(LIGHTD_REMOTE_TOKEN=TOKEN),
+    )
+    try:
+        line = proc.wait_for(r"listening on http://")
+        url = line.split("listening on ", 1)[1].split()[0]
+        assert requests.get(url + "/servers", timeout=10).status_code == 401
+        login = requests.post(
+            url + "/login", data={"token": TOKEN}, allow_redirects=False, timeout=10
+        )
+        assert login.status_code == 303
+        cookie = login.headers["Set-Cookie"]
+        assert cookie.startswith(SECURE_COOKIE + "=") and cookie.endswith("; Secure")
+        headers = {"Cookie": cookie.split(";")[0]}
+        answer = requests.get(url + "/summary", headers=headers, timeout=10)
+        assert answer.status_code == 200 and "counts" in answer.json()
+        assert requests.get(url + "/", headers=headers, timeout=10).text.count("app.js") == 1
+    finally:
+        proc.stop()
+    assert TOKEN not in proc.stdout_text + proc.stderr_text
