@@ -158,11 +158,16 @@
     return answer.json();
   }
 
-  function serversURL() {
+  function filterQuery() {
     const q = new URLSearchParams();
     if (view.status) q.set("status", view.status);
     if (view.node) q.set("node", view.node);
     if (view.prefix) q.set("prefix", view.prefix);
+    return q;
+  }
+
+  function serversURL() {
+    const q = filterQuery();
     if (view.after) q.set("after", view.after);
     q.set("limit", String(PAGE_SIZE));
     return "/servers?" + q.toString();
@@ -416,16 +421,14 @@
       button.classList.toggle("active", button.dataset.status === view.status);
     }
     $("node-filter").value = view.node;
+    const csv = filterQuery().toString();
+    $("csv").href = "/servers.csv" + (csv ? "?" + csv : "");
     if (document.activeElement !== $("prefix")) $("prefix").value = view.prefix;
     document.title = (view.server ? view.server + " · " : "Fleet · ") + "lightd-sync receiver";
   }
 
   function listHash() {
-    const q = new URLSearchParams();
-    if (view.status) q.set("status", view.status);
-    if (view.node) q.set("node", view.node);
-    if (view.prefix) q.set("prefix", view.prefix);
-    const query = q.toString();
+    const query = filterQuery().toString();
     return "#/" + (query ? "?" + query : "");
   }
 
