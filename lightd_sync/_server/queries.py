@@ -418,7 +418,7 @@ class SqlStore:
         Raises:
             LightdSyncError: The store is closed.
         """
-        filters = ""
+        filters, op = "", ">"
         params: list[Any] = [after]
         if status is not None:
             filters += " AND l.status = ?"
@@ -427,9 +427,16 @@ class SqlStore:
             filters += " AND l.node = ?"
             params.append(node)
         if prefix:
-            filters += " AND l.server >= ? AND substr(l.server, 1, CAST(? AS INTEGER)) = ?"
-            params += [prefix, len(prefix), prefix]
-        statement = sql.LATEST_PAGE.format(filters=filters)
+            if after < prefix:  # start at the prefix, not at the first server
+                op, params[0] = ">=", prefix
+            filters += " AND substr(l.server, 1, CAST(? AS INTEGER)) = ?"
+            params += [len(prefix), prefix]
+            last = ord(prefix[-1]) + 1
+            if last <= 0x10FFFF and not 0xD800 <= last <= 0xDFFF:
+                # and stop past the last id that starts with it
+                filters += " AND l.server < ?"
+                params.append(prefix[:-1] + chr(last))
+        statement = sql.LATEST_PAGE.format(after=op, filters=filters)
         with self._tx(write=False) as run:
             rows = run(statement, (*params, limit)).fetchall()
         return {row[0]: sql.latest_row(row) for row in rows}
@@ -541,5 +548,3 @@ def create_schema(run: Run, have_latest: set[str], have_updates: set[str]) -> No
         run(sql.MIGRATE_SINCE)
     if "error" in missing:
         run(sql.MIGRATE_ERROR)
-    for statement in sql.late_indexes():
-        run(statement)
