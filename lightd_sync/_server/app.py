@@ -359,7 +359,6 @@ class ReceiverApp:
             path=str(environ.get("PATH_INFO") or ""),
         )
         headers: list[tuple[str, str]] = []
-        kind = "application/json"
         try:
             status, doc = self._handle(environ, exchange)
         except RequestError as reject:
@@ -390,12 +389,7 @@ class ReceiverApp:
             start_response(f"{status} {HTTPStatus(status).phrase}", headers)
             return doc.chunks
         body = json.dumps(doc, separators=(",", ":")).encode("ascii")
-        headers = [
-            ("Content-Type", kind),
-            *_HEADERS[1:],
-            ("Content-Length", str(len(body))),
-            *headers,
-        ]
+        headers = [*_HEADERS, ("Content-Length", str(len(body))), *headers]
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         return [body]
 
