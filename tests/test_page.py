@@ -142,7 +142,9 @@ def test_the_right_token_opens_a_session_with_a_strict_cookie(site: Site) -> Non
     assert not site.as_operator(sid, headers={"Authorization": "Bearer something"})
     # A request another site made is never the operator's.
     assert not site.as_operator(sid, headers={"Sec-Fetch-Site": "cross-site"})
+    assert not site.as_operator(sid, headers={"Sec-Fetch-Site": "same-site"})
     assert site.as_operator(sid, headers={"Sec-Fetch-Site": "same-origin"})
+    assert site.as_operator(sid, headers={"Sec-Fetch-Site": "none"})
 
 
 def test_a_wrong_token_is_answered_slowly_and_logged_without_it(
@@ -218,11 +220,12 @@ def test_a_login_sent_as_json_is_refused(site: Site) -> None:
     assert answer.status_code == 400 and "Set-Cookie" not in answer.headers
 
 
-def test_a_cross_site_login_is_refused(site: Site) -> None:
+@pytest.mark.parametrize("where", ["cross-site", "same-site"])
+def test_a_login_another_page_sent_is_refused(site: Site, where: str) -> None:
     answer = requests.post(
         site.url + "/login",
         data={"token": TOKEN},
-        headers={"Sec-Fetch-Site": "cross-site"},
+        headers={"Sec-Fetch-Site": where},
         allow_redirects=False,
         timeout=10,
     )

@@ -65,7 +65,9 @@ class StatusPage:
     with the operator token), ``POST /logout`` and ``GET /static/<file>``.
     Every other request goes to *app*; one that carries a valid session
     cookie and no ``Authorization`` header gets ``environ["lightd_sync.operator"]
-    = True`` first, which the receiver takes as the operator's token.
+    = True`` first, which the receiver takes as the operator's token; unless
+    the browser says another page made it (``Sec-Fetch-Site`` other than
+    ``same-origin`` or ``none``).
 
     The session cookie is ``HttpOnly; SameSite=Strict; Path=/``, plus
     ``Secure`` (and the ``__Host-`` name prefix) when the request arrived over
@@ -155,9 +157,9 @@ class StatusPage:
     # -- sessions --------------------------------------------------------------
 
     def _logged_in(self, environ: dict[str, Any]) -> bool:
-        # A request another site's page made is never the operator's, whatever
-        # the browser attached (SameSite=Strict should already keep it away).
-        if str(environ.get("HTTP_SEC_FETCH_SITE") or "") == "cross-site":
+        # A request another page made (another site, or a sibling host of the
+        # same site, which SameSite=Strict lets through) is never the operator's.
+        if not _from_here(environ):
             return False
         return self.sessions.valid(_cookie(environ))
 
@@ -172,7 +174,7 @@ class StatusPage:
 
     def _do_login(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         client = str(environ.get("REMOTE_ADDR") or "-")
-        if str(environ.get("HTTP_SEC_FETCH_SITE") or "") == "cross-site":
+        if not _from_here(environ):
             return _html(start_response, "POST", 403, self._login_page("form"))
         given = _form_token(environ)
         if given is None:
@@ -254,6 +256,15 @@ def _load_assets() -> tuple[dict[str, tuple[str, bytes, str]], bytes, bytes]:
             )
         pages.append(html)
     return static, pages[0], pages[1]
+
+
+def _from_here(environ: dict[str, Any]) -> bool:
+    """
+    Whether the browser says the request came from this origin's own pages, or from
+    no page (typed, bookmarked); a client without ``Sec-Fetch-Site`` is taken at its word.
+    """
+    site = environ.get("HTTP_SEC_FETCH_SITE")
+    return site is None or site in ("same-origin", "none")
 
 
 def _cookie(environ: dict[str, Any]) -> Optional[str]:
