@@ -172,7 +172,8 @@ def test_a_wrong_login_waits_without_holding_up_other_requests(site: Site) -> No
     slow = threading.Thread(target=lambda: (site.login("lightd_" + "0" * 32), done.set()))
     slow.start()
     try:
-        time.sleep(0.2)  # let the wrong login start waiting (ordering only; asserted below)
+        page = site.page
+        assert _wait(lambda: page._slow == 1)  # the wrong login is waiting now
         started = time.monotonic()
         assert site.get("/", sid).status_code == 200
         assert site.login().status_code == 303
