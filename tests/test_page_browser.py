@@ -217,7 +217,7 @@ def _filter_and_history(expect: Any, page: Any) -> None:
     expect(page.locator("#servers tr")).to_have_count(3)
     expect(page.locator("#servers tr.status-failed")).to_have_count(3)
     assert "status=failed" in page.url
-    expect(page.locator("#csv")).to_have_attribute("href", "/servers.csv?status=failed")
+    expect(page.locator("#csv")).to_have_attribute("href", "servers.csv?status=failed")
     csv = page.request.get("/servers.csv?status=failed")  # with the page's session cookie
     assert csv.status == 200 and len(csv.text().strip().splitlines()) == 1 + 3
     page.click('#servers tr[data-server="db-01"] a')

@@ -251,9 +251,8 @@ def _load_assets() -> tuple[dict[str, tuple[str, bytes, str]], bytes, bytes]:
     for name in ("page.html", "login.html"):
         html = (root / name).read_bytes()
         for file, (_, _, etag) in static.items():
-            html = html.replace(
-                f"/static/{file}".encode(), f"/static/{file}?v={etag[1:9]}".encode()
-            )
+            versioned = f'"static/{file}?v={etag[1:9]}"'
+            html = html.replace(f'"static/{file}"'.encode(), versioned.encode())
         pages.append(html)
     return static, pages[0], pages[1]
 
@@ -320,7 +319,7 @@ def _see_other(start_response: StartResponse, headers: list[tuple[str, str]]) ->
     start_response(
         "303 See Other",
         [
-            ("Location", "/"),
+            ("Location", "./"),  # relative: the page may sit under a prefix
             ("Content-Length", "0"),
             ("Cache-Control", "no-store"),
             *_SECURITY,
