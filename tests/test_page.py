@@ -316,9 +316,23 @@ def test_sessions_are_bounded() -> None:
     assert [page.sessions.valid(s) for s in ids] == [False, False, True, True, True]
 
 
-def test_an_empty_operator_token_is_refused() -> None:
-    with pytest.raises(ValueError, match="operator_token"):
-        StatusPage(Recorder(), operator_token="")
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("operator_token", ""),
+        ("session_ttl", 0),
+        ("session_ttl", float("nan")),
+        ("session_ttl", True),
+        ("failed_login_delay", -1),
+        ("failed_login_delay", "1"),
+        ("max_slow_logins", 0),
+        ("max_slow_logins", 1.5),
+    ],
+)
+def test_bad_options_are_refused_naming_them(option: str, value: Any) -> None:
+    options: dict[str, Any] = {"operator_token": TOKEN, option: value}
+    with pytest.raises(ValueError, match=f"^{option}: "):
+        StatusPage(Recorder(), **options)
 
 
 # -- static files, methods ---------------------------------------------------------------

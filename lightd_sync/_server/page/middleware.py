@@ -114,6 +114,16 @@ class StatusPage:
         )
         if not self._token():
             raise ValueError("operator_token: expected a non-empty string")
+        if not (_is_number(session_ttl) and 1 <= session_ttl < 10**9):
+            raise ValueError(f"session_ttl: expected seconds >= 1, got {session_ttl!r}")
+        if not (_is_number(failed_login_delay) and 0 <= failed_login_delay <= 60):
+            raise ValueError(
+                f"failed_login_delay: expected 0 to 60 seconds, got {failed_login_delay!r}"
+            )
+        if not (type(max_slow_logins) is int and max_slow_logins >= 1):
+            raise ValueError(
+                f"max_slow_logins: expected a whole number >= 1, got {max_slow_logins!r}"
+            )
         self.secure_cookies = bool(secure_cookies)
         self.sessions = SessionTable(self._token, ttl=session_ttl, clock=clock)
         self._ttl = int(session_ttl)
@@ -255,6 +265,10 @@ def _load_assets() -> tuple[dict[str, tuple[str, bytes, str]], bytes, bytes]:
             html = html.replace(f'"static/{file}"'.encode(), versioned.encode())
         pages.append(html)
     return static, pages[0], pages[1]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _from_here(environ: dict[str, Any]) -> bool:
