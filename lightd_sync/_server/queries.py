@@ -155,6 +155,15 @@ class SqlStore:
                 results[i] = self._add_billing(run, event, when, node)
         return results
 
+    def _rows(
+        self, build: Callable[..., str], rows: list[tuple[Any, ...]]
+    ) -> tuple[str, Sequence[Any]]:
+        """A statement taking *rows* and its parameters: one value each in SQLite, one
+        array per column in PostgreSQL (4,500 placeholders cost psycopg 15 ms to parse)."""
+        if self._postgres:
+            return build(len(rows), arrays=True), [list(column) for column in zip(*rows)]
+        return build(len(rows)), [value for row in rows for value in row]
+
     def _add_updates(
         self,
         run: Run,
@@ -168,24 +177,37 @@ class SqlStore:
         *times* is when they arrived and the clock that order keys are judged by.
         """
         when, now = times
-        rows: list[Any] = []
-        for _i, u in chunk:
-            rows += (when, u.server, u.status.value, u.error_value, u.data, u.event_id, node)
-        stored = {row[0] for row in run(sql.insert_updates(len(chunk)), rows).fetchall()}
+        history: list[tuple[Any, ...]] = [
+            (when, u.server, u.status.value, u.error_value, u.data, u.event_id, node)
+            for _i, u in chunk
+        ]
+        stored = {row[0] for row in run(*self._rows(sql.insert_updates, history)).fetchall()}
         todo = [(i, u) for i, u in chunk if u.server in stored]
         if not todo:
             return
         names = [u.server for _i, u in todo]
         before: dict[str, str] = {}
         if self.webhooks:
-            found = run(self._lock(sql.statuses(len(names))), names).fetchall()
+            if self._postgres:
+                found = run(sql.STATUSES_ANY + " FOR UPDATE", (names,)).fetchall()
+            else:
+                found = run(sql.statuses(len(names)), names).fetchall()
             before = dict(found)
-        rows = []
-        for _i, u in todo:
-            key = sql.order_key(u.event_id, now)
-            status = u.status.value
-            rows += (u.server, status, u.data, u.error_value, node, when, when, u.event_id, key)
-        after = {row[0]: row[1:] for row in run(sql.upsert_latest(len(todo)), rows).fetchall()}
+        rows: list[tuple[Any, ...]] = [
+            (
+                u.server,
+                u.status.value,
+                u.data,
+                u.error_value,
+                node,
+                when,
+                when,
+                u.event_id,
+                sql.order_key(u.event_id, now),
+            )
+            for _i, u in todo
+        ]
+        after = {row[0]: row[1:] for row in run(*self._rows(sql.upsert_latest, rows)).fetchall()}
         limit = self.history_limit
         for i, u in todo:
             results[i] = True

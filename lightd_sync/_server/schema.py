@@ -169,22 +169,41 @@ _INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?)"
 _INSERT_TAIL = " ON CONFLICT (server, event_id) DO NOTHING RETURNING server"
 
 
-def insert_updates(rows: int) -> str:
+_INSERT_ARRAYS = (
+    "SELECT * FROM unnest(?::float8[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[],"
+    " ?::text[])"
+)
+_UPSERT_ARRAYS = (
+    "SELECT s, st, d, e, n, u, si, ev, ok, 1 FROM unnest(?::text[], ?::text[], ?::text[],"
+    " ?::text[], ?::text[], ?::float8[], ?::float8[], ?::text[], ?::text[])"
+    " AS t (s, st, d, e, n, u, si, ev, ok)"
+)
+#: The statuses of the servers in an array, before their updates (PostgreSQL).
+STATUSES_ANY = "SELECT server, status FROM latest WHERE server = ANY(?)"
+
+
+def insert_updates(rows: int, *, arrays: bool = False) -> str:
     """Insert *rows* updates (of different servers) into the history; returns the stored ones.
 
-    An update whose server already sent its event id is left out.
+    An update whose server already sent its event id is left out. With
+    *arrays* (PostgreSQL) the statement takes one array per column.
     """
+    if arrays:
+        return _INSERT_HEAD.replace(" VALUES ", " ") + _INSERT_ARRAYS + _INSERT_TAIL
     return _INSERT_HEAD + ", ".join([_INSERT_ROW] * rows) + _INSERT_TAIL
 
 
-def upsert_latest(rows: int) -> str:
+def upsert_latest(rows: int, *, arrays: bool = False) -> str:
     """
     Count *rows* updates (of different servers) in their histories, and make each
     its server's latest state unless the stored one is known to be newer.
 
     One statement for all: ingest's cost is its statements. ``since`` is when
     the server took its status. Returns ``server, kept, updated_at, event_id``.
+    With *arrays* (PostgreSQL) the statement takes one array per column.
     """
+    if arrays:
+        return _UPSERT_HEAD.replace(" VALUES ", " ") + _UPSERT_ARRAYS + _UPSERT_TAIL
     return _UPSERT_HEAD + ", ".join([_UPSERT_ROW] * rows) + _UPSERT_TAIL
 
 
