@@ -409,7 +409,14 @@
     const hash = window.location.hash.replace(/^#/, "");
     const [path, query] = hash.split("?");
     const match = /^\/server\/(.+)$/.exec(path || "");
-    view.server = match ? decodeURIComponent(match[1]) : null;
+    view.server = null;
+    if (match) {
+      try {
+        view.server = decodeURIComponent(match[1]);
+      } catch (e) {
+        view.server = match[1]; // not percent-encoded as this page writes it: take it as it is
+      }
+    }
     const q = new URLSearchParams(query || "");
     if (!match) {
       view.status = q.get("status") || "";
