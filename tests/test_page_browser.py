@@ -162,6 +162,7 @@ def test_the_status_page_in_chromium(receiver: str) -> None:
             _fleet(sync_api.expect, page)
             _filter_and_history(sync_api.expect, page)
             _live(sync_api.expect, page, receiver)
+            _hidden_tab(page)
             _logout(sync_api.expect, page, context, receiver)
         finally:
             browser.close()
@@ -245,6 +246,29 @@ def _live(expect: Any, page: Any, receiver: str) -> None:
         expect(live).to_contain_text("node-b")
         expect(page.locator("#n-ready")).to_have_text("9", timeout=5_000)
     assert shown < 5.0, shown
+
+
+_VISIBILITY = """state => {
+    Object.defineProperty(document, "visibilityState", {configurable: true, get: () => state});
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def _hidden_tab(page: Any) -> None:
+    """A hidden tab polls nothing; shown again, it asks at once."""
+    polls: list[float] = []
+    page.on("request", lambda r: polls.append(time.monotonic()) if "summary" in r.url else None)
+    page.evaluate(_VISIBILITY, "hidden")
+    hidden = time.monotonic()
+    # Absence can only be watched for a while: longer than a poll interval (2 s) and one in flight.
+    page.wait_for_timeout(3_000)
+    assert [t for t in polls if t > hidden + 0.5] == []
+    page.evaluate(_VISIBILITY, "visible")
+    shown = time.monotonic()
+    deadline = shown + 2.0
+    while not [t for t in polls if t >= shown] and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert [t for t in polls if t >= shown], "no poll after the tab was shown again"
 
 
 def _logout(expect: Any, page: Any, context: Any, receiver: str) -> None:
