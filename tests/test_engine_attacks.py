@@ -413,7 +413,9 @@ def test_fork_under_load_the_child_delivers_every_time(remote: ScriptedRemote) -
             t.join(5)
         engine.close(5)
     assert not failures
-    children = {r.json()["server"] for r in remote.posts() if "child" in r.json()["server"]}
+    # A request that close() cut while it was being sent arrives without its body: skip those.
+    bodies = [r.json() for r in remote.posts() if r.body]
+    children = {b["server"] for b in bodies if "child" in b["server"]}
     assert {f"child-{i}" for i in range(50)} == children
 
 
