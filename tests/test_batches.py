@@ -252,3 +252,40 @@ def test_file_and_null_take_many_at_once(tmp_path: object) -> None:
     with NullTransport() as n:
         assert n.max_batch() >= 100
         assert [None] * 3 == n.send_many(events(3))
+
+
+def test_a_batch_to_a_remote_that_stops_answering_takes_one_timeout(make: Make) -> None:
+    """One request, one deadline: never N x timeout, never a second copy of an update."""
+    import threading
+    import time
+
+    from lightd_sync import RemoteTimeoutError
+
+    from .servers import RawRemote
+
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def script(conn: object, request: bytes) -> None:
+        with lock:
+            seen.append(request)
+        if request.startswith(b"GET"):
+            body = json.dumps({"status": 200, "endpoint": "active", "batch": {"max": 50}})
+            conn.sendall(  # type: ignore[attr-defined]
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body.encode())
+            )
+            return
+        server.stopped.wait(10)  # never answers
+
+    server = RawRemote(script)
+    for _ in serving(server):
+        with make(http_config(server.url, timeout=1)) as t:
+            t.check_health()
+            started = time.monotonic()
+            out = t.send_many(events(20))
+            elapsed = time.monotonic() - started
+    assert all(isinstance(e, RemoteTimeoutError) for e in out)
+    assert elapsed < 1.5
+    with lock:
+        posts = [r for r in seen if r.startswith(b"POST")]
+    assert 1 == len(posts), "one request for the whole batch"
