@@ -23,7 +23,17 @@ import lightd_sync
 from lightd_sync.__main__ import main
 
 from .conftest import TOKEN
-from .servers import refused_url
+from .servers import ScriptedRemote, refused_url
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+BILLING = {
+    "memory_gb": 0.5,
+    "cpu_vcpus": 0.25,
+    "storage_gb": 2,
+    "egress_gb": 0.01,
+    "duration_hours": 1,
+    "estimated_cost": 0.0123,
+}
 
 #: A token the receivers in these tests never accept.
 WRONG_TOKEN = "lightd_00000000000000000000000000000bad"
@@ -314,16 +324,130 @@ def test_send_to_an_unreachable_remote_exits_1(tmp_path: Path) -> None:
     assert_no_secret(proc)
 
 
+def test_send_carries_an_event_id_and_takes_every_error_form(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "config.json", remote.url)
+    cases = [
+        (["s1", "ready"], {"event": "update", "server": "s1", "status": "ready"}),
+        (["s1", "--error", "timeout"], {"event": "update", "server": "s1", "error": "timeout"}),
+        (
+            ["s1", "failed", "--error", "disk full", "--data", "/var at 100%"],
+            {"event": "update", "server": "s1", "error": "disk full", "data": "/var at 100%"},
+        ),
+        (
+            ["s1", "failed", "--data", "no image"],
+            {"event": "update", "server": "s1", "error": "failed", "data": "no image"},
+        ),
+    ]
+    for args, body in cases:
+        proc = run_cli("send", "--config", config, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert json.dumps(body, separators=(",", ":")) in proc.stdout
+    posts = remote.posts()
+    assert [body for _, body in cases] == [p.json() for p in posts]
+    ids = [p.headers.get("X-Lightd-Event-Id", "") for p in posts]
+    assert all(UUID.fullmatch(i) for i in ids), ids
+    assert len(set(ids)) == len(ids)
+
+
+def test_send_a_billing_event_in_lightd_s_field_order(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "config.json", remote.url)
+    before = int(time.time())
+    proc = run_cli("send", "--config", config, "s1", "--billing", json.dumps(BILLING))
+    assert proc.returncode == 0, proc.stderr
+    (post,) = remote.posts()
+    assert post.path == "/update"
+    body = post.json()
+    assert list(body) == ["event", "server", *BILLING, "timestamp"]
+    assert {"event": "billing", "server": "s1", **BILLING}.items() <= body.items()
+    assert before <= body["timestamp"] <= int(time.time())
+    assert UUID.fullmatch(post.headers["X-Lightd-Event-Id"])
+    stamped = dict(BILLING, timestamp=1767225600)
+    proc = run_cli("send", "--config", config, "s2", "--billing", json.dumps(stamped))
+    assert proc.returncode == 0, proc.stderr
+    assert 1767225600 == remote.posts()[1].json()["timestamp"]
+
+
+def test_send_needs_no_config_file_when_the_variables_give_the_config(
+    remote: ScriptedRemote,
+) -> None:
+    env = cli_env(LIGHTD_REMOTE_URL=remote.url, LIGHTD_REMOTE_TOKEN=TOKEN)
+    proc = run_cli("send", "my-server-001", "ready", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "✓ accepted" in proc.stdout
+    (post,) = remote.posts()
+    assert f"Bearer {TOKEN}" == post.headers["Authorization"]
+    assert_no_secret(proc)
+    # Half a config: it names the variable that is missing.
+    proc = run_cli("send", "s1", "ready", env=cli_env(LIGHTD_REMOTE_URL=remote.url))
+    assert proc.returncode == 2
+    assert "remote.token: missing" in proc.stderr
+    assert "set LIGHTD_REMOTE_TOKEN or LIGHTD_REMOTE_TOKEN_FILE" in proc.stderr
+    proc = run_cli("send", "s1", "ready")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("lightd-sync: error: no config: give Lightd's config.json")
+    off = cli_env(LIGHTD_REMOTE_URL=remote.url, LIGHTD_REMOTE_TOKEN=TOKEN)
+    off["LIGHTD_REMOTE_ENABLED"] = "false"
+    proc = run_cli("send", "s1", "ready", env=off)
+    assert proc.returncode == 2
+    assert "LIGHTD_REMOTE_ENABLED turns sync off" in proc.stderr
+    assert 1 == len(remote.posts())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["my-server-001", "done"], "unknown status 'done'"),
+        (["my-server-001"], "give a STATUS (installing, ready, failed), --error VALUE"),
+        (["s1", "ready", "--error", "timeout"], "--error is only sent with status 'failed'"),
+        (["s1", "--error", ""], "--error: error must not be empty"),
+        (["s1", "--billing", "{"], "--billing: not JSON"),
+        (["s1", "--billing", "[]"], "--billing: expected a JSON object, got list"),
+        (
+            ["s1", "--billing", json.dumps({**BILLING, "memory_gb": -1})],
+            "--billing: memory_gb: must not be negative",
+        ),
+        (
+            ["s1", "--billing", json.dumps({k: v for k, v in BILLING.items() if k != "egress_gb"})],
+            "--billing: egress_gb: missing",
+        ),
+        (
+            ["s1", "--billing", json.dumps({**BILLING, "server": "s2"})],
+            '--billing: "event" and "server", if given, must be "billing" and SERVER',
+        ),
+        (
+            ["s1", "ready", "--billing", json.dumps(BILLING)],
+            "--billing sends a billing event: STATUS goes with a status update",
+        ),
+        (
+            ["s1", "--data", "x", "--billing", json.dumps(BILLING)],
+            "--billing sends a billing event: --data goes with a status update",
+        ),
         (["", "ready"], "server id must not be empty"),
         (["bad\x1bid", "ready"], "control or non-printable characters"),
         (["x" * 256, "ready"], "at most 255"),
         (["my-server-001", "ready", "--data", "x"], "--data is only sent with status 'failed'"),
     ],
-    ids=["status", "empty-server", "control-chars", "long-server", "data-without-failed"],
+    ids=[
+        "status",
+        "no-status",
+        "error-with-ready",
+        "empty-error",
+        "billing-not-json",
+        "billing-list",
+        "billing-negative",
+        "billing-missing",
+        "billing-other-server",
+        "billing-with-status",
+        "billing-with-data",
+        "empty-server",
+        "control-chars",
+        "long-server",
+        "data-without-failed",
+    ],
 )
 def test_send_bad_arguments_exit_2(
     args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
