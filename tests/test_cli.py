@@ -538,6 +538,105 @@ def test_tail_follow_sees_appended_lines_and_stops_on_sigterm(tmp_path: Path) ->
     assert tail.stderr_text == ""
 
 
+def test_tail_shows_every_error_form_and_billing_events(tmp_path: Path) -> None:
+    from lightd_sync import BillingEvent, Status, Update
+    from lightd_sync._transports.file import FileTransport
+
+    log = tmp_path / "updates.jsonl"
+    with FileTransport(log) as transport:
+        transport.send(Update("s1", Status.FAILED, error="timeout"))
+        transport.send(Update("s1", Status.FAILED, "no image"))
+        transport.send(Update("s1", Status.FAILED, "/var full", error="disk"))
+        transport.send(BillingEvent("s1", **BILLING, timestamp=1767225600))
+    proc = run_cli("tail", str(log))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert [line.split(None, 2)[2] for line in proc.stdout.splitlines()] == [
+        "timeout",
+        "failed: no image",
+        "disk: /var full",
+        "billing: memory 0.5 GB, 0.25 vCPU, storage 2 GB, egress 0.01 GB, 1 h, cost 0.0123",
+    ]
+
+
+def test_tail_of_a_file_that_is_no_file_transport_log_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from lightd_sync._server.http import serve
+    from lightd_sync.receiver import create_app
+
+    audit = tmp_path / "audit.jsonl"
+    with create_app(TOKEN, audit=str(audit)) as app, serve(app) as server:
+        for path in ("/health", "/update", "/servers"):
+            request = urllib.request.Request(
+                server.url + path, headers={"Authorization": f"Bearer {WRONG_TOKEN}"}
+            )
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=5)
+    assert audit.read_text(encoding="utf-8").count("\n") == 3
+    for args in ([str(audit)], ["-f", str(audit)], ["-n", "1", str(audit)]):
+        proc = run_cli("tail", *args)
+        assert proc.returncode == 1, args
+        assert proc.stdout == ""
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(
+            f"lightd-sync: error: {audit} is not a file-transport log: tail reads the lines "
+            'the file transport writes to remote.path ({"ts": ..., "body": {...}}), and none '
+            "of its 3 lines is one; it looks like a receiver's audit log"
+        ), proc.stderr
+        assert_no_secret(proc, TOKEN, WRONG_TOKEN)
+    # One good record among them: the others are only skipped lines.
+    with audit.open("a", encoding="utf-8") as fh:
+        fh.write(record("s1", "ready"))
+    proc = run_cli("tail", str(audit))
+    assert proc.returncode == 0
+    assert proc.stdout.split()[-2:] == ["s1", "ready"]
+    assert proc.stderr.count("skipped a malformed line") == 3
+
+
+def test_tail_follow_with_n_0_shows_only_the_lines_to_come(tmp_path: Path) -> None:
+    log = tmp_path / "updates.jsonl"
+    log.write_text(record("old-server", "installing"), encoding="utf-8")
+    tail = Streaming("tail", "-f", "-n", "0", "--interval", "0.05", str(log))
+    try:
+        # Nothing is printed to wait on: wait until tail has read to the end of the file.
+        size = log.stat().st_size
+        deadline = time.monotonic() + 10
+        while not _has_read(tail.proc.pid, log, size) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(record("new-server", "ready"))
+        tail.wait_for("new-server +ready")
+    finally:
+        code = tail.stop(signal.SIGINT)  # Ctrl-C: the normal way to stop -f, exit 0
+    assert code == 0
+    assert tail.stderr_text == ""
+    assert "old-server" not in tail.stdout_text
+    assert run_cli("tail", "-n", "0", str(log)).stdout == ""
+    proc = run_cli("tail", "-n", "-1", str(log))
+    assert proc.returncode == 2
+    assert "expected a whole number >= 0, got '-1'" in proc.stderr
+
+
+def _has_read(pid: int, path: Path, size: int) -> bool:
+    """Whether process *pid* has read *path* up to *size* (Linux /proc; elsewhere after 1 s)."""
+    fds = Path(f"/proc/{pid}/fd")
+    if not fds.is_dir():
+        time.sleep(1)
+        return True
+    try:
+        for fd in fds.iterdir():
+            if os.path.realpath(fd) == str(path.resolve()):
+                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+                return f"pos:\t{size}\n" in info
+    except OSError:
+        pass
+    return False
+
+
 # -- receiver -----------------------------------------------------------------
 
 
@@ -679,7 +778,9 @@ EXIT_CODE_TESTS = {
     ("send", 2): ["test_send_bad_arguments_exit_2", "test_send_with_a_bad_config_exits_2"],
     ("tail", 0): ["test_tail_prints_one_line_per_update_and_skips_malformed_ones",
                   "test_tail_follow_sees_appended_lines_and_stops_on_sigterm"],
+    ("tail", 1): ["test_tail_of_a_file_that_is_no_file_transport_log_says_so_in_one_line"],
     ("tail", 2): ["test_tail_of_a_missing_file_exits_2"],
+    ("tail", 130): ["test_ctrl_c_exits_130_quietly"],
     ("receiver", 0): ["test_receiver_serves_until_sigterm"],
     ("receiver", 1): ["test_receiver_that_cannot_listen_exits_1"],
     ("receiver", 2): ["test_receiver_without_a_token_exits_2"],
