@@ -316,6 +316,19 @@ def test_send_refused_by_the_remote_exits_1(receiver: Any, tmp_path: Path) -> No
     assert_no_secret(proc, TOKEN, WRONG_TOKEN)
 
 
+def test_send_answered_404_names_the_url_and_the_base_url(receiver: Any, tmp_path: Path) -> None:
+    for url, hint in [
+        (receiver.url + "/update", f"without /update or /health: try {receiver.url}"),
+        (receiver.url + "/api", "/update and /health are appended to it"),
+    ]:
+        proc = run_cli("send", "--config", write_config(tmp_path / "c.json", url), "s1", "ready")
+        assert proc.returncode == 1
+        assert f"POST {url}/update answered HTTP 404" in proc.stderr
+        assert hint in proc.stderr
+        assert proc.stderr.count("\n") == 1
+        assert_no_secret(proc)
+
+
 def test_send_to_an_unreachable_remote_exits_1(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.json", refused_url())
     proc = run_cli("send", "--config", config, "my-server-001", "ready")

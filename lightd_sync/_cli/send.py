@@ -189,6 +189,20 @@ def _variable_for(message: str) -> str:
     return "the variable named right"
 
 
+def _not_found(config: RemoteConfig) -> str:
+    """A 404: name the full URL, and the base URL when remote.url ends with an endpoint."""
+    from ._doctor import base_candidates
+
+    url = (config.url or "").rstrip("/")
+    said = f"POST {url}/update answered HTTP 404: no such endpoint at that address"
+    if url.endswith(("/update", "/health")):
+        return (
+            f"{said}; remote.url is the base URL, without /update or /health: "
+            f"try {base_candidates(url)[0]}"
+        )
+    return f"{said}; remote.url is the base URL: /update and /health are appended to it"
+
+
 def run(args: argparse.Namespace) -> int:
     """Send one update; 0 if the remote accepted it, 1 if not."""
     import attrs
@@ -218,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         transport.send(event)
     except DeliveryError as exc:
-        print_error(f"not accepted: {clean(scrub(exc.message, config.token))}")
+        message = _not_found(config) if getattr(exc, "status", None) == 404 else exc.message
+        print_error(f"not accepted: {clean(scrub(message, config.token))}")
         return EXIT_FAILED
     finally:
         transport.close()
