@@ -325,7 +325,7 @@ def test_send_answered_404_names_the_url_and_the_base_url(receiver: Any, tmp_pat
         assert proc.returncode == 1
         assert f"POST {url}/update answered HTTP 404" in proc.stderr
         assert hint in proc.stderr
-        assert proc.stderr.count("\n") == 1
+        assert proc.stderr.count("lightd-sync: error:") == 1
         assert_no_secret(proc)
 
 
