@@ -280,6 +280,34 @@ def test_lightd_reload_route_is_409_with_only_an_error_without_a_file() -> None:
     assert "not built from a file" in doc["error"]
 
 
+def _pasted_answers() -> dict[str, Any]:
+    """The JSON answers docs/local-api.md shows after each ``curl ... ROUTE``, by route."""
+    text = (Path(__file__).parent.parent / "docs" / "local-api.md").read_text(encoding="utf-8")
+    found: dict[str, Any] = {}
+    for block in re.findall(r"```console\n(.*?)```", text, re.S):
+        lines = block.splitlines()
+        for command, answer in zip(lines, lines[1:]):
+            match = re.match(r"\$ curl .* http://127\.0\.0\.1:\d+(/\S+)$", command)
+            if match:
+                found[match.group(1)] = json.loads(answer)
+    return found
+
+
+def test_the_answers_pasted_in_local_api_md_have_every_key_the_code_gives() -> None:
+    from lightd_sync import HealthState, SyncStats
+
+    answers = _pasted_answers()
+    assert {"/remote/stats", "/remote/health", "/remote/reload"} <= set(answers)
+    assert list(SyncStats().to_dict()) == list(answers["/remote/stats"])
+    assert list(HealthState().to_dict()) == list(answers["/remote/health"])
+    pasted = answers["/remote/reload"]["config"]
+    # The same keys in the same order, and the values a config of these values shows.
+    values = {k: v for k, v in pasted.items() if k != "token"}
+    token = "lightd_ad2f7fc49ed640429c450e14ed07c8d5"  # the token of docs/cli.md's config.json
+    assert RemoteConfig(**values, token=token).redacted() == pasted
+    assert list(RemoteConfig().redacted()) == list(pasted)
+
+
 # -- /metrics --------------------------------------------------------------------
 
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
