@@ -514,7 +514,9 @@ class LightdRemote:
             return found
         raise self._not_arrived(f"no billing event of {server!r}", timeout, self.billing)
 
-    def _not_arrived(self, what: str, timeout: float, arrived: list[dict[str, Any]]) -> NoReturn:
+    def _not_arrived(
+        self, what: str, timeout: float, arrived: list[dict[str, Any]]
+    ) -> AssertionError:
         shown = arrived[-_SHOWN:]
         more = f" (the last {_SHOWN} of {len(arrived)})" if len(arrived) > _SHOWN else ""
         listing = "\n".join(f"  {json.dumps(body)}" for body in shown) or "  nothing"
