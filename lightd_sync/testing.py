@@ -580,7 +580,7 @@ class LightdRemote:
         found = self._running()[1].wait(server, wanted, timeout)
         if found is not None:
             return found
-        return self._not_arrived(f"no {wanted.value!r} update of {server!r}", timeout, self.updates)
+        raise self._not_arrived(f"no {wanted.value!r} update of {server!r}", timeout, self.updates)
 
     def fail_next(self, n: int = 1, status: int = 500) -> None:
         """
