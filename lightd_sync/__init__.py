@@ -37,7 +37,7 @@ from ._model import (
     SyncStats,
     Update,
 )
-from ._reload import ReloadResult
+from ._engine.reload import ReloadResult
 from ._transports.base import Transport
 from ._transports.file import FileTransport
 from ._transports.null import NullTransport

@@ -206,7 +206,7 @@ class Doctor:
         """Report the state file (remote.state_path): rows, and how many the remote never acked."""
         import sqlite3
 
-        from .._state_file import summary
+        from .._engine.state_file import summary
 
         path = self.config.state_path
         if path is None:

@@ -19,10 +19,10 @@ from typing import Any, Callable, Optional, Union
 
 import attrs
 
-from ._forksafe import after_fork_in_child
-from ._logutil import Throttle, get_logger, safe_log
-from ._model import Status, server_id_problem
-from ._state_file import FileLock, StateFileError, connect, load, move_aside, write_batch
+from .._ids import new_event_id
+from .._logutil import Throttle, get_logger, safe_log
+from .._model import Status, error_value_problem, server_id_problem
+from .state_file import FileLock, StateFileError, connect, load, move_aside, write_batch
 
 __all__ = ["CLOSE_GRACE", "FLUSH_INTERVAL", "StateStore", "StoredUpdate"]
 
@@ -47,7 +47,7 @@ class StoredUpdate:
     """
     A server's latest update as the state file kept it, not acknowledged by the remote.
 
-    The engine re-sends it as ``Update(server, status, data, event_id=event_id)``.
+    The engine re-sends it as ``Update(server, status, data, error=error, event_id=event_id)``.
 
     .. versionadded:: 0.2.0
     """
@@ -56,6 +56,11 @@ class StoredUpdate:
     status: Status
     data: Optional[str]
     event_id: str
+    error: Optional[str] = None
+    """The update's ``error`` value (``None``: ``"failed"`` when ``data`` is set).
+
+    .. versionadded:: 0.2.0
+    """
 
 
 class _Discard(dict):  # type: ignore[type-arg]
@@ -76,8 +81,14 @@ def _drain(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
     return out
 
 
-def _by_seq(item: tuple[str, tuple[Any, Optional[str], Any, int]]) -> int:
-    return item[1][3]
+def _by_seq(item: tuple[str, tuple[Any, int]]) -> int:
+    return item[1][1]
+
+
+def _own_event_id(update: Any) -> str:
+    """A store used alone: give an update without one a new event id."""
+    update.event_id = new_event_id()
+    return str(update.event_id)
 
 
 class StateStore:
@@ -112,7 +123,7 @@ class StateStore:
         # from them, each a single dict operation, atomic in CPython (and in
         # free-threaded builds, where each dict has its own lock). A lock would
         # double the cost of accepted(), and the writer would never hold it anyway.
-        self._pending: dict[str, tuple[Any, Optional[str], Any, int]] = {}  # server -> row
+        self._pending: dict[str, tuple[Any, int]] = {}  # server -> (its latest update, seq)
         self._acks: dict[str, str] = {}  # server -> the event id the remote acknowledged
         self._seq = itertools.count(1)  # orders updates; atomic next() (a C iterator)
         self._init_locks()
@@ -125,7 +136,8 @@ class StateStore:
         self._rows = 0
         self._write_errors = Throttle()
         self._failing = False  # the last batch failed
-        after_fork_in_child(self._after_fork_in_child)
+        #: Gives an update its event id (the outbox's; called by the writer thread).
+        self.event_id_of: Callable[[Any], str] = _own_event_id
 
     def _init_locks(self) -> None:
         # _cond's lock guards _durable, _flushes, the _write* timings, _deadline
@@ -158,22 +170,17 @@ class StateStore:
         with self._cond:
             return self._writes, self._write_seconds, self._write_max
 
-    def accepted(
-        self,
-        server: str,
-        status: Any,
-        data: Optional[str],
-        event_id: Union[str, Callable[[], str]],
-    ) -> None:
+    def accepted(self, server: str, update: Any) -> None:
         """
-        Record that this is now *server*'s latest update, not acknowledged.
+        Record that *update* is now *server*'s latest, not acknowledged.
 
-        *status* is a :class:`~lightd_sync.Status` (or its value). *event_id*
-        may be a callable that makes it, called by the writer thread (the
-        engine makes event ids off the caller's thread). Costs one dict
+        *update* has ``status``, ``data``, ``error`` and ``event_id``
+        attributes (an engine item, or an :class:`~lightd_sync.Update`); an
+        event id it lacks is asked of :attr:`event_id_of` by the writer thread
+        (the engine makes event ids off the caller's thread). Costs one dict
         store: no I/O, no lock; safe from any thread.
         """
-        self._pending[server] = (status, data, event_id, next(self._seq))
+        self._pending[server] = (update, next(self._seq))
 
     def acknowledged(self, server: str, event_id: str) -> None:
         """The remote acknowledged *event_id*; if it is still *server*'s latest, mark it."""
@@ -274,11 +281,13 @@ class StateStore:
             raise StateFileError(f"SQLite cannot read it: {exc}") from None
         self._seq = itertools.count(top + 1)
         rows, skipped = [], 0
-        for server, status, data, event_id in raw:
+        for server, status, data, event_id, error in raw:
             try:
                 if server_id_problem(server) is not None or not isinstance(event_id, str):
                     raise ValueError(server)
-                rows.append(StoredUpdate(server, Status(status), data, event_id))
+                if error is not None and error_value_problem(error) is not None:
+                    raise ValueError(server)
+                rows.append(StoredUpdate(server, Status(status), data, event_id, error))
             except ValueError:
                 skipped += 1
         if skipped:
@@ -380,9 +389,10 @@ class StateStore:
         taken = _drain(self._pending)
         taken.sort(key=_by_seq)
         rows = taken[-self.max_servers :] if len(taken) > self.max_servers else taken
+        event_id_of = self.event_id_of
         rows = [
-            (server, (st, data, eid() if callable(eid) else eid, seq))
-            for server, (st, data, eid, seq) in rows
+            (server, (u.status, u.data, u.event_id or event_id_of(u), seq, u.error))
+            for server, (u, seq) in rows
         ]
         ack_rows = acks
         if rows or ack_rows:
@@ -454,8 +464,8 @@ class StateStore:
         with self._cond:
             self._cond.notify_all()
 
-    def _after_fork_in_child(self) -> None:
-        # The writer thread does not exist here; the file is the parent's.
+    def forget_in_child(self) -> None:
+        """In a forked child (the engine calls it): the writer thread is gone; the file is the parent's."""
         self._init_locks()
         self._closed = True
         self._active = False
