@@ -381,6 +381,55 @@ def test_parse_event_says_what_is_wrong_with_error_and_billing_forms(line: str, 
         parse_event(line)
 
 
+def test_error_forms_and_billing_lines_reach_the_remote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightd_sync.testing import LightdRemote
+
+    billing = (
+        '"memory_gb": 0.5, "cpu_vcpus": 0.25, "storage_gb": 2, "egress_gb": 0.01, '
+        '"duration_hours": 1, "estimated_cost": 0.0123'
+    )
+    lines = [
+        '{"server": "e1", "error": "timeout"}',
+        '{"server": "e2", "error": "disk full", "data": "/var at 100%"}',
+        '{"server": "e3", "event": "Error", "error": "timeout", "data": "pull took 10 min"}',
+        '{"server": "e4", "event": "Error", "data": "image not found"}',
+        '{"server": "e5", "status": "failed", "error": "oom"}',
+        f'{{"event": "billing", "server": "e1", {billing}, "timestamp": 1767225600}}',
+        f'{{"event": "billing", "server": "e2", {billing}}}',
+        '{"event": "billing", "server": "e3", "memory_gb": -1}',
+    ]
+    with LightdRemote() as remote:
+        config = tmp_path / "config.json"
+        write_config(config, remote.url)
+        config.write_text(config.read_text().replace(TOKEN, remote.token))
+        monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{line}\n" for line in lines)))
+        for var in ("LIGHTD_REMOTE_ENABLED", "LIGHTD_REMOTE_URL", "LIGHTD_REMOTE_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv("LIGHTD_API_TOKEN", raising=False)
+        before = int(time.time())
+        assert 0 == main(["agent", "--config", str(config), "--listen", "127.0.0.1:0"])
+        err = capsys.readouterr().err
+        assert "stdin:8: skipped a malformed line: memory_gb: must not be negative" in err
+        assert "8 lines read, 1 skipped" in err
+        assert sorted(
+            [
+                {"event": "update", "server": "e1", "error": "timeout"},
+                {"event": "update", "server": "e2", "error": "disk full", "data": "/var at 100%"},
+                {"event": "update", "server": "e3", "error": "timeout", "data": "pull took 10 min"},
+                {"event": "update", "server": "e4", "error": "failed", "data": "image not found"},
+                {"event": "update", "server": "e5", "error": "oom"},
+            ],
+            key=str,
+        ) == sorted(remote.updates, key=str)
+        billed = {b["server"]: b for b in remote.billing}
+        assert 1767225600 == billed["e1"]["timestamp"]
+        assert before <= billed["e2"]["timestamp"] <= int(time.time())
+        assert ["event", "server", "memory_gb", "cpu_vcpus", "storage_gb", "egress_gb",
+                "duration_hours", "estimated_cost", "timestamp"] == list(billed["e2"])  # fmt: skip
+
+
 def test_parse_listen() -> None:
     assert ("127.0.0.1", 8071) == parse_listen("127.0.0.1:8071")
     assert ("::1", 0) == parse_listen("[::1]:0")
