@@ -41,14 +41,16 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Callable, Optional, Union
 
 from ._exceptions import ConfigError
-from ._server.app import ReceiverApp
+from ._server.app import DEFAULT_BATCH_BODY, DEFAULT_BATCH_MAX, ReceiverApp
 from ._server.audit import AuditTarget
 from ._server.http import WsgiServer, serve
+from ._server.nodes import load_nodes
 from ._server.store import DEFAULT_HISTORY, ReceiverStore
 
 __all__ = [
@@ -68,18 +70,34 @@ HISTORY_ENV = "LIGHTD_RECEIVER_HISTORY"
 AUDIT_ENV = "LIGHTD_RECEIVER_AUDIT"
 RATE_ENV = "LIGHTD_RECEIVER_RATE"
 BURST_ENV = "LIGHTD_RECEIVER_BURST"
+NODES_ENV = "LIGHTD_RECEIVER_NODES"
+OPERATOR_TOKEN_ENV = "LIGHTD_RECEIVER_OPERATOR_TOKEN"  # noqa: S105 - a variable name
+OPERATOR_TOKEN_FILE_ENV = "LIGHTD_RECEIVER_OPERATOR_TOKEN_FILE"  # noqa: S105
+WEBHOOKS_ENV = "LIGHTD_RECEIVER_WEBHOOKS"
+STALE_AFTER_ENV = "LIGHTD_RECEIVER_STALE_AFTER"
+STUCK_AFTER_ENV = "LIGHTD_RECEIVER_STUCK_AFTER"
+RETAIN_DAYS_ENV = "LIGHTD_RECEIVER_RETAIN_DAYS"
+BATCH_MAX_ENV = "LIGHTD_RECEIVER_BATCH_MAX"
 
 
 def create_app(
-    token: str,
+    token: Optional[str],
     *,
     db_path: Union[str, os.PathLike[str], None] = None,
-    rate: float = 50.0,
-    burst: int = 200,
+    rate: float = 200.0,
+    burst: int = 1000,
     audit: AuditTarget = None,
     max_body: int = 65536,
     clock: Callable[[], float] = time.monotonic,
     history: Optional[int] = DEFAULT_HISTORY,
+    nodes: Optional[Mapping[str, str]] = None,
+    operator_token: Optional[str] = None,
+    stale_after: float = 90.0,
+    stuck_after: float = 1800.0,
+    webhooks: Sequence[str] = (),
+    retain_days: Optional[float] = None,
+    batch_max: int = DEFAULT_BATCH_MAX,
+    max_batch_body: int = DEFAULT_BATCH_BODY,
 ) -> ReceiverApp:
     """
     Build the receiver's WSGI application.
@@ -99,7 +117,39 @@ def create_app(
             Lines never contain the token.
         max_body: Largest ``POST /update`` body accepted, in bytes; beyond, 413.
         clock: Monotonic seconds for the rate limiter (tests inject their own).
-        history: Updates kept per server, the newest ones; ``None`` keeps all.
+        history: Updates (and billing events) kept per server, the newest
+            ones; ``None`` keeps all.
+
+            .. versionadded:: 0.2.0
+        nodes: Node name -> token (names 1-64 of ``[A-Za-z0-9._-]``, tokens
+            of at least 20 printable ASCII characters, none shared). Each
+            request is attributed to the node whose token it carries; node
+            tokens may only send (``/health``, ``/update``, ``/updates``).
+            Give ``token=None`` with it.
+
+            .. versionadded:: 0.2.0
+        operator_token: The token that reads (``/servers``, ``/nodes``,
+            ``/summary``, ``/metrics``, ...); required with *nodes*.
+
+            .. versionadded:: 0.2.0
+        stale_after: Seconds after its last request a node turns ``stale``.
+
+            .. versionadded:: 0.2.0
+        stuck_after: Seconds in ``installing`` after which a server is ``stuck``.
+
+            .. versionadded:: 0.2.0
+        webhooks: URLs alerts are POSTed to (``server_failed``,
+            ``server_recovered``, ``node_stale``, ``node_online``).
+
+            .. versionadded:: 0.2.0
+        retain_days: Delete status and billing history older than this many days.
+
+            .. versionadded:: 0.2.0
+        batch_max: Items one ``POST /updates`` may hold, offered in
+            ``/health``; 0 offers no batches.
+
+            .. versionadded:: 0.2.0
+        max_batch_body: Largest ``POST /updates`` body accepted, in bytes.
 
             .. versionadded:: 0.2.0
 
@@ -118,6 +168,14 @@ def create_app(
         max_body=max_body,
         clock=clock,
         history=history,
+        nodes=nodes,
+        operator_token=operator_token,
+        stale_after=stale_after,
+        stuck_after=stuck_after,
+        webhooks=webhooks,
+        retain_days=retain_days,
+        batch_max=batch_max,
+        max_batch_body=max_batch_body,
     )
 
 
@@ -179,7 +237,15 @@ def create_app_from_env(environ: Optional[Mapping[str, str]] = None) -> Receiver
         unset: memory, one per worker, so set it under gunicorn);
         ``LIGHTD_RECEIVER_HISTORY`` (updates kept per server, default 1000);
         ``LIGHTD_RECEIVER_AUDIT`` (a file, or ``-`` for stderr; unset: none);
-        ``LIGHTD_RECEIVER_RATE`` and ``LIGHTD_RECEIVER_BURST``.
+        ``LIGHTD_RECEIVER_RATE`` and ``LIGHTD_RECEIVER_BURST``;
+        ``LIGHTD_RECEIVER_NODES`` (a nodes file, as ``--nodes``) with
+        ``LIGHTD_RECEIVER_OPERATOR_TOKEN`` or ``LIGHTD_RECEIVER_OPERATOR_TOKEN_FILE``;
+        ``LIGHTD_RECEIVER_WEBHOOKS`` (URLs separated by spaces),
+        ``LIGHTD_RECEIVER_STALE_AFTER``, ``LIGHTD_RECEIVER_STUCK_AFTER``,
+        ``LIGHTD_RECEIVER_RETAIN_DAYS`` and ``LIGHTD_RECEIVER_BATCH_MAX``.
+
+    Under gunicorn a bad variable stops it with one line naming it (gunicorn's
+    "app failed to load"), not a traceback.
 
     Args:
         environ: Where to read the variables; default ``os.environ``.
@@ -190,13 +256,66 @@ def create_app_from_env(environ: Optional[Mapping[str, str]] = None) -> Receiver
     .. versionadded:: 0.2.0
     """
     env = os.environ if environ is None else environ
-    token = _env_token(env)
+    try:
+        return _from_env(env)
+    except ConfigError as exc:
+        # Under gunicorn, its own error for an app that cannot load: one clear
+        # line and a stop, instead of a traceback and a worker boot loop.
+        errors = sys.modules.get("gunicorn.errors")
+        if errors is not None and "gunicorn.arbiter" in sys.modules:
+            raise errors.AppImportError(f"lightd-sync receiver: {exc}") from None
+        raise
+
+
+def _from_env(env: Mapping[str, str]) -> ReceiverApp:
+    nodes_path = env.get(NODES_ENV, "").strip()
+    operator = _env_operator(env)
+    nodes = None
+    token: Optional[str] = None
+    if nodes_path:
+        if operator is None:
+            raise ConfigError(
+                f"${NODES_ENV} needs the operator token: set ${OPERATOR_TOKEN_ENV} "
+                f"or ${OPERATOR_TOKEN_FILE_ENV}"
+            )
+        try:
+            nodes = load_nodes(nodes_path, operator=operator)
+        except ConfigError as exc:
+            raise ConfigError(f"${NODES_ENV}: {str(exc).partition(': ')[2]}") from None
+    else:
+        token = _env_token(env)
     history = int(_env_number(env, HISTORY_ENV, int, DEFAULT_HISTORY))
+    retain = env.get(RETAIN_DAYS_ENV, "").strip()
+    batch = env.get(BATCH_MAX_ENV, "").strip()
+    if batch and not (batch.isdigit() and int(batch) <= 10_000):
+        raise ConfigError(f"${BATCH_MAX_ENV}: expected 0 (no batches) to 10000")
     return create_app(
         token,
         db_path=env.get(DB_ENV, "").strip() or None,
-        rate=_env_number(env, RATE_ENV, float, 50.0),
-        burst=int(_env_number(env, BURST_ENV, int, 200)),
+        rate=_env_number(env, RATE_ENV, float, 200.0),
+        burst=int(_env_number(env, BURST_ENV, int, 1000)),
         audit=env.get(AUDIT_ENV, "").strip() or None,
         history=history,
+        nodes=nodes,
+        operator_token=operator,
+        stale_after=_env_number(env, STALE_AFTER_ENV, float, 90.0),
+        stuck_after=_env_number(env, STUCK_AFTER_ENV, float, 1800.0),
+        webhooks=env.get(WEBHOOKS_ENV, "").split(),
+        retain_days=_env_number(env, RETAIN_DAYS_ENV, float, 0.0) if retain else None,
+        batch_max=int(batch) if batch else DEFAULT_BATCH_MAX,
     )
+
+
+def _env_operator(env: Mapping[str, str]) -> Optional[str]:
+    path = env.get(OPERATOR_TOKEN_FILE_ENV, "").strip()
+    if not path:
+        return env.get(OPERATOR_TOKEN_ENV, "").strip() or None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError as exc:
+        raise ConfigError(
+            f"${OPERATOR_TOKEN_FILE_ENV}: cannot read {path!r}: {exc.strerror}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"${OPERATOR_TOKEN_FILE_ENV}: {path!r} is not UTF-8 text") from None

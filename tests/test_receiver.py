@@ -172,7 +172,9 @@ def client(app: ReceiverApp) -> Iterator[Client]:
 def test_health(client: Client) -> None:
     answer = client.get("/health")
     assert answer.status == 200
-    assert answer.doc == {"status": 200, "endpoint": "active"}
+    # The batch offer rides along; Lightd checks only status and endpoint.
+    assert answer.doc == {"status": 200, "endpoint": "active", "batch": {"max": 500}}
+    assert answer.doc["status"] == 200 and answer.doc["endpoint"] == "active"
     assert answer.headers["Content-Type"] == JSON
 
 
@@ -274,21 +276,27 @@ def test_content_type_must_be_json(client: Client) -> None:
 
 def test_a_huge_content_length_is_refused_unread(client: Client) -> None:
     # No body follows: an answer at all proves it was not waited for. serve()
-    # bounds bodies by the app's max_body, so the server refuses them unread.
+    # bounds bodies by the app's max_body (a batch's, 8 MiB), so the server
+    # refuses larger ones unread; POST /update's own bound (64 KiB) is the app's.
     started = time.monotonic()
-    for length in (65537, 10**12, 10**40):
+    for length in (8 * 2**20 + 1, 10**12, 10**40):
         assert client.raw(post_head(length), shut=False).status == 413
     assert time.monotonic() - started < 5
+    assert client.raw(post_head(65537) + b"{" * 65537).status == 413  # over /update's bound
     assert client.raw(post_head(65536) + b"{" * 65536).status == 400  # read: not JSON
 
 
 def test_a_body_over_max_body_is_413(audit: Audit) -> None:
     with create_app(TOKEN, max_body=100, rate=math.inf, audit=audit) as app, serve(app) as server:
         client = Client(server)
-        # Refused by the server, unread: the app never sees it, so no audit line.
+        # POST /update's bound is the app's (the server's is a batch's): refused, audited.
         assert client.post(error_body(data="x" * 200)).status == 413
         assert client.post(error_body(data="x" * 10)).status == 200
-        assert [r["outcome"] for r in audit.records()] == ["stored"]
+        assert [r["outcome"] for r in audit.records()] == ["too_large", "stored"]
+    with create_app(TOKEN, max_body=100, rate=math.inf, batch_max=0) as app, serve(app) as srv:
+        # Without batches the server's bound is max_body itself.
+        assert app.max_body == 100
+        assert Client(srv).post(error_body(data="x" * 200)).status == 413
 
 
 FIELD_CASES = [
@@ -306,8 +314,10 @@ FIELD_CASES = [
     ({"event": "update", "server": "s", "status": "done"}, "status"),
     ({"event": "update", "server": "s", "status": None}, "status"),
     ({"event": "update", "server": "s", "status": "ready", "error": "failed"}, "error"),
-    ({"event": "update", "server": "s", "error": "boom", "data": "x"}, "error"),
-    ({"event": "update", "server": "s", "error": "failed"}, "data"),
+    ({"event": "update", "server": "s", "error": "", "data": "x"}, "error"),
+    ({"event": "update", "server": "s", "error": 7}, "error"),
+    ({"event": "update", "server": "s", "error": "x" * 8193}, "error"),
+    ({"event": "update", "server": "s", "error": "a\x00b"}, "error"),
     ({"event": "update", "server": "s", "error": "failed", "data": 3}, "data"),
     ({"event": "update", "server": "s", "error": "failed", "data": "\ud800"}, "data"),
 ]
@@ -502,7 +512,7 @@ def test_a_bug_is_a_logged_500_and_serving_goes_on(
     def broken(*args: object, **kw: object) -> int:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(app.store, "add", broken)
+    monkeypatch.setattr(app.store, "add_many", broken)
     answer = client.post(status_body())
     assert answer.status == 500
     assert answer.doc == {"success": False, "error": "internal error; see the receiver's log"}

@@ -287,7 +287,7 @@ def test_gunicorn_serves_the_receiver_with_the_token_from_the_environment(tmp_pa
             except OSError:
                 assert time.monotonic() < deadline, proc.text()
                 time.sleep(0.1)
-        assert (status, doc) == (200, {"status": 200, "endpoint": "active"})
+        assert (status, doc) == (200, {"status": 200, "endpoint": "active", "batch": {"max": 500}})
         body = {"event": "update", "server": "gunicorn-node", "status": "ready"}
         for _ in range(4):  # over both workers, one SQLite file
             assert call(f"{proc.url}/update", "POST", body)[0] == 200

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterable
 from typing import IO, Any, Optional, Union
 
 from .._exceptions import ConfigError
@@ -33,26 +34,42 @@ class Scrubber:
 
     A piece is any run of :data:`SCRUB_WINDOW` characters of the secret (all of
     it, if shorter), so a value cut short, or an HTTP method upper-cased by
-    the server, leaves nothing of the secret behind.
+    the server, leaves nothing of the secret behind. Several secrets may be
+    given (the receiver's nodes and operator); :meth:`add` adds more.
     """
 
-    def __init__(self, secret: str) -> None:
-        lowered = secret.translate(_LOWER)
-        self._size = min(SCRUB_WINDOW, len(lowered))
-        self._pieces = frozenset(
-            lowered[i : i + self._size] for i in range(len(lowered) - self._size + 1)
-        )
+    def __init__(self, secret: Union[str, Iterable[str]]) -> None:
+        # Replaced whole by add() (one reference swap): piece size -> pieces.
+        self._pieces: dict[int, frozenset[str]] = {}
+        self.add([secret] if isinstance(secret, str) else secret)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Scrub these secrets too, from now on."""
+        pieces = {size: set(found) for size, found in self._pieces.items()}
+        for secret in secrets:
+            lowered = secret.translate(_LOWER)
+            size = min(SCRUB_WINDOW, len(lowered))
+            if size == 0:
+                continue
+            found = pieces.setdefault(size, set())
+            found.update(lowered[i : i + size] for i in range(len(lowered) - size + 1))
+        self._pieces = {size: frozenset(found) for size, found in sorted(pieces.items())}
 
     def __call__(self, text: str) -> str:
-        """*text* with every run covered by pieces of the secret replaced by ``<token>``."""
-        size = self._size
-        if size == 0 or len(text) < size:
+        """*text* with every run covered by pieces of a secret replaced by ``<token>``."""
+        for size, pieces in self._pieces.items():
+            text = self._scrub(text, size, pieces)
+        return text
+
+    @staticmethod
+    def _scrub(text: str, size: int, pieces: frozenset[str]) -> str:
+        if len(text) < size:
             return text
         lowered = text.translate(_LOWER)  # ASCII only: every index stays in place
         covered_to = -1
         spans: list[list[int]] = []
         for i in range(len(lowered) - size + 1):
-            if lowered[i : i + size] in self._pieces:
+            if lowered[i : i + size] in pieces:
                 if spans and i <= covered_to:
                     spans[-1][1] = i + size
                 else:

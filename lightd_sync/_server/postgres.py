@@ -10,13 +10,14 @@ is decided under the row lock of the server's latest state.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._exceptions import ConfigError, LightdSyncError
-from .._model import Update
 from . import schema as sql
+from .queries import Run, SqlStore, create_schema
 
 if TYPE_CHECKING:
     import psycopg
@@ -40,7 +41,7 @@ def _pg(statement: str) -> str:
     return statement.replace("?", "%s")
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
     """
     The updates a receiver took, in PostgreSQL; the same methods as :class:`ReceiverStore`.
 
@@ -77,6 +78,7 @@ class PostgresStore:
             ) from None
         self.history_limit = sql.check_history(history)
         self.memory = False
+        self._postgres = True
         self.errors: tuple[type[Exception], ...] = (psycopg.Error,)
         self._shown = redact_url(url)
         # Set once by close() (the pool itself is thread-safe): later calls raise.
@@ -109,79 +111,35 @@ class PostgresStore:
             collate=' COLLATE "C"',  # ids sort by code point, as in SQLite
         ):
             conn.execute(statement)
-        have = {
-            row[0]
-            for row in conn.execute(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_name = 'latest' AND table_schema = current_schema()"
-            )
-        }
-        missing = [name for name in sql.NEW_COLUMNS if name not in have]
-        for name in missing:
-            conn.execute(f"ALTER TABLE latest ADD COLUMN {name} {sql.NEW_COLUMNS[name]}")
-        if "kept" in missing:
-            conn.execute(sql.MIGRATE_KEPT)
-        if "order_key" in missing:
-            now = time.time()
-            for server, eid in conn.execute(sql.MIGRATE_KEYS).fetchall():
-                conn.execute(_pg(sql.SET_KEY), (sql.order_key(eid, now), server))
+
+        def columns(table: str) -> set[str]:
+            return {
+                row[0]
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_name = %s AND table_schema = current_schema()",
+                    (table,),
+                )
+            }
+
+        def run(statement: str, params: Any = ()) -> Any:
+            return conn.execute(_pg(statement), params)
+
+        create_schema(run, columns("latest"), columns("updates"))
 
     def _check_open(self) -> None:
         if self._closed:
             raise LightdSyncError("the receiver's store is closed")
 
-    def add(self, update: Update, *, received_at: Optional[float] = None) -> bool:
-        """Store *update*; see :meth:`ReceiverStore.add`. True if stored, False if a duplicate."""
+    @contextlib.contextmanager
+    def _tx(self, *, write: bool) -> Iterator[Run]:
         self._check_open()
-        when = time.time() if received_at is None else received_at
-        key = sql.order_key(update.event_id, time.time())
-        error = update.status.value if update.is_error else None
-        server, status = update.server, update.status.value
-        row = (when, server, status, error, update.data, update.event_id)
         with self._pool.connection() as conn, conn.transaction():
-            stored = bool(conn.execute(_pg(sql.INSERT_UPDATE), row).rowcount == 1)
-            if stored:
-                latest = (server, status, update.data, when, update.event_id, key)
-                conn.execute(_pg(sql.UPSERT_LATEST), latest)  # locks the server's row
-                found = conn.execute(_pg(sql.COUNT_KEPT) + " RETURNING kept", (server,)).fetchone()
-                kept = int(found[0]) if found else 0
-                limit = self.history_limit
-                if limit is not None and kept > limit:
-                    conn.execute(_pg(sql.PRUNE), (server, kept - limit))
-                    conn.execute(_pg(sql.SET_KEPT), (limit, server))
-        return stored
 
-    def latest(self) -> dict[str, dict[str, Any]]:
-        """The latest state of every server; see :meth:`ReceiverStore.latest`."""
-        result: dict[str, dict[str, Any]] = {}
-        after = ""
-        while True:
-            page = self.latest_page(after, 1000)
-            result.update(page)
-            if len(page) < 1000:
-                return result
-            after = next(reversed(page))
+            def run(statement: str, params: Any = ()) -> Any:
+                return conn.execute(_pg(statement), params)
 
-    def latest_page(self, after: str, limit: int) -> dict[str, dict[str, Any]]:
-        """Up to *limit* servers sorting after *after*; see :meth:`ReceiverStore.latest_page`."""
-        self._check_open()
-        with self._pool.connection() as conn:
-            rows = conn.execute(_pg(sql.LATEST_PAGE), (after, limit)).fetchall()
-        return {row[0]: sql.latest_row(row) for row in rows}
-
-    def history(self, server: str, limit: Optional[int] = None) -> list[dict[str, Any]]:
-        """The updates of *server*, oldest first; see :meth:`ReceiverStore.history`."""
-        self._check_open()
-        with self._pool.connection() as conn:
-            rows = conn.execute(_pg(sql.HISTORY), (server, limit)).fetchall()
-        return sql.history_rows(rows)
-
-    def count(self) -> int:
-        """How many updates are stored, over all servers."""
-        self._check_open()
-        with self._pool.connection() as conn:
-            found = conn.execute(sql.COUNT).fetchone()
-        return int(found[0]) if found else 0
+            yield run
 
     def close(self) -> None:
         """Close every connection and end the pool's threads. Calling it again does nothing."""

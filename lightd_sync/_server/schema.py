@@ -20,14 +20,18 @@ from __future__ import annotations
 import uuid
 from typing import Any, Optional
 
+from .._model import BILLING_FIELDS
+
 __all__ = [
     "DEFAULT_HISTORY",
     "MAX_CLOCK_AHEAD",
     "check_history",
     "history_rows",
+    "late_indexes",
     "latest_row",
     "order_key",
     "tables",
+    "usage_rows",
 ]
 
 #: Updates kept per server unless told otherwise.
@@ -48,47 +52,124 @@ CREATE TABLE IF NOT EXISTS updates (
 CREATE INDEX IF NOT EXISTS updates_by_server ON updates (server, id);
 -- One row per event id and server (NULLs never collide): retries are stored once.
 CREATE UNIQUE INDEX IF NOT EXISTS updates_by_event ON updates (server, event_id);
+CREATE INDEX IF NOT EXISTS updates_by_time ON updates (received_at);
 CREATE TABLE IF NOT EXISTS latest (
     server TEXT{collate} PRIMARY KEY,
     status TEXT NOT NULL,
     data TEXT,
     updated_at {real} NOT NULL,
     event_id TEXT
-)
+);
+-- Billing events (Lightd v2): every one, and the latest of each server.
+CREATE TABLE IF NOT EXISTS billing (
+    id {serial} PRIMARY KEY,
+    received_at {real} NOT NULL,
+    server TEXT NOT NULL,
+    node TEXT,
+    ts BIGINT NOT NULL,
+    memory_gb {real} NOT NULL,
+    cpu_vcpus {real} NOT NULL,
+    storage_gb {real} NOT NULL,
+    egress_gb {real} NOT NULL,
+    duration_hours {real} NOT NULL,
+    estimated_cost {real} NOT NULL,
+    event_id TEXT
+);
+CREATE INDEX IF NOT EXISTS billing_by_server ON billing (server, id);
+CREATE UNIQUE INDEX IF NOT EXISTS billing_by_event ON billing (server, event_id);
+CREATE INDEX IF NOT EXISTS billing_by_time ON billing (received_at);
+CREATE INDEX IF NOT EXISTS billing_by_ts ON billing (ts);
+CREATE TABLE IF NOT EXISTS usage_latest (
+    server TEXT{collate} PRIMARY KEY,
+    node TEXT,
+    ts BIGINT NOT NULL,
+    memory_gb {real} NOT NULL,
+    cpu_vcpus {real} NOT NULL,
+    storage_gb {real} NOT NULL,
+    egress_gb {real} NOT NULL,
+    duration_hours {real} NOT NULL,
+    estimated_cost {real} NOT NULL
+);
+-- Nodes heard from: when last, and the state their last alert told ('online', 'stale').
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT{collate} PRIMARY KEY,
+    last_seen {real} NOT NULL,
+    state TEXT NOT NULL
+);
+-- Alerts to POST, one row per alert and webhook, kept until sent or given up.
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    node TEXT,
+    server TEXT,
+    status TEXT,
+    data TEXT,
+    at_ts {real} NOT NULL,
+    message TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at {real} NOT NULL,
+    lease_until {real} NOT NULL DEFAULT 0,
+    PRIMARY KEY (id, url)
+);
+CREATE INDEX IF NOT EXISTS alerts_due ON alerts (state, next_at)
+"""
+#: Indexes on columns added after 0.1.0 (made after the columns are).
+_LATE_INDEXES = """
+CREATE INDEX IF NOT EXISTS latest_by_status ON latest (status, server);
+CREATE INDEX IF NOT EXISTS latest_by_node ON latest (node, server)
 """
 #: Columns of ``latest`` added after 0.1.0, with their definitions.
-NEW_COLUMNS = {"order_key": "TEXT", "kept": "BIGINT NOT NULL DEFAULT 0"}
+NEW_COLUMNS = {
+    "order_key": "TEXT",
+    "kept": "BIGINT NOT NULL DEFAULT 0",
+    "error": "TEXT",
+    "node": "TEXT",
+    "since": "DOUBLE PRECISION",
+}
+#: Columns of ``updates`` added after 0.1.0.
+NEW_UPDATE_COLUMNS = {"node": "TEXT"}
 
-# Every statement an add() runs, with ? placeholders (PostgreSQL's store swaps in %s).
+# Every statement, with ? placeholders (PostgreSQL's store swaps in %s).
 #: Insert into the history; nothing if this server already sent this event id.
 INSERT_UPDATE = (
-    "INSERT INTO updates (received_at, server, status, error, data, event_id)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (server, event_id) DO NOTHING"
+    "INSERT INTO updates (received_at, server, status, error, data, event_id, node)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (server, event_id) DO NOTHING"
 )
 #: Replace a server's latest state unless the stored one is known to be newer.
+#: ``since`` is when the server took its current status.
 UPSERT_LATEST = """
-INSERT INTO latest (server, status, data, updated_at, event_id, order_key, kept)
-VALUES (?, ?, ?, ?, ?, ?, 0)
+INSERT INTO latest (server, status, data, error, node, updated_at, since, event_id, order_key, kept)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
 ON CONFLICT (server) DO UPDATE SET
-    status = excluded.status, data = excluded.data, updated_at = excluded.updated_at,
+    status = excluded.status, data = excluded.data, error = excluded.error,
+    node = COALESCE(excluded.node, latest.node), updated_at = excluded.updated_at,
+    since = CASE WHEN latest.status = excluded.status AND latest.since IS NOT NULL
+        THEN latest.since ELSE excluded.since END,
     event_id = excluded.event_id, order_key = excluded.order_key
 WHERE excluded.order_key IS NULL OR latest.order_key IS NULL
     OR excluded.order_key >= latest.order_key
+RETURNING status
 """
+#: The status a server has before an update (locked in PostgreSQL).
+LATEST_STATUS = "SELECT status FROM latest WHERE server = ?"
 #: Count the update in its server's history.
-COUNT_KEPT = "UPDATE latest SET kept = kept + 1 WHERE server = ?"
-KEPT = "SELECT kept FROM latest WHERE server = ?"
+COUNT_KEPT = "UPDATE latest SET kept = kept + 1 WHERE server = ? RETURNING kept"
 #: Drop the oldest updates of a server beyond what is kept.
 PRUNE = (
     "DELETE FROM updates WHERE id IN (SELECT id FROM updates WHERE server = ? ORDER BY id LIMIT ?)"
 )
 SET_KEPT = "UPDATE latest SET kept = ? WHERE server = ?"
-LATEST_PAGE = (
-    "SELECT server, status, data, updated_at, event_id FROM latest"
-    " WHERE server > ? ORDER BY server LIMIT ?"
+_LATEST_COLUMNS = (
+    "SELECT l.server, l.status, l.data, l.updated_at, l.event_id, l.error, l.node, l.since,"
+    " u.ts, u.memory_gb, u.cpu_vcpus, u.storage_gb, u.egress_gb, u.duration_hours,"
+    " u.estimated_cost FROM latest l LEFT JOIN usage_latest u ON u.server = l.server"
 )
+LATEST_PAGE = _LATEST_COLUMNS + " WHERE l.server > ?{filters} ORDER BY l.server LIMIT ?"
+LATEST_ONE = _LATEST_COLUMNS + " WHERE l.server = ?"
 HISTORY = (
-    "SELECT id, received_at, status, error, data, event_id FROM updates"
+    "SELECT id, received_at, status, error, data, event_id, node FROM updates"
     " WHERE server = ? ORDER BY id DESC LIMIT ?"
 )
 COUNT = "SELECT COUNT(*) FROM updates"
@@ -97,7 +178,83 @@ MIGRATE_KEPT = (
     "UPDATE latest SET kept = (SELECT COUNT(*) FROM updates u WHERE u.server = latest.server)"
 )
 MIGRATE_KEYS = "SELECT server, event_id FROM latest WHERE event_id IS NOT NULL"
+MIGRATE_SINCE = "UPDATE latest SET since = updated_at WHERE since IS NULL"
+MIGRATE_ERROR = "UPDATE latest SET error = 'failed' WHERE status = 'failed' AND error IS NULL"
 SET_KEY = "UPDATE latest SET order_key = ? WHERE server = ?"
+
+INSERT_BILLING = (
+    "INSERT INTO billing (received_at, server, node, ts, memory_gb, cpu_vcpus, storage_gb,"
+    " egress_gb, duration_hours, estimated_cost, event_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (server, event_id) DO NOTHING"
+    " RETURNING id"
+)
+#: The latest usage of a server: the billing event with the latest timestamp.
+UPSERT_USAGE = """
+INSERT INTO usage_latest (server, node, ts, memory_gb, cpu_vcpus, storage_gb, egress_gb,
+    duration_hours, estimated_cost)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (server) DO UPDATE SET
+    node = COALESCE(excluded.node, usage_latest.node), ts = excluded.ts,
+    memory_gb = excluded.memory_gb, cpu_vcpus = excluded.cpu_vcpus,
+    storage_gb = excluded.storage_gb, egress_gb = excluded.egress_gb,
+    duration_hours = excluded.duration_hours, estimated_cost = excluded.estimated_cost
+WHERE excluded.ts >= usage_latest.ts
+"""
+PRUNE_BILLING = (
+    "DELETE FROM billing WHERE server = ? AND id <= (SELECT id FROM billing WHERE server = ?"
+    " ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
+USAGE_PAGE = (
+    "SELECT id, received_at, ts, memory_gb, cpu_vcpus, storage_gb, egress_gb, duration_hours,"
+    " estimated_cost, node, event_id FROM billing WHERE server = ? AND id < ?"
+    " ORDER BY id DESC LIMIT ?"
+)
+SERVERS_BY_NODE = "SELECT node, COUNT(*) FROM latest WHERE node IS NOT NULL GROUP BY node"
+COST_BY_NODE = (
+    "SELECT node, SUM(estimated_cost) FROM billing WHERE ts >= ? AND node IS NOT NULL GROUP BY node"
+)
+RESOURCES_BY_NODE = (
+    "SELECT COALESCE(node, ''), SUM(memory_gb), SUM(cpu_vcpus), SUM(storage_gb), SUM(egress_gb),"
+    " SUM(estimated_cost), COUNT(*) FROM usage_latest GROUP BY COALESCE(node, '')"
+)
+SERVERS_BY_STATUS = "SELECT status, COUNT(*) FROM latest GROUP BY status"
+STUCK = "SELECT COUNT(*) FROM latest WHERE status = 'installing' AND since < ?"
+NODES = "SELECT name, last_seen, state FROM nodes"
+NODE_ROW = "SELECT last_seen, state FROM nodes WHERE name = ?"
+INSERT_NODE = (
+    "INSERT INTO nodes (name, last_seen, state) VALUES (?, ?, 'online')"
+    " ON CONFLICT (name) DO NOTHING"
+)
+SET_NODE = "UPDATE nodes SET last_seen = ?, state = 'online' WHERE name = ?"
+MARK_STALE = (
+    "UPDATE nodes SET state = 'stale' WHERE state = 'online' AND last_seen < ?"
+    " AND name IN ({names}) RETURNING name, last_seen"
+)
+INSERT_ALERT = (
+    "INSERT INTO alerts (id, url, kind, node, server, status, data, at_ts, message, state,"
+    " attempts, next_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, 0)"
+    " ON CONFLICT (id, url) DO NOTHING"
+)
+DUE_ALERTS = (
+    "SELECT id, url, kind, node, server, status, data, at_ts, message, attempts FROM alerts"
+    " WHERE state = 'pending' AND next_at <= ? AND lease_until <= ? AND url IN ({urls})"
+    " ORDER BY at_ts LIMIT ?"
+)
+LEASE_ALERT = "UPDATE alerts SET lease_until = ? WHERE id = ? AND url = ?"
+ALERT_SENT = "UPDATE alerts SET state = 'sent', lease_until = 0 WHERE id = ? AND url = ?"
+ALERT_RETRY = (
+    "UPDATE alerts SET attempts = attempts + 1, next_at = ?, lease_until = 0, state = ?"
+    " WHERE id = ? AND url = ?"
+)
+ALERTS_BY_STATE = "SELECT state, COUNT(*) FROM alerts GROUP BY state"
+RETAIN_UPDATES = "DELETE FROM updates WHERE received_at < ?"
+RETAIN_BILLING = "DELETE FROM billing WHERE received_at < ?"
+RETAIN_ALERTS = "DELETE FROM alerts WHERE state <> 'pending' AND at_ts < ?"
+
+
+def late_indexes() -> list[str]:
+    """The indexes on columns a migration may have just added."""
+    return [s.strip() for s in _LATE_INDEXES.split(";") if s.strip()]
 
 
 def tables(*, serial: str, real: str, collate: str = "") -> list[str]:
@@ -128,9 +285,37 @@ def order_key(event_id: Optional[str], now: float) -> Optional[str]:
 
 
 def latest_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A ``latest`` row as the dict :meth:`ReceiverStore.latest` returns per server."""
-    _server, status, data, at, event_id = row
-    return {"status": status, "data": data, "updated_at": at, "event_id": event_id}
+    """A row of :data:`LATEST_PAGE` as the dict :meth:`ReceiverStore.latest` returns per server.
+
+    ``since`` is when the server took its status; ``usage`` its latest billing
+    numbers with their ``timestamp``, or None.
+    """
+    _server, status, data, at, event_id, error, node, since = row[:8]
+    usage: Optional[dict[str, Any]] = None
+    if row[8] is not None:
+        usage = {"timestamp": int(row[8])}
+        usage.update({name: float(v) for name, v in zip(BILLING_FIELDS, row[9:15])})
+    return {
+        "status": status,
+        "data": data,
+        "updated_at": at,
+        "event_id": event_id,
+        "error": error,
+        "node": node,
+        "since": at if since is None else since,
+        "usage": usage,
+    }
+
+
+def usage_rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Rows of :data:`USAGE_PAGE` as dicts, in their order (newest first)."""
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {"id": int(row[0]), "received_at": row[1], "timestamp": int(row[2])}
+        item.update({name: float(v) for name, v in zip(BILLING_FIELDS, row[3:9])})
+        item["node"], item["event_id"] = row[9], row[10]
+        out.append(item)
+    return out
 
 
 def history_rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -143,8 +328,9 @@ def history_rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
             "error": error,
             "data": data,
             "event_id": event_id,
+            "node": node,
         }
-        for row_id, at, status, error, data, event_id in reversed(rows)
+        for row_id, at, status, error, data, event_id, node in reversed(rows)
     ]
 
 

@@ -10,43 +10,21 @@ import contextlib
 import os
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from .._exceptions import LightdSyncError
 from .._forksafe import after_fork_in_child
-from .._model import Update
-from .schema import (
-    COUNT,
-    COUNT_KEPT,
-    DEFAULT_HISTORY,
-    HISTORY,
-    INSERT_UPDATE,
-    KEPT,
-    LATEST_PAGE,
-    MAX_CLOCK_AHEAD,
-    MIGRATE_KEPT,
-    MIGRATE_KEYS,
-    NEW_COLUMNS,
-    PRUNE,
-    SET_KEPT,
-    SET_KEY,
-    UPSERT_LATEST,
-    check_history,
-    history_rows,
-    latest_row,
-    order_key,
-    tables,
-)
+from .queries import Run, SqlStore, create_schema
+from .schema import DEFAULT_HISTORY, MAX_CLOCK_AHEAD, check_history, order_key, tables
 
 __all__ = ["DEFAULT_HISTORY", "MAX_CLOCK_AHEAD", "ReceiverStore", "order_key"]
 
 _IDLE_CONNECTIONS = 8
 
 
-class ReceiverStore:
+class ReceiverStore(SqlStore):
     """
     The updates a receiver took, in SQLite: the history of each server and its latest state.
 
@@ -122,15 +100,8 @@ class ReceiverStore:
             for statement in tables(serial="INTEGER", real="REAL"):
                 conn.execute(statement)
             have = {row[1] for row in conn.execute("PRAGMA table_info(latest)")}
-            missing = [name for name in NEW_COLUMNS if name not in have]
-            for name in missing:
-                conn.execute(f"ALTER TABLE latest ADD COLUMN {name} {NEW_COLUMNS[name]}")
-            if "kept" in missing:
-                conn.execute(MIGRATE_KEPT)
-            if "order_key" in missing:
-                now = time.time()
-                for server, eid in conn.execute(MIGRATE_KEYS).fetchall():
-                    conn.execute(SET_KEY, (order_key(eid, now), server))
+            have_updates = {row[1] for row in conn.execute("PRAGMA table_info(updates)")}
+            create_schema(conn.execute, have, have_updates)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -170,117 +141,21 @@ class ReceiverStore:
                 if not keep:
                     conn.close()
 
-    def add(self, update: Update, *, received_at: Optional[float] = None) -> bool:
-        """
-        Store *update* in the history and as its server's latest state, in one transaction.
-
-        An error update is stored with status ``failed``, ``error`` ``failed``
-        and its data. An update whose :attr:`~lightd_sync.Update.event_id` this server
-        already sent (a retry whose answer was lost, a resync) is not stored twice,
-        as long as that earlier one is still in the history.
-        lightd-sync's event ids sort in the order one engine made them (UUID
-        version 7): an update that arrives after a newer one of the same server
-        (a request the remote finished after the client had given up on it)
-        goes into the history but does not replace the latest state. An id
-        that is not time-ordered, or whose time is more than five minutes
-        ahead of this machine's clock, orders nothing: its update replaces the
-        latest state, and a later update replaces it.
-
-        Args:
-            update: The update received, with the ``X-Lightd-Event-Id`` it came with, if any.
-            received_at: When it arrived (seconds since the epoch); default now.
-
-        Returns:
-            True if stored, False if it was a duplicate.
-
-        Raises:
-            LightdSyncError: The store is closed.
-            sqlite3.Error: The database failed (disk full, locked too long, ...).
-        """
-        when = time.time() if received_at is None else received_at
-        key = order_key(update.event_id, time.time())
-        error = update.status.value if update.is_error else None
-        server, status = update.server, update.status.value
-        row = (when, server, status, error, update.data, update.event_id)
-        with self._connection(write=True) as conn:
+    @contextlib.contextmanager
+    def _tx(self, *, write: bool) -> Iterator[Run]:
+        with self._connection(write=write) as conn:
+            if not write:
+                yield conn.execute
+                return
             conn.execute("BEGIN IMMEDIATE")
             try:
-                stored = conn.execute(INSERT_UPDATE, row).rowcount == 1
-                if stored:
-                    latest = (server, status, update.data, when, update.event_id, key)
-                    conn.execute(UPSERT_LATEST, latest)
-                    conn.execute(COUNT_KEPT, (server,))
-                    self._prune(conn, server)
+                yield conn.execute
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
-        return stored
-
-    def _prune(self, conn: sqlite3.Connection, server: str) -> None:
-        if self.history_limit is None:
-            return
-        (kept,) = conn.execute(KEPT, (server,)).fetchone()
-        if kept > self.history_limit:
-            conn.execute(PRUNE, (server, kept - self.history_limit))
-            conn.execute(SET_KEPT, (self.history_limit, server))
-
-    def latest(self) -> dict[str, dict[str, Any]]:
-        """
-        Return the latest state of every server: ``{server: {status, data, updated_at, event_id}}``.
-
-        Holds the whole fleet in memory: the receiver itself reads it a page
-        at a time with :meth:`latest_page`.
-
-        Raises:
-            LightdSyncError: The store is closed.
-        """
-        result: dict[str, dict[str, Any]] = {}
-        after = ""
-        while True:
-            page = self.latest_page(after, 1000)
-            result.update(page)
-            if len(page) < 1000:
-                return result
-            after = next(reversed(page))
-
-    def latest_page(self, after: str, limit: int) -> dict[str, dict[str, Any]]:
-        """
-        Return the latest state of at most *limit* servers whose ids sort after *after*.
-
-        Raises:
-            LightdSyncError: The store is closed.
-        """
-        with self._connection(write=False) as conn:
-            rows = conn.execute(LATEST_PAGE, (after, limit)).fetchall()
-        return {row[0]: latest_row(row) for row in rows}
-
-    def history(self, server: str, limit: Optional[int] = None) -> list[dict[str, Any]]:
-        """
-        Return the updates of *server*, oldest first (the newest *limit* ones, if given).
-
-        Each is ``{id, received_at, status, error, data, event_id}``; an
-        unknown server has an empty history.
-
-        Raises:
-            LightdSyncError: The store is closed.
-        """
-        with self._connection(write=False) as conn:
-            rows = conn.execute(HISTORY, (server, -1 if limit is None else limit)).fetchall()
-        return history_rows(rows)
-
-    def count(self) -> int:
-        """
-        Return how many updates are stored, over all servers.
-
-        Raises:
-            LightdSyncError: The store is closed.
-        """
-        with self._connection(write=False) as conn:
-            (total,) = conn.execute(COUNT).fetchone()
-        return int(total)
 
     def close(self) -> None:
         """Close the database; an in-memory one is gone. Calling it again does nothing."""
