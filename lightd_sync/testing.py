@@ -93,8 +93,10 @@ def _matches(body: dict[str, Any], server: str, status: Status) -> bool:
     )
 
 
-#: The largest ``POST /updates`` body the test remote reads for its record.
+#: The largest ``POST /updates`` body the test remote takes.
 _MAX_BATCH_BODY = 16 * 1024 * 1024
+#: The largest ``batch.max`` the protocol allows.
+_MOST_BATCH = 10_000
 #: Statuses :meth:`LightdRemote.refuse_batches` may answer: the spec's "no batches after all".
 _REFUSALS = (404, 405, 415, 501)
 
@@ -131,6 +133,7 @@ class _Faults:
         self._delay = 0.0
         self._down = False
         self._offer: Optional[int] = None  # batch.max offered in /health; None: no offer
+        self._most_offered = 0  # the largest offer ever made: a batch beyond it gets 413
         self._refuse_batches: Optional[int] = None  # status every POST /updates gets, if set
         self.stopping = threading.Event()  # set on stop: delayed requests end at once
 
@@ -151,6 +154,7 @@ class _Faults:
     def set_offer(self, most: Optional[int]) -> None:
         with self._lock:
             self._offer = most
+            self._most_offered = max(self._most_offered, most or 0)
 
     def set_batch_refusal(self, status: Optional[int]) -> None:
         with self._lock:
@@ -206,14 +210,27 @@ class _Faults:
                 fault = (self._fail_status, "injected failure (lightd_remote.fail_next())")
             else:
                 fault = None
-            offer = self._offer
+            offer, most_offered = self._offer, self._most_offered
         if fault is not None:
             return _json_answer(start_response, *fault)
         if method == "GET" and path == "/health":
             return self._health(environ, start_response, offer)
         if not (is_update or is_batch):
             return self._app(environ, start_response)
-        body = self._read_body(environ, _MAX_BATCH_BODY if is_batch else self._max_body)
+        body = self._read_body(environ, self._max_body)
+        if is_batch and not most_offered:
+            # As a remote of Lightd's own: no such route (a client falls back to /update).
+            return _json_answer(start_response, 404, "no batches offered here (batch_max=None)")
+        if is_batch and body is not None:
+            items = _items(body)
+            if items is not None and len(items) > most_offered:
+                # Never offered that many (or never offered at all): the client is wrong.
+                return _json_answer(
+                    start_response,
+                    413,
+                    f"updates: {len(items)} items; this remote never offered more than "
+                    f"{most_offered} (lightd_remote.offer_batches())",
+                )
         answered: list[str] = []
 
         def remember_status(status: str, headers: Any, exc_info: Any = None) -> Any:
@@ -277,10 +294,10 @@ class _Faults:
 
     def _record_batch(self, body: bytes, answer: bytes) -> None:
         """Record the items of an answered ``POST /updates`` that the receiver accepted."""
+        items = _items(body)
         try:
-            items = json.loads(body)["updates"]
             doc = json.loads(answer)
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             return
         if not (isinstance(items, list) and isinstance(doc, dict) and doc.get("success") is True):
             return
@@ -329,6 +346,15 @@ class _Faults:
             self._changed.notify_all()
 
 
+def _items(body: bytes) -> Optional[list[Any]]:
+    """The ``updates`` list of a ``POST /updates`` body; None: the receiver says what is wrong."""
+    try:
+        items = json.loads(body).get("updates")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return items if isinstance(items, list) else None
+
+
 def _drain(result: Iterable[bytes]) -> bytes:
     """The whole answer of a WSGI application (closed as WSGI asks)."""
     try:
@@ -369,7 +395,8 @@ class LightdRemote:
         host: The address to listen on.
         batch_max: The ``batch.max`` to offer in the health answer, from 1 to
             10,000; ``None`` (the default) offers no batches, as Lightd's own
-            remotes do.
+            remotes do, and answers ``POST /updates`` 404 until an offer is
+            made. A batch larger than any offer made gets 413.
 
     .. versionchanged:: 0.2.0 ``batch_max``; error updates of any error value
        and billing events (:attr:`billing`) are recorded.
@@ -400,7 +427,10 @@ class LightdRemote:
             raise RuntimeError("this LightdRemote was already started")
         from .receiver import create_app
 
-        app = create_app(self.token, rate=math.inf)
+        # The receiver takes the largest batches any offer may name; the middleware offers.
+        app = create_app(
+            self.token, rate=math.inf, batch_max=_MOST_BATCH, max_batch_body=_MAX_BATCH_BODY
+        )
         faults = _Faults(app, app.max_body)
         faults.set_offer(self._batch_max)
         try:

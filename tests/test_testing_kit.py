@@ -300,6 +300,12 @@ def test_batch_switches_offer_withdraw_and_refuse() -> None:
                 remote.offer_batches(bad)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="status must be one of 404, 405, 415, 501"):
             remote.refuse_batches(500)
+        # More than ever offered: the client is wrong, 413 (nothing stored).
+        many = [{"event": "update", "server": f"m{n}", "status": "ready"} for n in range(11)]
+        status, doc = _post_batch(remote, many)
+        assert 413 == status
+        assert "never offered more than 10" in doc["error"]
+        assert not any(u["server"].startswith("m") for u in remote.updates)
     with pytest.raises(ValueError, match="batch_max must be"):
         LightdRemote(batch_max=0)
 
@@ -308,6 +314,9 @@ def test_the_default_remote_offers_no_batches_as_lightd_s_own_remotes(
     lightd_remote: LightdRemote,
 ) -> None:
     assert {"status": 200, "endpoint": "active"} == _health(lightd_remote)
+    item = {"event": "update", "server": "a", "status": "ready"}
+    assert 404 == _post_batch(lightd_remote, [item])[0]
+    assert [] == lightd_remote.updates
 
 
 def test_an_engine_batches_to_a_remote_that_offers_them_and_falls_back_when_refused() -> None:
