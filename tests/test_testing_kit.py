@@ -341,6 +341,11 @@ def test_an_engine_batches_to_a_remote_that_offers_them_and_falls_back_when_refu
             ]
 
 
+@pytest.mark.lightd_remote(batch_max=25)
+def test_the_marker_builds_the_fixture_with_its_arguments(lightd_remote: LightdRemote) -> None:
+    assert {"max": 25} == _health(lightd_remote)["batch"]
+
+
 def test_recording_transport_takes_batches_as_it_is_told() -> None:
     from lightd_sync import DeliveryError
     from lightd_sync.testing import RecordingTransport
