@@ -374,6 +374,16 @@ def test_parse_event_takes_billing_events() -> None:
         ('{"event": "billing", "server": "a", ' + BILLING + ', "status": "ready"}',
          "unknown key 'status' in a billing event"),
         ('{"event": "billing", ' + BILLING + "}", "no server id"),
+        ('{"event": "billing", "server": "a", ' + BILLING.replace("0.5", "1e400") + "}",
+         "memory_gb: must be a finite number"),
+        ('{"event": "billing", "server": "a", ' + BILLING.replace("0.5", "1" + "0" * 400) + "}",
+         "memory_gb: must be a finite number"),
+        ('{"event": "billing", "server": "a", ' + BILLING.replace("0.5", "1" + "0" * 5000) + "}",
+         "not JSON"),
+        ('{"event": "billing", "server": "a", ' + BILLING + ', "timestamp": -1}',
+         "timestamp: must be from 0"),
+        ('{"event": "billing", "server": "a", "server": "b", ' + BILLING + "}",
+         "duplicate key 'server'"),
     ],
 )  # fmt: skip
 def test_parse_event_says_what_is_wrong_with_error_and_billing_forms(line: str, why: str) -> None:
