@@ -2,13 +2,22 @@
 The reference remote: a WSGI application keeping Lightd's updates in SQLite or PostgreSQL.
 
 It implements the contract's two endpoints, ``GET /health`` and
-``POST /update``, plus two to read what arrived: ``GET /servers`` (the latest
-state of every server, a page at a time with ``?limit=N&after=ID``) and
-``GET /servers/<id>`` (one server's history, its newest *history* updates).
-Every request needs ``Authorization: Bearer <token>``; every body is
-validated; every client is rate-limited; every attempt is audited. Errors are
-JSON ``{"success": false, "error": "..."}`` naming the field at fault, and
-never echo what was sent.
+``POST /update`` (status updates, error updates with any ``error`` value,
+and Lightd's billing events), the batch extension ``POST /updates`` (offered
+in ``/health`` as ``{"batch": {"max": N}}``), and the operator's views:
+``GET /servers`` (the latest state of every server, a page at a time with
+``?limit=N&after=ID``, filtered by ``status=``, ``node=`` and ``prefix=``),
+``GET /servers.csv`` (the same as CSV), ``GET /servers/<id>`` (one server's
+state and history), ``GET /servers/<id>/usage`` (its billing events, newest
+first), ``GET /nodes`` (each node's heartbeat state), ``GET /summary`` (the
+fleet at a glance) and ``GET /metrics`` (Prometheus text).
+Every request needs ``Authorization: Bearer <token>``: with *nodes*, a node's
+token sends and the operator's token reads (the status page's middleware may
+also set ``environ["lightd_sync.operator"] = True``); without, the single
+token does both. Every body is validated; every node (or client address) is
+rate-limited; every attempt is audited. Errors are JSON
+``{"success": false, "error": "..."}`` naming the field at fault, and never
+echo what was sent.
 
 An update may carry the ``X-Lightd-Event-Id`` header (an extension, at most 64
 printable ASCII characters): it is stored, and an update whose id its server
@@ -19,11 +28,13 @@ than five minutes ahead of the receiver's clock, orders nothing.
 
 Each audit line is a JSON object with ``ts`` (RFC 3339, UTC), ``client``,
 ``method``, ``path``, ``server`` (or null), ``status`` and ``outcome``: one of
-``ok``, ``stored``, ``duplicate``, ``unauthorized``, ``invalid`` (400, 411,
+``ok``, ``stored``, ``duplicate``, ``unauthorized``, ``forbidden`` (403: a
+node's token reading, or the operator's sending), ``invalid`` (400, 411,
 415), ``too_large``, ``not_found``, ``method_not_allowed``, ``rate_limited``,
 ``unavailable`` (503: storage failed or closed) or ``error`` (500: a bug,
 logged to ``lightd_sync.receiver``); plus ``error`` and ``event_id`` when
-there are any. No audit or log line holds the token, nor any 8 characters of it in a row.
+there are any, and ``node`` when a node's token sent it. No audit or log
+line holds a token, nor any 8 characters of one in a row.
 
 Serve it with any WSGI server: :func:`serve` runs it on waitress in
 background threads (what the receiver command, the demo and the testing kit

@@ -47,7 +47,7 @@ class Webhook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 length = int(self.headers["Content-Length"])
                 doc = json.loads(self.rfile.read(length))
                 with hook.lock:
@@ -309,7 +309,7 @@ def test_a_bad_nodes_file_is_refused_at_start(
             str(nodes_file),
             "--operator-token-file",
             str(operator),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -335,7 +335,7 @@ def test_nodes_without_an_operator_token_are_refused(tmp_path: Path) -> None:
             "0",
             "--nodes",
             str(nodes_file),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -347,7 +347,7 @@ def test_nodes_without_an_operator_token_are_refused(tmp_path: Path) -> None:
 
 
 def test_the_listening_line_tells_the_truth_about_all_addresses() -> None:
-    with receiver("--host", "0.0.0.0", "--no-audit") as proc:  # noqa: S104
+    with receiver("--host", "0.0.0.0", "--no-audit") as proc:
         line = proc.text()
         assert "listening on http://0.0.0.0:" in line
         assert "every IPv4 address; from this machine http://127.0.0.1:" in line

@@ -1,4 +1,4 @@
-"""The receiver as the fleet's control room: nodes, the operator, filters, batches, billing, metrics.
+"""The receiver as the fleet's control room: nodes, operator, filters, batches, billing, metrics.
 
 In-process apps served by the real WSGI server (waitress) on 127.0.0.1; the
 process-level behaviour (heartbeats, alerts, SIGHUP) is in test_receiver_alerts.py.
@@ -123,7 +123,7 @@ def test_nodes_need_the_operator_token() -> None:
 
 
 def test_node_tokens_send_and_the_operator_reads(fleet: tuple[ReceiverApp, str]) -> None:
-    app, url = fleet
+    _app, url = fleet
     body = {"event": "update", "server": "s1", "status": "installing"}
     assert req(f"{url}/update", NODE_A, "POST", body)[0] == 200
     assert req(f"{url}/health", NODE_B)[0] == 200
@@ -187,7 +187,7 @@ def test_servers_carry_node_updated_error_usage_stuck(fleet: tuple[ReceiverApp, 
     ]
     for token, body in sends:
         assert req(f"{url}/update", token, "POST", body)[0] == 200, body
-    status, doc, _ = req(f"{url}/servers", OPERATOR)
+    _status, doc, _ = req(f"{url}/servers", OPERATOR)
     servers = doc["servers"]
     assert list(servers) == ["db-1", "db-2", "web-1", "web-2", "web-3"]
     assert servers["web-2"]["status"] == "failed"
@@ -208,7 +208,7 @@ def test_servers_carry_node_updated_error_usage_stuck(fleet: tuple[ReceiverApp, 
 
 
 def test_filters_combine_and_a_bad_one_is_named(fleet: tuple[ReceiverApp, str]) -> None:
-    app, url = fleet
+    _app, url = fleet
     for i in range(6):
         token = NODE_A if i % 2 else NODE_B
         body = {"event": "update", "server": f"{'web' if i < 4 else 'db'}-{i}",
@@ -264,7 +264,7 @@ def test_csv_carries_usage_and_defuses_formulas(fleet: tuple[ReceiverApp, str]) 
 
 
 def test_billing_is_stored_read_and_never_changes_status(fleet: tuple[ReceiverApp, str]) -> None:
-    app, url = fleet
+    _app, url = fleet
     assert req(f"{url}/update", NODE_A, "POST",
                {"event": "update", "server": "s1", "status": "ready"})[0] == 200  # fmt: skip
     now = int(time.time())
@@ -339,7 +339,7 @@ def test_lightds_exact_billing_bytes_are_accepted(fleet: tuple[ReceiverApp, str]
             "authorization": f"Bearer {NODE_A}",
             "content-type": "application/json",
             "accept": "*/*",
-        },  # fmt: skip
+        },
     )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(request, timeout=10) as answer:
@@ -414,7 +414,7 @@ def test_a_batch_is_stored_in_one_transaction(
 
     monkeypatch.setattr(type(store), "_add_update", fail_on_third)
     items = [{"event": "update", "server": f"t{i}", "status": "ready"} for i in range(5)]
-    status, doc, headers = req(f"{url}/updates", NODE_A, "POST", {"updates": items})
+    status, _doc, headers = req(f"{url}/updates", NODE_A, "POST", {"updates": items})
     assert status == 503 and headers["Retry-After"] == "1"
     monkeypatch.undo()
     assert store.count() == 0  # none of it
@@ -432,8 +432,15 @@ def test_a_node_resyncs_10000_servers_in_batches_without_a_429(db: str) -> None:
     app = create_app(None, db_path=db, nodes=NODES, operator_token=OPERATOR)  # default limits
     with app, serve(app) as server:
         for start in range(0, 10_000, 500):
-            items = [{"event": "update", "server": f"srv-{i:05d}", "status": "ready",
-                      "event_id": str(uuid.uuid4())} for i in range(start, start + 500)]  # fmt: skip
+            items = [
+                {
+                    "event": "update",
+                    "server": f"srv-{i:05d}",
+                    "status": "ready",
+                    "event_id": str(uuid.uuid4()),
+                }
+                for i in range(start, start + 500)
+            ]
             status, doc, _ = req(f"{server.url}/updates", NODE_A, "POST", {"updates": items})
             assert (status, doc) == (200, {"success": True})
         assert req(f"{server.url}/summary", OPERATOR)[1]["counts"]["ready"] == 10_000
@@ -457,7 +464,7 @@ def test_two_engines_of_400_single_updates_get_no_429(tmp_path: Path) -> None:
 
 
 def test_summary_and_metrics(fleet: tuple[ReceiverApp, str]) -> None:
-    app, url = fleet
+    _app, url = fleet
     for server, status in [("a", "ready"), ("b", "failed"), ("c", "installing")]:
         body = {"event": "update", "server": server, "status": status}
         assert req(f"{url}/update", NODE_A, "POST", body)[0] == 200

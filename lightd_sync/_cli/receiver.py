@@ -62,7 +62,7 @@ def add_parser(subparsers: Any) -> None:
     parser = add_command(
         subparsers,
         "receiver",
-        summary="run the reference remote server (nodes, heartbeats, alerts, SQLite/PostgreSQL)",
+        summary="run the reference remote server (GET /health, POST /update, SQLite)",
         description="Serve the reference remote: GET /health, POST /update, GET /servers "
         "and GET /servers/ID, all behind Authorization: Bearer <token>, with body "
         "validation, a rate limit per client, an audit log and a SQLite store. Runs "

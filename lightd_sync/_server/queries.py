@@ -124,19 +124,25 @@ class SqlStore:
         transaction.
         """
         when = time.time() if received_at is None else received_at
+        with self._tx(write=True) as run:
+            return self._apply(run, events, when, node)
+
+    def _apply(
+        self, run: Run, events: Sequence[Event], when: float, node: Optional[str]
+    ) -> list[bool]:
+        """Store *events* in the transaction of *run*; for each, whether it was stored."""
         now = time.time()
         results = [False] * len(events)
         # Rows are locked in server order, so two batches never wait on each other in a cycle.
         order = sorted(
             range(len(events)), key=lambda i: (events[i].server, type(events[i]).__name__)
         )
-        with self._tx(write=True) as run:
-            for i in order:
-                event = events[i]
-                if isinstance(event, Update):
-                    results[i] = self._add_update(run, event, when, now, node)
-                else:
-                    results[i] = self._add_billing(run, event, when, node)
+        for i in order:
+            event = events[i]
+            if isinstance(event, Update):
+                results[i] = self._add_update(run, event, when, now, node)
+            else:
+                results[i] = self._add_billing(run, event, when, node)
         return results
 
     def _add_update(
@@ -147,18 +153,17 @@ class SqlStore:
         row = (when, server, status, error, update.data, update.event_id, node)
         if run(sql.INSERT_UPDATE, row).rowcount != 1:
             return False
-        before = run(self._lock(sql.LATEST_STATUS), (server,)).fetchone()
+        before = run(self._lock(sql.LATEST_STATUS), (server,)).fetchall() if self.webhooks else []
         key = sql.order_key(update.event_id, now)
         latest = (server, status, update.data, error, node, when, when, update.event_id, key)
-        replaced = run(sql.UPSERT_LATEST, latest).fetchall()
-        found = run(sql.COUNT_KEPT, (server,)).fetchall()
-        kept = int(found[0][0]) if found else 0
+        kept, at, eid = run(sql.UPSERT_LATEST, latest).fetchall()[0]
         limit = self.history_limit
         if limit is not None and kept > limit:
             run(sql.PRUNE, (server, kept - limit))
             run(sql.SET_KEPT, (limit, server))
+        replaced = at == when and eid == update.event_id
         if replaced and self.webhooks:
-            was = before[0] if before else None
+            was = before[0][0] if before else None
             if status == "failed" and was != "failed":
                 self._queue_alert(
                     run,

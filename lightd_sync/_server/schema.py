@@ -137,25 +137,31 @@ INSERT_UPDATE = (
     "INSERT INTO updates (received_at, server, status, error, data, event_id, node)"
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (server, event_id) DO NOTHING"
 )
-#: Replace a server's latest state unless the stored one is known to be newer.
-#: ``since`` is when the server took its current status.
-UPSERT_LATEST = """
+_NEWER = (
+    "(excluded.order_key IS NULL OR latest.order_key IS NULL"
+    " OR excluded.order_key >= latest.order_key)"
+)
+#: Count the update in its server's history, and make it the server's latest
+#: state unless the stored one is known to be newer (one statement: ingest's
+#: cost is its statements). ``since`` is when the server took its status.
+UPSERT_LATEST = f"""
 INSERT INTO latest (server, status, data, error, node, updated_at, since, event_id, order_key, kept)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
 ON CONFLICT (server) DO UPDATE SET
-    status = excluded.status, data = excluded.data, error = excluded.error,
-    node = COALESCE(excluded.node, latest.node), updated_at = excluded.updated_at,
-    since = CASE WHEN latest.status = excluded.status AND latest.since IS NOT NULL
-        THEN latest.since ELSE excluded.since END,
-    event_id = excluded.event_id, order_key = excluded.order_key
-WHERE excluded.order_key IS NULL OR latest.order_key IS NULL
-    OR excluded.order_key >= latest.order_key
-RETURNING status
-"""
+    kept = latest.kept + 1,
+    status = CASE WHEN {_NEWER} THEN excluded.status ELSE latest.status END,
+    data = CASE WHEN {_NEWER} THEN excluded.data ELSE latest.data END,
+    error = CASE WHEN {_NEWER} THEN excluded.error ELSE latest.error END,
+    node = CASE WHEN {_NEWER} THEN COALESCE(excluded.node, latest.node) ELSE latest.node END,
+    updated_at = CASE WHEN {_NEWER} THEN excluded.updated_at ELSE latest.updated_at END,
+    since = CASE WHEN {_NEWER} AND (latest.status <> excluded.status OR latest.since IS NULL)
+        THEN excluded.since ELSE latest.since END,
+    event_id = CASE WHEN {_NEWER} THEN excluded.event_id ELSE latest.event_id END,
+    order_key = CASE WHEN {_NEWER} THEN excluded.order_key ELSE latest.order_key END
+RETURNING kept, updated_at, event_id
+"""  # noqa: S608 - built from this module's own constant
 #: The status a server has before an update (locked in PostgreSQL).
 LATEST_STATUS = "SELECT status FROM latest WHERE server = ?"
-#: Count the update in its server's history.
-COUNT_KEPT = "UPDATE latest SET kept = kept + 1 WHERE server = ? RETURNING kept"
 #: Drop the oldest updates of a server beyond what is kept.
 PRUNE = (
     "DELETE FROM updates WHERE id IN (SELECT id FROM updates WHERE server = ? ORDER BY id LIMIT ?)"

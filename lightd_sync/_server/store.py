@@ -10,18 +10,35 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Optional, Union
 
 from .._exceptions import LightdSyncError
 from .._forksafe import after_fork_in_child
+from .._model import Event
 from .queries import Run, SqlStore, create_schema
 from .schema import DEFAULT_HISTORY, MAX_CLOCK_AHEAD, check_history, order_key, tables
 
 __all__ = ["DEFAULT_HISTORY", "MAX_CLOCK_AHEAD", "ReceiverStore", "order_key"]
 
 _IDLE_CONNECTIONS = 8
+
+
+class _Job:
+    """One caller's events, waiting to be committed with others (group commit)."""
+
+    __slots__ = ("done", "error", "events", "lead", "node", "result", "when")
+
+    def __init__(self, events: Sequence[Event], when: float, node: Optional[str]) -> None:
+        self.events = events
+        self.when = when
+        self.node = node
+        self.done = threading.Event()
+        self.lead = False  # set when this caller is handed the leader's role instead
+        self.result: list[bool] = []
+        self.error: Optional[BaseException] = None
 
 
 class ReceiverStore(SqlStore):
@@ -70,6 +87,11 @@ class ReceiverStore(SqlStore):
         # In memory it serializes readers too: shared-cache tables lock with
         # SQLITE_LOCKED, which the busy timeout does not wait for.
         self._db_lock = threading.Lock()
+        # Guards _waiting and _leading: callers of add_many queue up, one of
+        # them (the leader) commits what is queued in one transaction.
+        self._group_lock = threading.Lock()
+        self._waiting: list[_Job] = []
+        self._leading = False
         # Holds the in-memory database alive (it is freed with its last
         # connection); on a file, it just creates the schema and joins the pool.
         first = self._connect()
@@ -91,6 +113,9 @@ class ReceiverStore(SqlStore):
         # closed, since closing could release the parent's locks on the file.
         self._pool_lock = threading.Lock()
         self._db_lock = threading.Lock()
+        self._group_lock = threading.Lock()
+        self._waiting = []
+        self._leading = False
         self._idle = []
 
     @staticmethod
@@ -118,7 +143,10 @@ class ReceiverStore(SqlStore):
             uri=self.memory,
         )
         if not self.memory:
-            conn.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL
+            # Durable: a commit is on disk before the update is acknowledged.
+            # Concurrent callers share a commit (see add_many), so the fsync
+            # is paid once per group, not once per update.
+            conn.execute("PRAGMA synchronous=FULL")
         return conn
 
     @contextlib.contextmanager
@@ -140,6 +168,71 @@ class ReceiverStore(SqlStore):
                         self._idle.append(conn)
                 if not keep:
                     conn.close()
+
+    def add_many(
+        self,
+        events: Sequence[Event],
+        *,
+        received_at: Optional[float] = None,
+        node: Optional[str] = None,
+    ) -> list[bool]:
+        """
+        Store every event in one transaction (all or none); for each, whether it was stored.
+
+        Callers that arrive while a commit is under way are committed
+        together in the next transaction (group commit): each caller's
+        events stay all or none, and one fsync serves them all.
+        """
+        job = _Job(events, time.time() if received_at is None else received_at, node)
+        with self._group_lock:
+            self._waiting.append(job)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            job.done.wait()
+            if not job.lead:
+                if job.error is not None:
+                    raise job.error
+                return job.result
+        self._lead()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _lead(self) -> None:
+        """Commit what is queued, once; then hand the role on to a waiting caller, if any."""
+        with self._group_lock:
+            jobs, self._waiting = self._waiting, []
+        try:
+            self._commit_group(jobs)
+        finally:
+            for done in jobs:
+                done.done.set()
+            with self._group_lock:
+                if self._waiting:
+                    heir = self._waiting[0]
+                    heir.lead = True
+                    heir.done.set()
+                else:
+                    self._leading = False
+
+    def _commit_group(self, jobs: list[_Job]) -> None:
+        try:
+            with self._tx(write=True) as run:
+                for job in jobs:
+                    job.result = self._apply(run, job.events, job.when, job.node)
+        except BaseException as exc:
+            if len(jobs) == 1:
+                jobs[0].error = exc
+                return
+            # One caller's events failed the group: commit each alone, so
+            # that only the ones at fault fail.
+            for job in jobs:
+                try:
+                    with self._tx(write=True) as run:
+                        job.result = self._apply(run, job.events, job.when, job.node)
+                except BaseException as alone:
+                    job.error = alone
 
     @contextlib.contextmanager
     def _tx(self, *, write: bool) -> Iterator[Run]:
