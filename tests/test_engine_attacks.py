@@ -230,7 +230,17 @@ def test_after_update_recovers_every_server_converges() -> None:
                 )
 
             assert wait_until(converged, timeout=10)
-            assert wait_until(lambda: engine._book.missed_count == 0, timeout=5)
+            # Converged: each server's latest delivered, nothing missed any more, so
+            # later healthy checks re-send nothing.
+            assert wait_until(lambda: engine.stats().delivered == 30, timeout=10)
+            assert engine.flush(5)
+            resynced = engine.stats().resynced
+            checks = len([r for r in remote.requests if r.method == "GET"])
+            assert wait_until(
+                lambda: len([r for r in remote.requests if r.method == "GET"]) >= checks + 3
+            )
+            assert engine.flush(5)
+            assert resynced == engine.stats().resynced
     finally:
         remote.stop()
 

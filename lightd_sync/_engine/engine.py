@@ -534,7 +534,8 @@ class SyncEngine:
             monitor, sighup = self._monitor, self._sighup
             self._outbox.close()  # the workers end once what is pending is settled
         if not first:  # another call is closing: wait for it, within our own deadline
-            self._closed.wait(max(0.0, deadline - time.monotonic()))
+            if self._closed.wait(max(0.0, deadline - time.monotonic())):
+                self._admit_deferred()  # what handlers deferred since: dropped (closed), counted
             return
         try:
             self._finish_close(monitor, sighup, deadline, seconds)

@@ -341,6 +341,8 @@ class Outbox:
                     self._missed[server] = None
             if result == DELIVERED and self.store is not None and item.event_id is not None:
                 self.store.acknowledged(server, item.event_id)
+            if len(self._records) > self.max_servers:  # a burst of new servers is over
+                self._forget_one()
             return settled
 
     def _count(self, item: Item, result: str, reason: Optional[str], seconds: float) -> Settled:
@@ -433,11 +435,20 @@ class Outbox:
                 if len(self._records) == before:
                     break
 
-    def retire(self, count: int) -> None:
-        """Ask *count* workers to end after their current batch (a smaller pool)."""
+    def retire(self, count: int) -> int:
+        """
+        Ask *count* workers to end after their batch; a negative count cancels such requests.
+
+        Returns how many more workers must start (what cancelling could not cover).
+        """
         with self._lock:
-            self._retire += count
-            self._work.notify_all()
+            if count >= 0:
+                self._retire += count
+                self._work.notify_all()
+                return 0
+            cancel = min(-count, self._retire)
+            self._retire -= cancel
+            return -count - cancel
 
     def wake(self) -> None:
         """Wake a worker (what a signal handler deferred waits for one)."""

@@ -154,9 +154,10 @@ class Pool:
         self.secret: Optional[str] = None
         self._on_missed = on_missed
         self._between = between
-        # Guards _threads and _made (start, resize and join may race).
+        # Guards _threads, _size and _made (start, resize and join may race).
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # started, maybe asked to end
+        self._size = 0  # workers that run and are not asked to end
         self._made = 0  # workers made so far: the N of the next lightd-sync-worker-N
 
     # -- the threads ---------------------------------------------------------------
@@ -164,18 +165,17 @@ class Pool:
     def resize(self, count: int) -> None:
         """Run *count* workers: start more, or ask the surplus to end after their batch."""
         with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            surplus = len(self._threads) - count
+            self._threads = [t for t in self._threads if t.is_alive() or t.ident is None]
+            more = self.outbox.retire(self._size - count)  # < 0: cancels retirements first
+            self._size = count
             new = []
-            for _ in range(max(0, -surplus)):
+            for _ in range(more):
                 thread = threading.Thread(
                     target=self._run, name=f"lightd-sync-worker-{self._made}", daemon=True
                 )
                 self._made += 1
                 new.append(thread)
             self._threads.extend(new)
-        if surplus > 0:
-            self.outbox.retire(surplus)
         for thread in new:
             thread.start()  # RuntimeError at interpreter shutdown: the engine handles it
 

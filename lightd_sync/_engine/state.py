@@ -63,6 +63,12 @@ class StoredUpdate:
     """
 
 
+def _id_of(update: Any, event_id_of: Callable[[Any], str]) -> str:
+    if type(update) is _Accepted:
+        return _own_event_id(update)
+    return event_id_of(update)
+
+
 class _Discard(dict):  # type: ignore[type-arg]
     """What an inactive store stores into: nothing, at the cost of one call."""
 
@@ -87,8 +93,26 @@ def _by_seq(item: tuple[str, tuple[Any, int]]) -> int:
 
 def _own_event_id(update: Any) -> str:
     """A store used alone: give an update without one a new event id."""
-    update.event_id = new_event_id()
+    make = getattr(update, "make", None)
+    update.event_id = make() if make is not None else new_event_id()
     return str(update.event_id)
+
+
+class _Accepted:
+    """An update given to :meth:`StateStore.accepted` field by field."""
+
+    __slots__ = ("data", "error", "event_id", "make", "status")
+
+    def __init__(
+        self,
+        status: Any,
+        data: Optional[str],
+        event_id: Union[str, Callable[[], str]],
+        error: Optional[str],
+    ) -> None:
+        self.status, self.data, self.error = status, data, error
+        self.event_id: Optional[str] = event_id if isinstance(event_id, str) else None
+        self.make: Optional[Callable[[], str]] = None if isinstance(event_id, str) else event_id
 
 
 class StateStore:
@@ -170,16 +194,26 @@ class StateStore:
         with self._cond:
             return self._writes, self._write_seconds, self._write_max
 
-    def accepted(self, server: str, update: Any) -> None:
+    def accepted(
+        self,
+        server: str,
+        update: Any,
+        data: Optional[str] = None,
+        event_id: Union[str, Callable[[], str], None] = None,
+        error: Optional[str] = None,
+    ) -> None:
         """
         Record that *update* is now *server*'s latest, not acknowledged.
 
         *update* has ``status``, ``data``, ``error`` and ``event_id``
-        attributes (an engine item, or an :class:`~lightd_sync.Update`); an
-        event id it lacks is asked of :attr:`event_id_of` by the writer thread
-        (the engine makes event ids off the caller's thread). Costs one dict
-        store: no I/O, no lock; safe from any thread.
+        attributes (the engine's item: an event id it lacks is asked of
+        :attr:`event_id_of` by the writer thread, so the caller's thread never
+        makes one). Or *update* is a status, with *data*, *event_id* (a string
+        or a callable that makes it) and *error*. Costs one dict store: no
+        I/O, no lock; safe from any thread.
         """
+        if event_id is not None:
+            update = _Accepted(update, data, event_id, error)
         self._pending[server] = (update, next(self._seq))
 
     def acknowledged(self, server: str, event_id: str) -> None:
@@ -391,7 +425,7 @@ class StateStore:
         rows = taken[-self.max_servers :] if len(taken) > self.max_servers else taken
         event_id_of = self.event_id_of
         rows = [
-            (server, (u.status, u.data, u.event_id or event_id_of(u), seq, u.error))
+            (server, (u.status, u.data, u.event_id or _id_of(u, event_id_of), seq, u.error))
             for server, (u, seq) in rows
         ]
         ack_rows = acks
