@@ -485,9 +485,10 @@ class Doctor:
                 return not self.add(
                     "tls",
                     FAIL,
-                    f"no TLS answer to the TLS hello from {host}:{port} ({reason}), but a plain "
-                    f"HTTP GET /health (without the token) was answered HTTP {status}: the "
-                    "remote speaks plain HTTP on this port",
+                    f"no TLS answer to the TLS hello from {host}:{port} "
+                    f"({f'none within {wait:g} s' if verdict == 'silent' else reason}), but a "
+                    f"plain HTTP GET /health (without the token) was answered HTTP {status}: "
+                    "the remote speaks plain HTTP on this port",
                     _PLAIN_FIX,
                 )
         return False
