@@ -54,10 +54,11 @@ def add_parser(subparsers: Any) -> None:
         summary="show a file-transport log, one line per update",
         description="Read the log the file transport writes "
         '({"ts": ..., "body": {...}} per line) and print one line per update: '
-        "time, server, status (or `ERROR: DATA` for an error update, `billing: ...` "
-        "for a billing event). Malformed lines are reported on stderr with their line "
-        "number and skipped; a file none of whose lines is such a record (a receiver's "
-        "audit log, say) is refused in one line, exit 1.",
+        "time, server, status (for an error update its error value and data, e.g. "
+        "`failed: image not found`; for a billing event `billing: ...`). Malformed lines "
+        "are reported on stderr with their line number and skipped; a file none of whose "
+        "lines is such a record (a receiver's audit log, say) is refused in one line, "
+        "exit 1.",
         epilog="examples:\n  lightd-sync tail updates.jsonl\n  lightd-sync tail -f updates.jsonl\n"
         "  lightd-sync tail -f -n 0 updates.jsonl     # only the updates still to come",
     )
@@ -89,7 +90,9 @@ def parse_record(line: str) -> tuple[str, str, str]:
     """
     Parse one file-transport line into ``(ts, server, what)``.
 
-    ``what`` is the status, or ``failed: <data>`` for an error update.
+    ``what`` is the status; for an error update its error value and ``data``
+    (``failed: <data>``, or the value alone without data); for a billing event
+    ``billing:`` and its numbers.
 
     Raises:
         ValueError: The line is not a file-transport record; the message says why.
@@ -195,7 +198,7 @@ class _Tail:
 
     @staticmethod
     def try_parse(raw: bytes) -> tuple[Optional[tuple[str, str, str]], Optional[str]]:
-        """Parse one line: ``(record, None)``, ``(None, why)`` or, for a blank line, no both."""
+        """Parse one line: ``(record, None)``, ``(None, why)``, or ``(None, None)`` if blank."""
         if not raw.strip():
             return None, None
         try:
