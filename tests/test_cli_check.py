@@ -432,6 +432,7 @@ def test_verify_false_never_claims_a_verified_certificate(
     assert "certificate was NOT verified (remote.verify is false)" in proc.stdout
     assert "verified:" not in proc.stdout
     assert "hint: set remote.verify to true" in proc.stdout
+    assert "VERIFICATION IS OFF" not in proc.stderr  # said once, by the tls step
     assert_no_secret(proc)
 
 
