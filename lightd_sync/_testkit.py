@@ -6,9 +6,9 @@ import threading
 from types import TracebackType
 from typing import Callable, Optional
 
+from ._engine.policy import set_testing_mode
 from ._forksafe import after_fork_in_child
 from ._model import Event
-from ._engine.policy import set_testing_mode
 from ._transports.base import Transport
 
 __all__ = ["RecordingTransport", "TestingMode", "set_testing"]
