@@ -14,8 +14,8 @@ from typing import Callable
 import pytest
 
 from lightd_sync import RemoteConfig, SyncEngine, SyncStats, Transport, Update
-from lightd_sync._exceptions import RemoteRejectedError
 from lightd_sync._engine.policy import DeliveryPolicy
+from lightd_sync._exceptions import RemoteRejectedError
 from lightd_sync.testing import RecordingTransport
 
 from .conftest import http_config

@@ -10,8 +10,8 @@ from typing import Callable, Optional
 from .._exceptions import DeliveryError
 from .._logutil import get_logger, safe_log
 from .._model import HealthState
-from .policy import bounded, testing_mode
 from .._secrets import scrub
+from .policy import bounded, testing_mode
 
 __all__ = ["HealthMonitor", "HealthTracker"]
 

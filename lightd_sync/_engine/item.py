@@ -26,7 +26,16 @@ class Item:
     it is still its server's latest update.
     """
 
-    __slots__ = ("accepted_at", "attempts", "billing", "data", "error", "event_id", "server", "status")
+    __slots__ = (
+        "accepted_at",
+        "attempts",
+        "billing",
+        "data",
+        "error",
+        "event_id",
+        "server",
+        "status",
+    )
 
     def __init__(
         self,
@@ -34,6 +43,7 @@ class Item:
         status: Status,
         data: Optional[str] = None,
         error: Optional[str] = None,
+        *,
         event_id: Optional[str] = None,
         billing: Optional[BillingEvent] = None,
     ) -> None:

@@ -5,8 +5,9 @@ For each server it knows the latest accepted update, the updates queued
 behind, the one in flight (or waiting for its retry), whether the remote
 missed the latest, and when that was last re-sent. It feeds the state file
 (from under the same lock, so the file never disagrees with it), and it
-answers the few questions the rest of the engine asks: admit an update, take
-the next batch, settle an outcome, what is due for resync, the counters.
+answers the few questions the rest of the engine asks: admit an update
+(:class:`~.intake.Intake`, the caller's side), take the next batch, settle an
+outcome, what is due for resync, the counters (this module, the workers' side).
 
 No I/O and no callback runs under its lock; the lock is held for a few dict
 and counter operations at a time.
@@ -14,64 +15,35 @@ and counter operations at a time.
 
 from __future__ import annotations
 
-import bisect
 import heapq
-import itertools
 import threading
 import time
-from collections import Counter, deque
-from typing import TYPE_CHECKING, Optional
+from collections import deque
+from typing import Optional
 
 from .._ids import new_event_id
-from .._logutil import Throttle
-from .._model import LATENCY_BUCKETS, LatencyHistogram, SyncStats
+from .._model import LatencyHistogram, SyncStats
+from .counts import DELIVERED, DROPPED, FAILED, SUPERSEDED, Settled
+from .intake import BILLING_FULL, MAX_BATCH, Intake
 from .item import Item
 from .policy import testing_mode
 
-if TYPE_CHECKING:
-    from .state import StateStore
+__all__ = [
+    "BILLING_FULL",
+    "DELIVERED",
+    "DROPPED",
+    "FAILED",
+    "MAX_BATCH",
+    "SUPERSEDED",
+    "Outbox",
+    "Settled",
+]
 
-__all__ = ["DELIVERED", "DROPPED", "FAILED", "SUPERSEDED", "Outbox", "Settled"]
-
-DELIVERED, FAILED, DROPPED, SUPERSEDED = "delivered", "failed", "dropped", "superseded"
-#: The reason a billing event is dropped when its own queue is full.
-BILLING_FULL = "billing_queue_full"
-#: The most events one request carries, whatever the transport offers.
-MAX_BATCH = 500
 #: How often a worker waiting for a timer looks again at the testing switch.
 _RECHECK = 0.1
 
 
-class _Record:
-    """What the outbox knows of one server (touched only under the outbox lock)."""
-
-    __slots__ = ("busy", "held", "latest", "missed", "ready", "resent_at")
-
-    def __init__(self, latest: Item) -> None:
-        self.latest = latest  # the latest accepted update (queued, dropped or from the file)
-        self.held: Optional[deque[Item]] = None  # queued, in order, not yet taken
-        self.busy: Optional[Item] = None  # in flight, or waiting for its retry
-        self.ready = False  # the server is in the outbox's ready queue
-        self.missed = False  # the remote may have missed `latest`: re-send when healthy
-        self.resent_at = float("-inf")  # time.monotonic() of the last re-send
-
-    def idle(self) -> bool:
-        return self.busy is None and not self.held
-
-
-class Settled:
-    """What :meth:`Outbox.settle` tells the worker to log and do after counting an outcome."""
-
-    __slots__ = ("due", "first", "missed", "recovered")
-
-    def __init__(self) -> None:
-        self.first = False  #: the first failure after deliveries went well: log it
-        self.due = 0  #: failures summed up since the last failure log line, if one is due
-        self.recovered = 0  #: failures not logged before deliveries recovered
-        self.missed = False  #: the update is now remembered for a re-send: check health soon
-
-
-class Outbox:
+class Outbox(Intake):
     """
     Every server's updates, from acceptance to outcome, and the counters that balance.
 
@@ -80,133 +52,6 @@ class Outbox:
         max_servers: Servers remembered (least recently updated forgotten first, when idle).
         billing_size: Billing events that may be pending at once (their own bound).
     """
-
-    def __init__(self, queue_size: int, max_servers: int, billing_size: int) -> None:
-        # Guards every attribute of this object and of its _Records, and the
-        # counters. Not reentrant: a signal handler that interrupted the main
-        # thread inside it never takes it (see reentry.py).
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # workers wait here for something ready
-        self.queue_size = queue_size
-        self.max_servers = max_servers
-        self.billing_size = billing_size
-        self.resync = True
-        self.store: Optional[StateStore] = None  # fed from under the lock
-        self._records: dict[str, _Record] = {}  # in order of last update
-        self._ready: deque[str] = deque()  # servers whose next held update may go
-        self._billing: deque[Item] = deque()  # billing events not yet taken, in order
-        self._timers: list[tuple[float, int, Item]] = []  # retries: (due, seq, item), a heap
-        self._due: list[Item] = []  # retries whose time came
-        self._seq = itertools.count()
-        self._missed: dict[str, None] = {}  # servers whose latest the remote missed, in order
-        self._pause_until = 0.0  # the remote's Retry-After: nothing is taken before
-        self._sleepers = 0  # workers waiting on _work
-        self._retire = 0  # workers asked to end (a smaller pool)
-        self._idle: list[threading.Event] = []  # set when nothing is pending
-        self._closed = False  # nothing more is admitted
-        self._final = False  # the counts are final: later outcomes are not counted
-        self._queued = 0  # status updates pending
-        self._billing_pending = 0  # billing events pending
-        self._submitted = self._delivered = self._failed = 0
-        self._dropped = self._superseded = self._resynced = 0
-        self._reasons: Counter[tuple[str, str]] = Counter()
-        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._latency_total = 0.0
-        self._drop_log = Throttle()
-        self._fail_log = Throttle()
-        self._failing = False
-
-    # -- the caller's side -------------------------------------------------------
-
-    def admit(self, item: Item) -> Optional[tuple[str, int]]:
-        """Count *item* and queue it; or count it dropped and say why and how many to log."""
-        server = item.server
-        lock = self._lock
-        lock.acquire()  # cheaper than `with` on the hot path
-        try:
-            self._submitted += 1
-            records = self._records
-            rec = records.pop(server, None)
-            if rec is None:
-                rec = _Record(item)
-                records[server] = rec
-                if len(records) > self.max_servers:
-                    self._forget_one()
-            else:
-                records[server] = rec  # re-inserted last: the order is by last update
-                rec.latest = item
-            store = self.store
-            if store is not None and not self._closed:
-                store.accepted(server, item)
-            if self._queued < self.queue_size and not self._closed:
-                self._queued += 1
-                if rec.missed:
-                    rec.missed = False
-                    self._missed.pop(server, None)
-                held = rec.held
-                if held is None:
-                    rec.held = deque((item,))
-                else:
-                    held.append(item)
-                if rec.busy is None and not rec.ready:
-                    rec.ready = True
-                    self._ready.append(server)
-                    if self._sleepers:
-                        self._work.notify()
-                return None
-            self._dropped += 1
-            reason = "closed" if self._closed else "queue_full"
-            self._reasons[DROPPED, reason] += 1
-            if reason == "queue_full" and self.resync and not rec.missed:
-                rec.missed = True
-                self._missed[server] = None
-            return reason, self._drop_log.hit() or 0
-        finally:
-            lock.release()
-
-    def admit_billing(self, item: Item) -> Optional[tuple[str, int]]:
-        """Count billing *item* and queue it (its own bound); never touches a server's record."""
-        with self._lock:
-            self._submitted += 1
-            if self._billing_pending < self.billing_size and not self._closed:
-                self._billing_pending += 1
-                self._billing.append(item)
-                if self._sleepers:
-                    self._work.notify()
-                return None
-            self._dropped += 1
-            reason = "closed" if self._closed else BILLING_FULL
-            self._reasons[DROPPED, reason] += 1
-            return reason, self._drop_log.hit() or 0
-
-    def _forget_one(self) -> None:
-        """Forget the least recently updated server that has nothing pending (under the lock)."""
-        for server, rec in itertools.islice(self._records.items(), 8):
-            if rec.idle() and not rec.ready:
-                del self._records[server]
-                self._missed.pop(server, None)
-                return
-
-    def seed(self, item: Item) -> None:
-        """Remember *item* (from the state file) as its server's latest, missed by the remote."""
-        with self._lock:
-            rec = self._records.pop(item.server, None) or _Record(item)
-            rec.latest = item
-            self._records[item.server] = rec
-            if self.resync:
-                rec.missed = True
-                self._missed[item.server] = None
-            while len(self._records) > self.max_servers:
-                server = next(iter(self._records))
-                del self._records[server]
-                self._missed.pop(server, None)
-
-    def event_id(self, item: Item) -> str:
-        """*item*'s event id, made on first need (the state writer asks from its thread)."""
-        with self._lock:
-            if item.event_id is None:
-                item.event_id = new_event_id()
-            return item.event_id
 
     # -- the workers' side -------------------------------------------------------
 
@@ -285,7 +130,7 @@ class Outbox:
             rec = records[server]
             rec.ready = False
             held = rec.held
-            assert held and rec.busy is None
+            assert held  # a ready server has an update held, and none in flight
             item = held.popleft()
             if not held:
                 rec.held = None
@@ -351,25 +196,7 @@ class Outbox:
             self._billing_pending -= 1
         else:
             self._queued -= 1
-        settled = Settled()
-        if result == DELIVERED:
-            self._delivered += 1
-            self._latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            self._latency_total += seconds
-            if self._failing:
-                self._failing = False
-                settled.recovered = self._fail_log.take()
-        elif result == SUPERSEDED:
-            self._superseded += 1
-            self._reasons[SUPERSEDED, SUPERSEDED] += 1
-        else:
-            self._failed += 1
-            self._reasons[FAILED, reason or "unreachable"] += 1
-            if not self._failing:
-                self._failing = settled.first = True
-                self._fail_log.restart()
-            else:
-                settled.due = self._fail_log.hit() or 0
+        settled = self.counts.outcome(result, reason, seconds)
         if not self._queued and not self._billing_pending:
             self._wake_idle()
         return settled
@@ -406,8 +233,8 @@ class Outbox:
                 rec.missed = False
                 rec.resent_at = now
                 rec.held = deque((rec.latest,))
-                self._submitted += 1
-                self._resynced += 1
+                self.counts.submitted += 1
+                self.counts.resynced += 1
                 self._queued += 1
                 rec.ready = True
                 self._ready.append(server)
@@ -467,18 +294,17 @@ class Outbox:
         return self._closed
 
     def finish(self) -> tuple[int, int, int]:
-        """Make the counts final: what is pending failed (``closed``). Return (left, drops, fails)."""
+        """Make the counts final: what is pending failed (``closed``); (left, drops, fails)."""
         with self._lock:
             left = self._queued + self._billing_pending
             if not self._final:
                 self._closed = self._final = True
-                self._failed += left
-                if left:
-                    self._reasons[FAILED, "closed"] += left
+                drops, fails = self.counts.fail_left(left)
                 self._queued = self._billing_pending = 0
                 self._wake_idle()
                 self._work.notify_all()
-            return left, self._drop_log.take(), self._fail_log.take()
+                return left, drops, fails
+            return left, 0, 0
 
     def idle_event(self) -> Optional[threading.Event]:
         """``None`` if nothing is pending; else an event set once nothing is."""
@@ -497,40 +323,22 @@ class Outbox:
             return self.stats_unlocked()
 
     def stats_unlocked(self) -> SyncStats:
-        """
-        A snapshot without the lock (a signal handler that interrupted the engine).
-
-        ``pending`` is derived, so the snapshot balances by construction; the
-        outcomes are read before ``submitted``, so it is never negative.
-        """
-        delivered, failed = self._delivered, self._failed
-        dropped, superseded, resynced = self._dropped, self._superseded, self._resynced
-        submitted = self._submitted
-        settled = delivered + failed + dropped + superseded
-        return SyncStats(
-            submitted=max(submitted, settled),
-            delivered=delivered,
-            failed=failed,
-            dropped=dropped,
-            pending=max(0, submitted - settled),
-            superseded=superseded,
-            resynced=resynced,
-        )
+        """A snapshot without the lock (a signal handler that interrupted the engine)."""
+        return self.counts.snapshot()
 
     def reasons(self) -> dict[tuple[str, str], int]:
         """Outcomes but delivered, by ``(result, reason)``."""
         with self._lock:
-            return dict(self._reasons)
+            return dict(self.counts.reasons)
 
     def latency(self) -> LatencyHistogram:
         """How long successful deliveries took."""
         with self._lock:
-            counts = tuple(self._latency)
-            return LatencyHistogram(counts=counts, total=self._latency_total, count=sum(counts))
+            return self.counts.histogram()
 
     def drop_window(self) -> float:
         """Seconds over which drops are summed into one log line."""
-        return self._drop_log.window
+        return self.counts.drop_log.window
 
     @property
     def servers(self) -> int:

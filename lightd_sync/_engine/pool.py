@@ -46,7 +46,7 @@ def log_extra(item: Item, http_status: Optional[int] = None) -> dict[str, Any]:
 
 
 class Reporter:
-    """Tells the daemon how items ended: its ``on_outcome`` hook and the log (never under a lock)."""
+    """Tells the daemon how items ended: its ``on_outcome`` hook and the log (no lock held)."""
 
     def __init__(self, outbox: Outbox, on_outcome: Optional[OutcomeHook]) -> None:
         self._outbox = outbox
@@ -65,7 +65,7 @@ class Reporter:
             self._outbox.event_id(item)
         latency = None if result == DROPPED else time.monotonic() - item.accepted_at
         outcome = Outcome(
-            update=item.event(),  # type: ignore[arg-type]  # an Update or a BillingEvent
+            update=item.event(),
             result=result,
             reason=reason,
             attempts=item.attempts,

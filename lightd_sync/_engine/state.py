@@ -17,12 +17,16 @@ import threading
 import time
 from typing import Any, Callable, Optional, Union
 
-import attrs
-
-from .._ids import new_event_id
 from .._logutil import Throttle, get_logger, safe_log
-from .._model import Status, error_value_problem, server_id_problem
-from .state_file import FileLock, StateFileError, connect, load, move_aside, write_batch
+from .state_file import FileLock, StateFileError, connect, load, move_aside
+from .state_rows import (
+    Accepted,
+    Discard,
+    StoredUpdate,
+    own_event_id,
+    parse_rows,
+)
+from .state_writer import Writer
 
 __all__ = ["CLOSE_GRACE", "FLUSH_INTERVAL", "StateStore", "StoredUpdate"]
 
@@ -42,80 +46,7 @@ CLOSE_GRACE = 0.5
 _ORPHANS: list[sqlite3.Connection] = []
 
 
-@attrs.frozen
-class StoredUpdate:
-    """
-    A server's latest update as the state file kept it, not acknowledged by the remote.
-
-    The engine re-sends it as ``Update(server, status, data, error=error, event_id=event_id)``.
-
-    .. versionadded:: 0.2.0
-    """
-
-    server: str
-    status: Status
-    data: Optional[str]
-    event_id: str
-    error: Optional[str] = None
-    """The update's ``error`` value (``None``: ``"failed"`` when ``data`` is set).
-
-    .. versionadded:: 0.2.0
-    """
-
-
-def _id_of(update: Any, event_id_of: Callable[[Any], str]) -> str:
-    if type(update) is _Accepted:
-        return _own_event_id(update)
-    return event_id_of(update)
-
-
-class _Discard(dict):  # type: ignore[type-arg]
-    """What an inactive store stores into: nothing, at the cost of one call."""
-
-    def __setitem__(self, key: object, value: object) -> None:
-        pass
-
-
-def _drain(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
-    """Take every item out of *d* while callers keep storing into it (each pop is atomic)."""
-    out = []
-    for _ in range(len(d)):
-        try:
-            out.append(d.popitem())
-        except KeyError:  # pragma: no cover - only the writer removes
-            break
-    return out
-
-
-def _by_seq(item: tuple[str, tuple[Any, int]]) -> int:
-    return item[1][1]
-
-
-def _own_event_id(update: Any) -> str:
-    """A store used alone: give an update without one a new event id."""
-    make = getattr(update, "make", None)
-    update.event_id = make() if make is not None else new_event_id()
-    return str(update.event_id)
-
-
-class _Accepted:
-    """An update given to :meth:`StateStore.accepted` field by field."""
-
-    __slots__ = ("data", "error", "event_id", "make", "status")
-
-    def __init__(
-        self,
-        status: Any,
-        data: Optional[str],
-        event_id: Union[str, Callable[[], str]],
-        error: Optional[str],
-    ) -> None:
-        self.status, self.data, self.error = status, data, error
-        self.event_id: Optional[str] = event_id if isinstance(event_id, str) else None
-        self.make: Optional[Callable[[], str]] = None if isinstance(event_id, str) else event_id
-
-
-class StateStore:
+class StateStore(Writer):
     """
     The latest update of each server and whether the remote acknowledged it, in one file.
 
@@ -161,7 +92,7 @@ class StateStore:
         self._write_errors = Throttle()
         self._failing = False  # the last batch failed
         #: Gives an update its event id (the outbox's; called by the writer thread).
-        self.event_id_of: Callable[[Any], str] = _own_event_id
+        self.event_id_of: Callable[[Any], str] = own_event_id
 
     def _init_locks(self) -> None:
         # _cond's lock guards _durable, _flushes, the _write* timings, _deadline
@@ -213,7 +144,7 @@ class StateStore:
         I/O, no lock; safe from any thread.
         """
         if event_id is not None:
-            update = _Accepted(update, data, event_id, error)
+            update = Accepted(update, data, event_id, error)
         self._pending[server] = (update, next(self._seq))
 
     def acknowledged(self, server: str, event_id: str) -> None:
@@ -314,16 +245,7 @@ class StateStore:
             self._conn = None
             raise StateFileError(f"SQLite cannot read it: {exc}") from None
         self._seq = itertools.count(top + 1)
-        rows, skipped = [], 0
-        for server, status, data, event_id, error in raw:
-            try:
-                if server_id_problem(server) is not None or not isinstance(event_id, str):
-                    raise ValueError(server)
-                if error is not None and error_value_problem(error) is not None:
-                    raise ValueError(server)
-                rows.append(StoredUpdate(server, Status(status), data, event_id, error))
-            except ValueError:
-                skipped += 1
+        rows, skipped = parse_rows(raw)
         if skipped:
             safe_log(
                 log, logging.ERROR,
@@ -341,8 +263,8 @@ class StateStore:
             self.path,
             problem,
         )
-        self._pending = _Discard()
-        self._acks = _Discard()
+        self._pending = Discard()
+        self._acks = Discard()
         return []
 
     def close(self, timeout: float) -> bool:
@@ -380,132 +302,14 @@ class StateStore:
             return False
         return True
 
-    # -- the writer thread --------------------------------------------------------
-
-    def _run(self) -> None:
-        interval = self.flush_interval
-        next_at = time.monotonic() + interval
-        try:
-            while True:
-                stopping = self._stop.wait(max(next_at - time.monotonic(), 0.0))
-                next_at = max(next_at + interval, time.monotonic())
-                if stopping:
-                    self._final_write()
-                    return
-                if not self._write_once():
-                    return
-        finally:
-            self._shutdown()
-
-    def _final_write(self) -> None:
-        """The batch close() asked for: retried until it commits or close's deadline."""
-        while True:
-            mark = self._durable
-            if self._write_once() is False or self._durable > mark:
-                return
-            with self._cond:
-                left = self._deadline - time.monotonic()
-            if left <= 0:
-                safe_log(
-                    log,
-                    logging.ERROR,
-                    "remote.state_path: %s: could not write the last batch before close's"
-                    " deadline; the updates accepted since the previous write are not in it",
-                    self.path,
-                )
-                return
-            time.sleep(min(self.flush_interval, left))
-
-    def _write_once(self) -> bool:
-        """Write one batch. Return False once the file is unusable (the writer then stops)."""
-        mark = next(self._seq)
-        acks = _drain(self._acks)  # before the rows: each ack's row is then in this batch or before
-        taken = _drain(self._pending)
-        taken.sort(key=_by_seq)
-        rows = taken[-self.max_servers :] if len(taken) > self.max_servers else taken
-        event_id_of = self.event_id_of
-        rows = [
-            (server, (u.status, u.data, u.event_id or _id_of(u, event_id_of), seq, u.error))
-            for server, (u, seq) in rows
-        ]
-        ack_rows = acks
-        if rows or ack_rows:
-            assert self._conn is not None
-            started = time.perf_counter()
-            try:
-                self._rows = write_batch(self._conn, rows, ack_rows, self.max_servers, self._rows)
-            except sqlite3.Error as exc:
-                if type(exc) is sqlite3.DatabaseError:  # corrupt, not a database: give up
-                    return self._unusable(exc)
-                # Disk full, I/O error, locked by another program: keep it and retry.
-                self._failing = True
-                for server, row in taken:
-                    self._pending.setdefault(server, row)
-                for server, event_id in acks:
-                    self._acks.setdefault(server, event_id)
-                count = self._write_errors.hit()
-                if count is not None:
-                    safe_log(
-                        log,
-                        logging.ERROR,
-                        "remote.state_path: %s: cannot write (%s; %d times); the state stays"
-                        " in memory and the next batch retries",
-                        self.path,
-                        exc,
-                        count,
-                    )
-                return True
-            if self._failing:
-                self._failing = False
-                self._write_errors.take()
-                self._write_errors.restart()
-                safe_log(log, logging.WARNING, "remote.state_path: %s: writing again", self.path)
-            took = time.perf_counter() - started
-            with self._cond:
-                self._writes += 1
-                self._write_seconds += took
-                self._write_max = max(self._write_max, took)
-        with self._cond:
-            self._durable = mark
-            self._flushes += 1
-            self._cond.notify_all()
-        return True
-
-    def _unusable(self, exc: sqlite3.Error) -> bool:
-        safe_log(
-            log,
-            logging.ERROR,
-            "remote.state_path: %s: it became unusable (%s); running on memory only",
-            self.path,
-            exc,
-        )
-        self._active = False
-        self._pending = _Discard()
-        self._acks = _Discard()
-        return False
-
-    def _shutdown(self) -> None:
-        self._active = False
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()  # the last connection: SQLite checkpoints and removes the -wal
-            except sqlite3.Error as exc:
-                safe_log(log, logging.WARNING, "remote.state_path: %s: %s", self.path, exc)
-        if self._file_lock is not None:
-            self._file_lock.release()
-            self._file_lock = None
-        with self._cond:
-            self._cond.notify_all()
-
     def forget_in_child(self) -> None:
-        """In a forked child (the engine calls it): the writer thread is gone; the file is the parent's."""
+        """In a forked child (the engine calls it): no writer thread; the file is the parent's."""
         self._init_locks()
         self._closed = True
         self._active = False
         self._thread = None
-        self._pending = _Discard()
-        self._acks = _Discard()
+        self._pending = Discard()
+        self._acks = Discard()
         if self._conn is not None:
             _ORPHANS.append(self._conn)
             self._conn = None
