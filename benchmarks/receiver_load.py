@@ -11,7 +11,14 @@ one), and measures against each, from SyncEngines on loopback:
   engine per receiver), and the Express remote;
 - ``p50/p99``: latency of ``POST /update`` on a kept-alive connection while
   500 slow clients hold connections (half idle, half trickling a header
-  byte every half second).
+  byte every half second);
+- ``batch updates/s``: updates stored per second through ``POST /updates``
+  (batches of 500, each with its event id, from 4 kept-alive connections),
+  on SQLite and on PostgreSQL (the batch extension; Express has none).
+
+Every update the receiver acknowledges is durably stored: SQLite commits
+with ``synchronous=FULL`` (concurrent requests share one commit), PostgreSQL
+with its default ``synchronous_commit``.
 
 Figures are also given as ratios to the Express remote's. PostgreSQL comes
 from ``LIGHTD_BENCH_POSTGRES_URL`` or ``LIGHTD_TEST_POSTGRES_URL``
@@ -241,13 +248,66 @@ def latency(url: str, samples: int) -> dict[str, float]:
     }
 
 
+def batches(url: str, updates: int, size: int = 500, connections: int = 4) -> float:
+    """Updates per second stored through POST /updates, *size* a batch, over *connections*."""
+    parts = urlsplit(url)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    bodies = []
+    for start in range(0, updates, size):
+        items = [
+            {"event": "update", "server": _SERVERS[i % 1000] + f"-{i // 1000}",
+             "status": ("installing", "ready")[i & 1], "event_id": str(uuid.uuid4())}
+            for i in range(start, min(updates, start + size))
+        ]  # fmt: skip
+        bodies.append(json.dumps({"updates": items}).encode())
+    work: queue.Queue[bytes] = queue.Queue()
+    for body in bodies:
+        work.put(body)
+    failures: list[str] = []
+
+    def sender() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        try:
+            while True:
+                try:
+                    body = work.get_nowait()
+                except queue.Empty:
+                    return
+                conn.request("POST", "/updates", body=body, headers=headers)
+                response = conn.getresponse()
+                answer = response.read()
+                if response.status != 200 or json.loads(answer) != {"success": True}:
+                    failures.append(f"{response.status} {answer[:200]!r}")
+                    return
+        finally:
+            conn.close()
+
+    threads = [
+        threading.Thread(target=sender, name=f"bench-batch-{n}", daemon=True)
+        for n in range(connections)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    seconds = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"POST /updates failed: {failures[0]}")
+    return updates / seconds
+
+
 def measure(name: str, urls: list[str], p: dict[str, Any]) -> dict[str, Any]:
     rates = [drive(urls, p["updates"]) for _ in range(p["repeats"])]
     row: dict[str, Any] = {"name": name, "updates_per_s": max(rates), "runs": rates}
     row.update(latency(urls[0], p["samples"]))
+    if not name.startswith("Express"):  # the batch extension is the receiver's
+        row["batch_updates_per_s"] = max(batches(urls[0], p["batch"]) for _ in range(p["repeats"]))
+    batch = row.get("batch_updates_per_s")
     print(
         f"  {name:<32} {row['updates_per_s']:>8,.0f}/s   p50 {row['p50_ms']:6.2f} ms"
-        f"   p99 {row['p99_ms']:6.2f} ms",
+        f"   p99 {row['p99_ms']:6.2f} ms"
+        + ("" if batch is None else f"   batches {batch:>8,.0f}/s"),
         flush=True,
     )
     return row
@@ -302,19 +362,21 @@ def run(p: dict[str, Any]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| remote | updates/s | vs Express | p50 | p99 | p99 vs Express |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| remote | updates/s | vs Express | p50 | p99 | p99 vs Express | batches, updates/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
+        batch = row.get("batch_updates_per_s")
         lines.append(
             f"| {row['name']} | {row['updates_per_s']:,.0f} | {row['throughput_ratio']:.2f}x"
-            f" | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {row['p99_ratio']:.2f}x |"
+            f" | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {row['p99_ratio']:.2f}x"
+            f" | {'—' if batch is None else f'{batch:,.0f}'} |"
         )
     return "\n".join(lines)
 
 
-FULL = {"updates": 20_000, "repeats": 3, "samples": 2000}
-QUICK = {"updates": 400, "repeats": 1, "samples": 50}
+FULL = {"updates": 20_000, "repeats": 3, "samples": 2000, "batch": 50_000}
+QUICK = {"updates": 400, "repeats": 1, "samples": 50, "batch": 2000}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

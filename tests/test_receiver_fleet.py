@@ -402,22 +402,21 @@ def test_a_batch_is_stored_in_one_transaction(
 ) -> None:
     app, url = fleet
     store = app.store
-    real = type(store)._add_update
-    calls = 0
+    real = type(store)._add_billing
 
-    def fail_on_third(self: Any, *args: Any) -> bool:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise store.errors[0]("disk full (simulated)")
-        return real(self, *args)
+    def fail_on_billing(self: Any, *args: Any) -> bool:
+        raise store.errors[0]("disk full (simulated)")
 
-    monkeypatch.setattr(type(store), "_add_update", fail_on_third)
-    items = [{"event": "update", "server": f"t{i}", "status": "ready"} for i in range(5)]
+    monkeypatch.setattr(type(store), "_add_billing", fail_on_billing)
+    # The updates are stored first, then the billing event fails: none of it stays.
+    items: list[Any] = [{"event": "update", "server": f"t{i}", "status": "ready"} for i in range(5)]
+    items.append(billing("t0"))
     status, _doc, headers = req(f"{url}/updates", NODE_A, "POST", {"updates": items})
     assert status == 503 and headers["Retry-After"] == "1"
     monkeypatch.undo()
+    assert type(store)._add_billing is real
     assert store.count() == 0  # none of it
+    assert store.latest() == {}
 
 
 def test_batches_can_be_turned_off(tmp_path: Path) -> None:

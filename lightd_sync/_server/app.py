@@ -512,11 +512,10 @@ class ReceiverApp:
     def _update(
         self, environ: dict[str, Any], exchange: _Exchange, node: Optional[str]
     ) -> tuple[int, Any]:
-        event = parse_event(parse_json(self._read_body(environ, self.max_update_body)))
-        exchange.server = event.server
+        doc = parse_json(self._read_body(environ, self.max_update_body))
         exchange.event_id = eid = event_id(environ)
-        if eid is not None:
-            event = attrs.evolve(event, event_id=eid)
+        event = parse_event(doc, eid)
+        exchange.server = event.server
         stored = self._storage(lambda: self.store.add_many([event], node=node))
         self._stored([event], stored, node)
         if stored[0] and isinstance(event, Update) and event.status.value in ("failed", "ready"):
@@ -533,14 +532,13 @@ class ReceiverApp:
         where: list[int] = []
         for i, item in enumerate(items):
             try:
-                event = parse_event(item)
-                eid = check_event_id(item.get("event_id"), "event_id")
+                eid = check_event_id(item.get("event_id") if isinstance(item, dict) else None,
+                                     "event_id")  # fmt: skip
+                event = parse_event(item, eid)
             except RequestError as refused:
                 results.append({"success": False, "error": refused.message})
                 self._count("rejected", "invalid_item")
                 continue
-            if eid is not None:
-                event = attrs.evolve(event, event_id=eid)
             results.append({"success": True})
             events.append(event)
             where.append(i)

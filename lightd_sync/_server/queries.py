@@ -29,6 +29,8 @@ ALERT_KINDS = ("server_failed", "server_recovered", "node_stale", "node_online")
 #: Attempts at one alert before it is given up as failed.
 MAX_ALERT_ATTEMPTS = 12
 _BACKOFF_FIRST, _BACKOFF_MAX = 1.0, 300.0
+#: Updates stored by one statement at most (SQLite binds at most 32,766 values).
+_CHUNK = 500
 
 
 def alert_text(kind: str, node: Optional[str], server: Optional[str], data: Optional[str]) -> str:
@@ -134,57 +136,97 @@ class SqlStore:
         now = time.time()
         results = [False] * len(events)
         # Rows are locked in server order, so two batches never wait on each other in a cycle.
-        order = sorted(
-            range(len(events)), key=lambda i: (events[i].server, type(events[i]).__name__)
+        updates = sorted(
+            ((i, e) for i, e in enumerate(events) if isinstance(e, Update)),
+            key=lambda pair: pair[1].server,
         )
-        for i in order:
-            event = events[i]
-            if isinstance(event, Update):
-                results[i] = self._add_update(run, event, when, now, node)
-            else:
+        chunk: list[tuple[int, Update]] = []
+        servers: set[str] = set()
+        for i, update in updates:
+            if update.server in servers or len(chunk) >= _CHUNK:
+                self._add_updates(run, chunk, (when, now), node, results)
+                chunk, servers = [], set()
+            chunk.append((i, update))
+            servers.add(update.server)
+        if chunk:
+            self._add_updates(run, chunk, (when, now), node, results)
+        for i, event in enumerate(events):
+            if isinstance(event, BillingEvent):
                 results[i] = self._add_billing(run, event, when, node)
         return results
 
-    def _add_update(
-        self, run: Run, update: Update, when: float, now: float, node: Optional[str]
-    ) -> bool:
-        server, status = update.server, update.status.value
-        error = update.error_value
-        row = (when, server, status, error, update.data, update.event_id, node)
-        if run(sql.INSERT_UPDATE, row).rowcount != 1:
-            return False
-        before = run(self._lock(sql.LATEST_STATUS), (server,)).fetchall() if self.webhooks else []
-        key = sql.order_key(update.event_id, now)
-        latest = (server, status, update.data, error, node, when, when, update.event_id, key)
-        kept, at, eid = run(sql.UPSERT_LATEST, latest).fetchall()[0]
+    def _rows(
+        self, build: Callable[..., str], rows: list[tuple[Any, ...]]
+    ) -> tuple[str, Sequence[Any]]:
+        """A statement taking *rows* and its parameters: one value each in SQLite, one
+        array per column in PostgreSQL (4,500 placeholders cost psycopg 15 ms to parse)."""
+        if self._postgres:
+            return build(len(rows), arrays=True), [list(column) for column in zip(*rows)]
+        return build(len(rows)), [value for row in rows for value in row]
+
+    def _add_updates(
+        self,
+        run: Run,
+        chunk: list[tuple[int, Update]],
+        times: tuple[float, float],
+        node: Optional[str],
+        results: list[bool],
+    ) -> None:
+        """Store updates of different servers: three statements whatever their number.
+
+        *times* is when they arrived and the clock that order keys are judged by.
+        """
+        when, now = times
+        history: list[tuple[Any, ...]] = [
+            (when, u.server, u.status.value, u.error_value, u.data, u.event_id, node)
+            for _i, u in chunk
+        ]
+        stored = {row[0] for row in run(*self._rows(sql.insert_updates, history)).fetchall()}
+        todo = [(i, u) for i, u in chunk if u.server in stored]
+        if not todo:
+            return
+        names = [u.server for _i, u in todo]
+        before: dict[str, str] = {}
+        if self.webhooks:
+            if self._postgres:
+                found = run(sql.STATUSES_ANY + " FOR UPDATE", (names,)).fetchall()
+            else:
+                found = run(sql.statuses(len(names)), names).fetchall()
+            before = dict(found)
+        rows: list[tuple[Any, ...]] = [
+            (
+                u.server,
+                u.status.value,
+                u.data,
+                u.error_value,
+                node,
+                when,
+                when,
+                u.event_id,
+                sql.order_key(u.event_id, now),
+            )
+            for _i, u in todo
+        ]
+        after = {row[0]: row[1:] for row in run(*self._rows(sql.upsert_latest, rows)).fetchall()}
         limit = self.history_limit
-        if limit is not None and kept > limit:
-            run(sql.PRUNE, (server, kept - limit))
-            run(sql.SET_KEPT, (limit, server))
-        replaced = at == when and eid == update.event_id
-        if replaced and self.webhooks:
-            was = before[0][0] if before else None
+        for i, u in todo:
+            results[i] = True
+            kept, at, eid = after[u.server]
+            if limit is not None and kept > limit:
+                run(sql.PRUNE, (u.server, kept - limit))
+                run(sql.SET_KEPT, (limit, u.server))
+            if not (self.webhooks and at == when and eid == u.event_id):
+                continue  # no alerts, or an older update that did not replace the latest
+            was, status = before.get(u.server), u.status.value
             if status == "failed" and was != "failed":
-                self._queue_alert(
-                    run,
-                    "server_failed",
-                    node=node,
-                    server=server,
-                    status=status,
-                    data=update.data,
-                    at=when,
-                )
+                kind, data = "server_failed", u.data
             elif status == "ready" and was == "failed":
-                self._queue_alert(
-                    run,
-                    "server_recovered",
-                    node=node,
-                    server=server,
-                    status=status,
-                    data=None,
-                    at=when,
-                )
-        return True
+                kind, data = "server_recovered", None
+            else:
+                continue
+            self._queue_alert(
+                run, kind, node=node, server=u.server, status=status, data=data, at=when
+            )
 
     def _add_billing(self, run: Run, event: BillingEvent, when: float, node: Optional[str]) -> bool:
         numbers = (

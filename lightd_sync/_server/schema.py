@@ -17,7 +17,7 @@ transaction that stores an update:
 
 from __future__ import annotations
 
-import uuid
+import re
 from typing import Any, Optional
 
 from .._model import BILLING_FIELDS
@@ -38,6 +38,10 @@ __all__ = [
 DEFAULT_HISTORY = 1000
 #: Seconds an event id's time may lie past the receiver's clock and still order updates.
 MAX_CLOCK_AHEAD = 300.0
+#: A UUID of version 7 and the RFC 4122 variant, in its canonical form (any case).
+_UUID7 = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
+)
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS updates (
@@ -132,11 +136,6 @@ NEW_COLUMNS = {
 NEW_UPDATE_COLUMNS = {"node": "TEXT"}
 
 # Every statement, with ? placeholders (PostgreSQL's store swaps in %s).
-#: Insert into the history; nothing if this server already sent this event id.
-INSERT_UPDATE = (
-    "INSERT INTO updates (received_at, server, status, error, data, event_id, node)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (server, event_id) DO NOTHING"
-)
 _NEWER = (
     "(excluded.order_key IS NULL OR latest.order_key IS NULL"
     " OR excluded.order_key >= latest.order_key)"
@@ -144,9 +143,12 @@ _NEWER = (
 #: Count the update in its server's history, and make it the server's latest
 #: state unless the stored one is known to be newer (one statement: ingest's
 #: cost is its statements). ``since`` is when the server took its status.
-UPSERT_LATEST = f"""
-INSERT INTO latest (server, status, data, error, node, updated_at, since, event_id, order_key, kept)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+_UPSERT_HEAD = (
+    "INSERT INTO latest (server, status, data, error, node, updated_at, since, event_id,"
+    " order_key, kept) VALUES "
+)
+_UPSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+_UPSERT_TAIL = f"""
 ON CONFLICT (server) DO UPDATE SET
     kept = latest.kept + 1,
     status = CASE WHEN {_NEWER} THEN excluded.status ELSE latest.status END,
@@ -158,10 +160,58 @@ ON CONFLICT (server) DO UPDATE SET
         THEN excluded.since ELSE latest.since END,
     event_id = CASE WHEN {_NEWER} THEN excluded.event_id ELSE latest.event_id END,
     order_key = CASE WHEN {_NEWER} THEN excluded.order_key ELSE latest.order_key END
-RETURNING kept, updated_at, event_id
-"""  # noqa: S608 - built from this module's own constant
-#: The status a server has before an update (locked in PostgreSQL).
-LATEST_STATUS = "SELECT status FROM latest WHERE server = ?"
+RETURNING server, kept, updated_at, event_id
+"""
+_INSERT_HEAD = (
+    "INSERT INTO updates (received_at, server, status, error, data, event_id, node) VALUES "
+)
+_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?)"
+_INSERT_TAIL = " ON CONFLICT (server, event_id) DO NOTHING RETURNING server"
+
+
+_INSERT_ARRAYS = (
+    "SELECT * FROM unnest(?::float8[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[],"
+    " ?::text[])"
+)
+_UPSERT_ARRAYS = (
+    "SELECT s, st, d, e, n, u, si, ev, ok, 1 FROM unnest(?::text[], ?::text[], ?::text[],"
+    " ?::text[], ?::text[], ?::float8[], ?::float8[], ?::text[], ?::text[])"
+    " AS t (s, st, d, e, n, u, si, ev, ok)"
+)
+#: The statuses of the servers in an array, before their updates (PostgreSQL).
+STATUSES_ANY = "SELECT server, status FROM latest WHERE server = ANY(?)"
+
+
+def insert_updates(rows: int, *, arrays: bool = False) -> str:
+    """Insert *rows* updates (of different servers) into the history; returns the stored ones.
+
+    An update whose server already sent its event id is left out. With
+    *arrays* (PostgreSQL) the statement takes one array per column.
+    """
+    if arrays:
+        return _INSERT_HEAD.replace(" VALUES ", " ") + _INSERT_ARRAYS + _INSERT_TAIL
+    return _INSERT_HEAD + ", ".join([_INSERT_ROW] * rows) + _INSERT_TAIL
+
+
+def upsert_latest(rows: int, *, arrays: bool = False) -> str:
+    """
+    Count *rows* updates (of different servers) in their histories, and make each
+    its server's latest state unless the stored one is known to be newer.
+
+    One statement for all: ingest's cost is its statements. ``since`` is when
+    the server took its status. Returns ``server, kept, updated_at, event_id``.
+    With *arrays* (PostgreSQL) the statement takes one array per column.
+    """
+    if arrays:
+        return _UPSERT_HEAD.replace(" VALUES ", " ") + _UPSERT_ARRAYS + _UPSERT_TAIL
+    return _UPSERT_HEAD + ", ".join([_UPSERT_ROW] * rows) + _UPSERT_TAIL
+
+
+def statuses(rows: int) -> str:
+    """The statuses of *rows* servers before their updates."""
+    return f"SELECT server, status FROM latest WHERE server IN ({', '.join(['?'] * rows)})"  # noqa: S608
+
+
 #: Drop the oldest updates of a server beyond what is kept.
 PRUNE = (
     "DELETE FROM updates WHERE id IN (SELECT id FROM updates WHERE server = ? ORDER BY id LIMIT ?)"
@@ -276,18 +326,12 @@ def order_key(event_id: Optional[str], now: float) -> Optional[str]:
     Only a UUID of version 7 has one (its canonical form, which sorts by time),
     and only if its time lies at most :data:`MAX_CLOCK_AHEAD` seconds after *now*.
     """
-    if event_id is None or len(event_id) != 36:
+    if event_id is None or len(event_id) != 36 or not _UUID7.fullmatch(event_id):
         return None
-    try:
-        value = uuid.UUID(event_id)
-    except ValueError:
-        return None
-    if value.version != 7 or value.variant != uuid.RFC_4122:
-        return None
-    millis = value.int >> 80
+    millis = int(event_id[:8] + event_id[9:13], 16)
     if millis / 1000.0 > now + MAX_CLOCK_AHEAD:
         return None
-    return str(value)
+    return event_id.lower()
 
 
 def latest_row(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -127,13 +127,16 @@ def parse_update(doc: Any) -> Update:
     return event
 
 
-def parse_event(doc: Any) -> Event:
-    """Check a decoded ``POST /update`` body: an :class:`Update` or a :class:`BillingEvent`."""
+def parse_event(doc: Any, event_id: Optional[str] = None) -> Event:
+    """Check a decoded ``POST /update`` body: an :class:`Update` or a :class:`BillingEvent`.
+
+    *event_id* (already checked) is given to the event.
+    """
     if not isinstance(doc, dict):
         raise invalid("body: must be a JSON object")
     event = doc.get("event")
     if type(event) is str and event == "billing":
-        return _parse_billing(doc)
+        return _parse_billing(doc, event_id)
     if not (type(event) is str and event == "update"):
         raise invalid('event: must be "update" or "billing"')
     server = doc.get("server")
@@ -146,7 +149,7 @@ def parse_event(doc: Any) -> Event:
         status = doc["status"]
         if not (type(status) is str and status in _STATUSES):
             raise invalid("status: must be one of installing, ready, failed")
-        return Update(server, status)
+        return Update(server, status, event_id=event_id)
     if "error" in doc:
         error, data = doc["error"], doc.get("data")  # data: null is data left out
         if not (type(error) is str and error and len(error) <= MAX_MESSAGE_LENGTH):
@@ -162,11 +165,11 @@ def parse_event(doc: Any) -> Event:
             problem = _text_problem("data", data)
             if problem is not None:
                 raise invalid(problem)
-        return Update(server, Status.FAILED, data, error=error)
+        return Update(server, Status.FAILED, data, error=error, event_id=event_id)
     raise invalid("status: required (installing, ready or failed), or error (with data)")
 
 
-def _parse_billing(doc: dict[str, Any]) -> BillingEvent:
+def _parse_billing(doc: dict[str, Any], event_id: Optional[str]) -> BillingEvent:
     server = doc.get("server")
     if server_id_problem(server) is not None:
         raise invalid(_SERVER_RULE)
@@ -184,7 +187,7 @@ def _parse_billing(doc: dict[str, Any]) -> BillingEvent:
     problem = timestamp_problem(doc["timestamp"])
     if problem is not None:
         raise invalid(problem)
-    return BillingEvent(server, timestamp=doc["timestamp"], **numbers)
+    return BillingEvent(server, timestamp=doc["timestamp"], event_id=event_id, **numbers)
 
 
 def check_event_id(value: object, name: str = "X-Lightd-Event-Id") -> Optional[str]:
