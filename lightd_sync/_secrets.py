@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Iterator
-from typing import Optional
+from typing import Optional, Union
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
@@ -100,7 +100,7 @@ def secrets_of(token: Optional[str], proxy: Optional[str] = None) -> Secrets:
     return tuple(sorted(found, key=len, reverse=True))
 
 
-def holds_secret(value: object, secrets: Secrets) -> bool:
+def holds_secret(value: object, secrets: Union[Secrets, str]) -> bool:
     """Whether *value* (text, bytes, or anything's ``str``/``repr``) shows one of *secrets*."""
     if isinstance(secrets, str):
         secrets = (secrets,)

@@ -369,8 +369,10 @@ def read_answer(response: Any, ticket: Ticket) -> Answer:
     """
     Read urllib3 *response*'s body, up to MAX_ANSWER bytes and by *ticket*'s deadline.
 
-    The connection goes back to its pool only if the answer was read whole and
-    nothing follows it; otherwise it is closed.
+    The connection goes back to its pool only if the answer was read whole; if
+    bytes follow the answer, the request fails (and urllib3, which checks a
+    pooled connection before it reuses it, closes that one); an answer not read
+    whole closes its connection.
 
     Raises:
         AnswerTooLargeError: The body is (or is declared) larger than MAX_ANSWER.
@@ -379,6 +381,9 @@ def read_answer(response: Any, ticket: Ticket) -> Answer:
         OSError, urllib3.exceptions.HTTPError: The connection broke.
     """
     clean = False
+    # urllib3 gives the connection back to its pool by itself once the answer is
+    # read whole: keep it to look at what follows (look only: it is no longer ours).
+    conn = response.connection
     try:
         status = response.status
         if 100 <= status < 200:  # http.client waits out 100 only: a 103 would end here
@@ -402,7 +407,7 @@ def read_answer(response: Any, ticket: Ticket) -> Answer:
             chunks.append(chunk)
         if ticket.expired:  # the watchdog cut the socket: what was read may be short
             raise DeadlineExceededError("the request's deadline passed")
-        after = _after_the_answer(getattr(response.connection, "sock", None))
+        after = _after_the_answer(getattr(conn, "sock", None))
         if after == "bytes":
             raise DoubtfulAnswerError(status, "bytes came after the answer")
         clean = after == "nothing"
@@ -413,26 +418,21 @@ def read_answer(response: Any, ticket: Ticket) -> Answer:
         response.release_conn()
 
 
-_PEEK = getattr(socket, "MSG_PEEK", 0) | getattr(socket, "MSG_DONTWAIT", 0)
-
-
 def _after_the_answer(sock: Optional[socket.socket]) -> str:
     """What the socket holds after a whole answer: ``nothing``, ``bytes`` or ``closed``."""
     if sock is None:
         return "closed"  # the answer ended the connection (Connection: close)
     try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return "bytes"
+        socks: list[socket.socket] = [sock]
+        readable, _, _ = select.select(socks, [], [], 0)  # one poll, never waits
+        if not readable:
+            return "nothing"
         if isinstance(sock, ssl.SSLSocket):
-            if sock.pending():
-                return "bytes"
-            readable, _, _ = select.select([sock], [], [], 0)
-            return "closed" if readable else "nothing"  # a TLS record: cannot peek; not reused
-        if not hasattr(socket, "MSG_DONTWAIT"):  # Windows: no peeking without blocking
-            plain: list[socket.socket] = [sock]
-            readable_plain, _, _ = select.select(plain, [], [], 0)
-            return "closed" if readable_plain else "nothing"
-        data = sock.recv(1, _PEEK)
-    except BlockingIOError:
-        return "nothing"
+            return "closed"  # a TLS record (a close_notify?): cannot peek; never reused
+        # Readable: a peek returns at once (data, or b"" for the remote's close).
+        data = sock.recv(1, socket.MSG_PEEK)
     except (OSError, ValueError):
         return "closed"
     return "bytes" if data else "closed"
