@@ -340,6 +340,7 @@ def test_exit_never_waits_longer_than_shutdown_timeout(silent: SilentServer) -> 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.owns_signals
 def test_close_from_a_signal_handler_does_not_deadlock(remote: ScriptedRemote) -> None:
     code = f"""
         import os, signal, threading

@@ -141,18 +141,27 @@ class Runtime:
                 why.get(reason, f"the queue is full ({self._outbox.queue_size})"),
                 self._outbox.drop_window(),
             )
+        if self._on_outcome is not None and item.event_id is None:
+            with self._section():  # the outbox lock, taken where a handler cannot deadlock on it
+                self._outbox.event_id(item)
         self._reporter.notify(item, DROPPED, reason)
         return False
 
     def _admit_deferred(self) -> None:
-        """A worker (or close) admits what signal handlers deferred."""
+        """
+        A worker (or close, once the engine is closed) admits what signal handlers deferred.
+
+        In the main thread (close) it runs as a section: a handler meanwhile
+        defers again, and the loop takes that too (each is a cheap drop then).
+        """
         deferred = self._reentry.deferred
-        while deferred:
-            try:
-                item = deferred.popleft()
-            except IndexError:  # another worker took the last one
-                return
-            self._admit(item)
+        with self._section():
+            while deferred:
+                try:
+                    item = deferred.popleft()
+                except IndexError:  # another worker took the last one
+                    return
+                self._admit(item)
 
     @contextlib.contextmanager
     def _section(self) -> Iterator[None]:
@@ -271,7 +280,9 @@ class Runtime:
             monitor, sighup = self._monitor, self._sighup
             self._outbox.close()  # the workers end once what is pending is settled
         if not first:  # another call is closing: wait for it, within our own deadline
-            if self._closed.wait(max(0.0, deadline - time.monotonic())):
+            with self._section():  # a handler meanwhile must not wait on this very Event
+                done = self._closed.wait(max(0.0, deadline - time.monotonic()))
+            if done:
                 self._admit_deferred()  # what handlers deferred since: dropped (closed), counted
             return
         try:
