@@ -516,3 +516,155 @@ def test_billing_follows_history(tmp_path: Path) -> None:
         for ts in range(10):
             app.store.add_billing(BillingEvent("s1", timestamp=ts, **BILL))
         assert [u["timestamp"] for u in app.store.usage("s1")] == [9, 8, 7]
+
+
+# -- what Lightd's client sends, byte for byte ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "data"),
+    [
+        (b'{"event":"update","server":"s1","error":"timeout"}', "timeout", None),
+        (b'{"event":"update","server":"s1","error":"failed"}', "failed", None),
+        (
+            b'{"event":"update","server":"s1","error":"failed","data":"image not found"}',
+            "failed",
+            "image not found",
+        ),
+        (
+            b'{"event":"update","server":"s1","error":"disk quota exceeded","data":null}',
+            "disk quota exceeded",
+            None,
+        ),
+    ],
+)
+def test_every_error_form_lightd_documents_is_stored_and_shown(
+    fleet: tuple[ReceiverApp, str], raw: bytes, error: str, data: Optional[str]
+) -> None:
+    _, url = fleet
+    request = urllib.request.Request(
+        f"{url}/update",
+        data=raw,
+        method="POST",
+        headers={
+            "authorization": f"Bearer {NODE_A}",
+            "content-type": "application/json",
+            "accept": "*/*",
+        },
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as answer:
+        assert (answer.status, json.loads(answer.read())) == (200, {"success": True})
+    _, doc, _ = req(f"{url}/servers/s1", OPERATOR)
+    assert (doc["status"], doc["error"], doc["data"]) == ("failed", error, data)
+    assert (doc["history"][-1]["error"], doc["history"][-1]["data"]) == (error, data)
+    _, doc, _ = req(f"{url}/servers", OPERATOR)
+    assert (doc["servers"]["s1"]["error"], doc["servers"]["s1"]["data"]) == (error, data)
+
+
+# -- attacks and mistakes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        None,
+        7,
+        "update",
+        [],
+        {"event": "update", "server": "s", "status": "ready", "event_id": 7},
+        {"event": "update", "server": "s", "status": "ready", "event_id": "é"},
+        {"event": "billing", "server": "s"},
+        {"event": "bill", "server": "s"},
+    ],
+)
+def test_a_hostile_batch_item_is_refused_alone(fleet: tuple[ReceiverApp, str], item: Any) -> None:
+    app, url = fleet
+    good = {"event": "update", "server": "good", "status": "ready"}
+    status, doc, _ = req(f"{url}/updates", NODE_A, "POST", {"updates": [good, item]})
+    assert status == 200
+    assert doc["results"][0] == {"success": True}
+    assert doc["results"][1]["success"] is False
+    assert doc["results"][1]["error"].split(":")[0] in ("body", "event_id", "event", "memory_gb")
+    assert list(app.store.latest()) == ["good"]
+
+
+def test_deeply_nested_batches_and_huge_batches_are_refused(fleet: tuple[ReceiverApp, str]) -> None:
+    app, url = fleet
+    nested = b'{"updates":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    request = urllib.request.Request(
+        f"{url}/updates",
+        data=nested,
+        method="POST",
+        headers={"Authorization": f"Bearer {NODE_A}", "Content-Type": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        opener.open(request, timeout=10)
+    with caught.value as answer:
+        assert answer.code == 400
+    assert app.store.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"webhooks": ["ftp://example"]}, "webhook"),
+        ({"webhooks": [7]}, "webhook"),
+        ({"batch_max": 10_001}, "batch_max"),
+        ({"batch_max": -1}, "batch_max"),
+        ({"stale_after": 0}, "stale_after"),
+        ({"stuck_after": math.inf}, "stuck_after"),
+        ({"retain_days": -1}, "retain_days"),
+        ({"max_batch_body": 0}, "max_batch_body"),
+        ({"operator_token": "short"}, "operator token"),
+    ],
+)
+def test_bad_receiver_arguments_are_named(kwargs: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_app(None, nodes=NODES, **{"operator_token": OPERATOR, **kwargs})
+    assert str(caught.value).startswith(named), caught.value
+    assert OPERATOR not in str(caught.value)
+
+
+def test_no_token_reaches_the_audit_or_the_log(tmp_path: Path, logs: Any) -> None:
+    audit = io.StringIO()
+    app = create_app(None, nodes=NODES, operator_token=OPERATOR, audit=audit, rate=math.inf)
+    with app, serve(app) as server:
+        for token in (NODE_A, NODE_B, OPERATOR, NODE_A[:-1], OPERATOR.upper()):
+            req(f"{server.url}/servers?node={token[:30]}", token)
+            req(f"{server.url}/{token}", token, "POST", {"event": token})
+        app.set_nodes({"node-z": "lightd_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"})
+        req(f"{server.url}/{'lightd_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz'}", NODE_A)
+    written = audit.getvalue() + "\n".join(r.getMessage() for r in logs.records)
+    assert '"node":"node-a"' in written
+    for secret in (NODE_A, NODE_B, OPERATOR, "lightd_zzzzzzzz", NODE_A[7:15], OPERATOR[10:18]):
+        assert secret not in written and secret.upper() not in written, secret
+
+
+def test_a_reload_that_shares_the_operators_token_is_refused(
+    fleet: tuple[ReceiverApp, str],
+) -> None:
+    app, url = fleet
+    with pytest.raises(ConfigError, match="operator's token") as caught:
+        app.set_nodes({"node-x": OPERATOR})
+    assert OPERATOR not in str(caught.value)
+    assert app.node_names == ("node-a", "node-b")
+    assert req(f"{url}/health", NODE_A)[0] == 200
+
+
+def test_single_updates_arriving_together_are_all_stored_once(tmp_path: Path) -> None:
+    # Group commit: threads share transactions; none is lost or stored twice.
+    token = "lightd_ad2f7fc49ed640429c450e14ed07c8d5"
+    with create_app(token, db_path=str(tmp_path / "r.db"), rate=math.inf) as app:
+        with serve(app, threads=16) as server:
+
+            def send(i: int) -> int:
+                body = {"event": "update", "server": f"s{i % 37}", "status": "ready"}
+                eid = {"X-Lightd-Event-Id": f"e-{i % 300}"}  # 100 of them twice
+                return req(f"{server.url}/update", token, "POST", body, eid)[0]
+
+            with ThreadPoolExecutor(24, thread_name_prefix="test-group") as pool:
+                assert set(pool.map(send, range(400))) == {200}
+        assert app.stored == len({(i % 37, i % 300) for i in range(400)})
+        assert app.store.count() == app.stored

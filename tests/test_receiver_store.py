@@ -243,3 +243,36 @@ def test_the_server_side_never_imports_the_client_side() -> None:
                     else [node.module or ""]
                 )
                 assert not any(n.startswith("lightd_sync") for n in names), path.name
+
+
+def test_a_0_2_dev_database_is_migrated_on_open(target: str) -> None:
+    # The schema before nodes, billing and alerts: latest had order_key and kept.
+    statements = [s for s in OLD_SCHEMA.split(";") if s.strip()] + [
+        "ALTER TABLE latest ADD COLUMN order_key TEXT",
+        "ALTER TABLE latest ADD COLUMN kept BIGINT NOT NULL DEFAULT 0",
+        "INSERT INTO updates (received_at, server, status, error, data) VALUES"
+        " (5, 's1', 'failed', 'failed', 'boom')",
+        "INSERT INTO latest (server, status, data, updated_at, kept) VALUES"
+        " ('s1', 'failed', 'boom', 5, 1)",
+    ]
+    if target.startswith("postgresql"):
+        psycopg = pytest.importorskip("psycopg")
+        with psycopg.connect(target, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY"))
+    else:
+        with sqlite3.connect(target) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        conn.close()
+    with opened(target) as store:
+        state = store.latest()["s1"]
+        assert (state["status"], state["error"], state["data"]) == ("failed", "failed", "boom")
+        assert (state["node"], state["since"], state["usage"]) == (None, 5, None)
+        assert store.history("s1")[0]["node"] is None
+        store.add(up("s1", "ready"), node="node-a")
+        state = store.latest()["s1"]
+        assert (state["status"], state["error"], state["node"]) == ("ready", None, "node-a")
+        assert len(store.history("s1")) == 2
+    with opened(target) as store:  # opening again changes nothing
+        assert store.count() == 2

@@ -85,6 +85,7 @@ class _Exchange:
     outcome: str = "error"
     status: int = 500
     error: Optional[str] = None
+    items: Optional[dict[str, int]] = None
 
     def record(self, scrub: Scrubber) -> dict[str, Any]:
         # Whatever a client put anywhere, no 8 characters of the token are
@@ -100,6 +101,8 @@ class _Exchange:
         }
         if self.node is not None:
             fields["node"] = self.node
+        if self.items is not None:
+            fields["items"] = self.items
         if self.event_id is not None:
             fields["event_id"] = scrub(self.event_id)
         if self.error is not None:
@@ -306,14 +309,9 @@ class ReceiverApp:
         if not self._principals.with_nodes:
             raise ConfigError("nodes: this receiver was started with one token, not nodes")
         checked = parse_nodes(nodes, operator=None)
-        if self._principals.operator is not None:
-            from .nodes import _digest
-
-            for name, token in checked.items():
-                if _digest(token) == self._principals.operator:
-                    raise ConfigError(
-                        f"nodes: node {name!r} has the operator's token; give it its own"
-                    )
+        for name, token in checked.items():
+            if self._principals.is_operator(token):
+                raise ConfigError(f"nodes: node {name!r} has the operator's token; give it its own")
         self._scrub.add(checked.values())
         self._principals.replace(checked)
 
@@ -548,7 +546,11 @@ class ReceiverApp:
             self._wake_sender()
         taken = sum(stored)
         exchange.outcome = "stored" if taken else "duplicate" if events else "invalid"
-        exchange.error = f"{len(items)} items, {taken} stored, {len(items) - len(events)} refused"
+        exchange.items = {
+            "sent": len(items),
+            "stored": taken,
+            "refused": len(items) - len(events),
+        }
         if len(events) == len(items):
             return 200, {"success": True}
         return 200, {"success": True, "results": results}

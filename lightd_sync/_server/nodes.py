@@ -137,6 +137,10 @@ class Principals:
         self._nodes = {_digest(token): name for name, token in nodes.items()}
         self.names = tuple(sorted(nodes))
 
+    def is_operator(self, token: str) -> bool:
+        """Whether *token* is the operator's."""
+        return self.operator is not None and _digest(token) == self.operator
+
     def who(self, header: object) -> Optional[tuple[str, Optional[str]]]:
         """
         ``("node", name)``, ``("operator", None)``, ``("single", None)``, or None (no match).
