@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -24,7 +24,7 @@ from lightd_sync import (
     Update,
 )
 from lightd_sync._transports.requests_transport import RequestsTransport
-from lightd_sync.testing import LightdRemote, read_events
+from lightd_sync.testing import LightdRemote, read_events, set_testing
 
 PLUGIN_MODULE = "lightd_sync._pytest_plugin"
 
@@ -171,22 +171,26 @@ def test_an_update_resent_with_its_event_id_is_listed_once(lightd_remote: Lightd
     assert 2 == len(lightd_remote.app.store.history("s1"))
 
 
-def test_many_threads_at_once_keep_each_servers_order(lightd_remote: LightdRemote) -> None:
+@pytest.mark.parametrize("batch_max", [None, 5, 100])
+def test_many_threads_at_once_keep_each_servers_order(batch_max: Optional[int]) -> None:
     servers, per_server = 8, 25
-    with SyncEngine(lightd_remote.config(workers=4)) as engine:
+    with set_testing(), LightdRemote(batch_max=batch_max) as lightd_remote:
+        with SyncEngine(lightd_remote.config(workers=4)) as engine:
 
-        def produce(server: str) -> None:
-            for i in range(per_server):
-                assert engine.error(server, str(i))
+            def produce(server: str) -> None:
+                for i in range(per_server):
+                    assert engine.error(server, str(i))
 
-        threads = [threading.Thread(target=produce, args=(f"s{n}",)) for n in range(servers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(5)
-        assert engine.flush(10)
-    updates = lightd_remote.updates
+            threads = [threading.Thread(target=produce, args=(f"s{n}",)) for n in range(servers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(5)
+            assert engine.flush(10)
+        updates = lightd_remote.updates
+        sizes = lightd_remote.batch_sizes
     assert servers * per_server == len(updates)
+    assert all(size <= (batch_max or 0) for size in sizes), sizes  # never beyond the offer
     for n in range(servers):
         data = [u["data"] for u in updates if u["server"] == f"s{n}"]
         assert [str(i) for i in range(per_server)] == data
