@@ -92,7 +92,8 @@ def wait_healthy(url: str, timeout: float = READY_TIMEOUT) -> bool:
         try:
             conn.request("GET", "/health", headers={"Authorization": f"Bearer {TOKEN}"})
             response = conn.getresponse()
-            if response.status == 200 and json.loads(response.read()) == HEALTH_BODY:
+            doc = json.loads(response.read()) if response.status == 200 else None
+            if isinstance(doc, dict) and {k: doc.get(k) for k in HEALTH_BODY} == HEALTH_BODY:
                 return True
         except (OSError, ValueError, http.client.HTTPException):
             pass
