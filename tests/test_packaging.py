@@ -68,6 +68,15 @@ def test_no_placeholder_project_url() -> None:
             assert not re.search(r"example|placeholder|todo|xxx", url, re.IGNORECASE)
 
 
+#: The status page's package data: the receiver serves them from the installed package.
+PAGE_FILES = [
+    "lightd_sync/_server/page/page.html",
+    "lightd_sync/_server/page/login.html",
+    "lightd_sync/_server/page/static/app.js",
+    "lightd_sync/_server/page/static/style.css",
+    "lightd_sync/_server/page/static/favicon.svg",
+]
+
 #: What a packager needs in the sdist to install, test and document lightd-sync.
 SDIST_MUST_HAVE = [
     "setup.cfg",
@@ -79,6 +88,7 @@ SDIST_MUST_HAVE = [
     "CHANGELOG.md",
     "lightd_sync/py.typed",
     "lightd_sync/_version.py",
+    *PAGE_FILES,
     "tests/conftest.py",
     "tests/servers.py",
     "tests/test_public_api.py",
@@ -126,6 +136,8 @@ def test_the_sdist_installs_and_its_tests_run(tmp_path: Path) -> None:
          "--target", str(site), str(sdist)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
+    missing = [path for path in PAGE_FILES if not (site / path).is_file()]
+    assert not missing, f"the installed package lacks {missing}"
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("PYTHONDEVMODE", None)
     probe = subprocess.run(

@@ -668,3 +668,59 @@ def test_single_updates_arriving_together_are_all_stored_once(tmp_path: Path) ->
                 assert set(pool.map(send, range(400))) == {200}
         assert app.stored == len({(i % 37, i % 300) for i in range(400)})
         assert app.store.count() == app.stored
+
+
+def test_close_ends_the_alert_thread_even_with_a_webhook_that_never_answers() -> None:
+    import socket
+    import threading
+
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)
+        url = f"http://127.0.0.1:{black_hole.getsockname()[1]}/hook"
+        app = create_app(None, nodes=NODES, operator_token=OPERATOR, webhooks=[url])
+        with serve(app) as server:
+            body = {"event": "update", "server": "s1", "error": "failed"}
+            assert req(f"{server.url}/update", NODE_A, "POST", body)[0] == 200
+            deadline = time.monotonic() + 10
+            while app.store.alert_counts()["pending"] != 1:  # queued, the POST under way
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.3)
+        started = time.monotonic()
+        app.close()
+        assert time.monotonic() - started < 8
+        names = [t.name for t in threading.enumerate()]
+        assert "lightd-sync-alerts" not in names
+        assert "lightd-sync-receiver-ticker" not in names
+
+
+def test_create_app_from_env_reads_nodes_and_the_rest(tmp_path: Path) -> None:
+    from lightd_sync.receiver import create_app_from_env
+
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps(NODES))
+    nodes.chmod(0o600)
+    env = {
+        "LIGHTD_RECEIVER_NODES": str(nodes),
+        "LIGHTD_RECEIVER_OPERATOR_TOKEN": OPERATOR,
+        "LIGHTD_RECEIVER_STALE_AFTER": "30",
+        "LIGHTD_RECEIVER_STUCK_AFTER": "60",
+        "LIGHTD_RECEIVER_BATCH_MAX": "0",
+        "LIGHTD_RECEIVER_RETAIN_DAYS": "7",
+        "LIGHTD_RECEIVER_WEBHOOKS": "http://127.0.0.1:9/a http://127.0.0.1:9/b",
+    }
+    with create_app_from_env(env) as app:
+        assert app.node_names == ("node-a", "node-b")
+        assert (app.stale_after, app.stuck_after, app.batch_max) == (30.0, 60.0, 0)
+        assert app.retain_days == 7.0
+        assert app.store.webhooks == ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b")
+    for bad, named in [
+        ({**env, "LIGHTD_RECEIVER_OPERATOR_TOKEN": ""}, "LIGHTD_RECEIVER_NODES"),
+        ({**env, "LIGHTD_RECEIVER_NODES": str(tmp_path / "none.json")}, "LIGHTD_RECEIVER_NODES"),
+        ({**env, "LIGHTD_RECEIVER_BATCH_MAX": "x"}, "LIGHTD_RECEIVER_BATCH_MAX"),
+        ({**env, "LIGHTD_RECEIVER_STALE_AFTER": "-1"}, "LIGHTD_RECEIVER_STALE_AFTER"),
+    ]:
+        with pytest.raises(ConfigError, match=named) as caught:
+            create_app_from_env(bad)
+        assert OPERATOR not in str(caught.value) and NODE_A not in str(caught.value)

@@ -137,6 +137,12 @@ def add_parser(subparsers: Any) -> None:
         help="a server installing for longer than this is stuck (default: %(default)g)",
     )
     parser.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="mark the status page's session cookie Secure even over plain HTTP: behind a "
+        "proxy that terminates TLS (over HTTPS it is always Secure)",
+    )
+    parser.add_argument(
         "--webhook",
         action="append",
         default=[],
@@ -320,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
     from .._config import redact_token
     from .._exceptions import ConfigError
     from .._server.http import serve
+    from .._server.page import StatusPage
     from ..receiver import create_app
 
     if not 0 <= args.port <= 65535:
@@ -365,8 +372,12 @@ def run(args: argparse.Namespace) -> int:
             ) from None
         try:
             try:
+                # The status page at / (operator token: the single one without --nodes).
+                page = StatusPage(
+                    app, operator_token=operator or token or "", secure_cookies=args.secure_cookies
+                )
                 server = serve(
-                    app,
+                    page,
                     args.host,
                     args.port,
                     request_timeout=args.request_timeout,

@@ -28,7 +28,8 @@ log = get_logger("receiver")
 
 #: Seconds an alert claimed by a receiver is hidden from the others.
 ALERT_LEASE = 60.0
-#: Seconds one webhook POST may take in all.
+#: Seconds one webhook POST may take in all (connecting, sending, the answer's headers).
+#: ``close()`` waits this long at most for a POST in flight.
 WEBHOOK_TIMEOUT = 5.0
 
 
@@ -128,7 +129,7 @@ class AlertSender(_Loop):
             num_pools=8,
             maxsize=1,
             retries=False,
-            timeout=urllib3.Timeout(connect=WEBHOOK_TIMEOUT, read=WEBHOOK_TIMEOUT),
+            timeout=urllib3.Timeout(total=WEBHOOK_TIMEOUT),
             headers={"User-Agent": "lightd-sync-receiver"},
         )
         # Counters read by /metrics; written by the sender's thread only.
@@ -195,7 +196,7 @@ class AlertSender(_Loop):
                 )
         return ok
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = WEBHOOK_TIMEOUT + 2.0) -> None:
         super().stop(timeout)
         self._http.clear()
 

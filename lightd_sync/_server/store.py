@@ -72,6 +72,11 @@ class ReceiverStore(SqlStore):
         history: Optional[int] = DEFAULT_HISTORY,
     ) -> None:
         self.history_limit = check_history(history)
+        if sqlite3.sqlite_version_info < (3, 35):
+            raise sqlite3.NotSupportedError(
+                f"the receiver needs SQLite 3.35 or later (RETURNING); this Python has "
+                f"{sqlite3.sqlite_version}: use a PostgreSQL database, or a newer Python"
+            )
         self.memory = db_path is None
         if db_path is None:
             self._target = f"file:lightd-recv-{uuid.uuid4().hex}?mode=memory&cache=shared"
