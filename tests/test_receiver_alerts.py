@@ -211,8 +211,12 @@ def test_alerts_survive_a_dead_webhook_and_a_restart(tmp_path: Path, webhook: We
         assert req(f"{second.url}/update", NODE_A, "POST", failed)[0] == 200
         until(lambda: len(webhook.of_kind("server_failed")) == 2, 20, "second server_failed")
         until(lambda: pending(second.url) == 0, 10, "nothing pending")
+        bill = {"event": "billing", "server": "web-7", "memory_gb": 1, "cpu_vcpus": 1,
+                "storage_gb": 1, "egress_gb": 0, "duration_hours": 1, "estimated_cost": 0.5,
+                "timestamp": 1767225600}  # fmt: skip
+        assert req(f"{second.url}/update", NODE_A, "POST", bill)[0] == 200
     # The stop line counts what this run stored, not the whole database.
-    assert "(3 updates stored)" in second.text(), second.text()
+    assert "(3 updates, 1 billing event stored)" in second.text(), second.text()
     assert "secret-path" not in first.text() + second.text()
     assert len(webhook.of_kind("server_failed")) == 2
 

@@ -415,13 +415,19 @@ def run(args: argparse.Namespace) -> int:
                     if reload.is_set():
                         reload.clear()
                         _reload(app, args.nodes)
-            stored = app.stored
+            stored, billed = app.stored, app.billing_stored
         finally:
             app.close()
-    why = f" by {stop.signal_name}" if stop.signal_name else ""
-    plural = "" if stored == 1 else "s"
-    print(f"{PROG} receiver: stopped{why} ({stored} update{plural} stored)", flush=True)
+    print(_stopped(stop.signal_name, stored, billed), flush=True)
     return EXIT_OK
+
+
+def _stopped(signal_name: Optional[str], stored: int, billed: int) -> str:
+    """The stop line: what this run stored (not what the database held before)."""
+    why = f" by {signal_name}" if signal_name else ""
+    plural = "" if stored == 1 else "s"
+    billing = f", {billed} billing event{'' if billed == 1 else 's'}" if billed else ""
+    return f"{PROG} receiver: stopped{why} ({stored} update{plural}{billing} stored)"
 
 
 @contextlib.contextmanager

@@ -195,6 +195,9 @@ class ReceiverApp:
         batch_max: Items a ``POST /updates`` may hold (offered in ``/health``); 0: no batches.
         stale_after: Seconds after its last request a node is ``stale``.
         stuck_after: Seconds in ``installing`` after which a server is ``stuck``.
+        stored: Updates this app stored (not counting duplicates, nor what the
+            database held before).
+        billing_stored: Billing events this app stored.
     """
 
     def __init__(
@@ -259,7 +262,8 @@ class ReceiverApp:
         # Guards _counters: what this app saw, for /metrics and the stop line.
         self._counters_lock = threading.Lock()
         self._counters: dict[tuple[str, str], int] = {}
-        self.stored = 0  # updates and billing events this app stored (under _counters_lock)
+        self.stored = 0  # updates this app stored (under _counters_lock)
+        self.billing_stored = 0  # billing events this app stored (under _counters_lock)
         after_fork_in_child(self._after_fork)
         self._audit = AuditLog(audit)
         try:
@@ -502,8 +506,12 @@ class ReceiverApp:
             for event, was in zip(events, stored):
                 if not was:
                     continue
-                self.stored += 1
-                label = event.status.value if isinstance(event, Update) else "billing"
+                if isinstance(event, Update):
+                    self.stored += 1
+                    label = event.status.value
+                else:
+                    self.billing_stored += 1
+                    label = "billing"
                 for key in (("status", label), ("node", node or "")):
                     counters[key] = counters.get(key, 0) + 1
 
