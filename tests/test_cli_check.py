@@ -444,14 +444,18 @@ def test_a_plain_http_port_behind_https_fails_at_tls(tmp_path: Path) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
-    listener.settimeout(10)
+    listener.settimeout(0.1)  # to see the stop soon: closing does not wake accept()
+    stop = threading.Event()
 
     def answer_in_plain_http() -> None:
-        while True:  # the tcp step's connection, then the TLS one
+        while not stop.is_set():  # the tcp step's connection, then the TLS ones
             try:
                 conn, _ = listener.accept()
+            except socket.timeout:
+                continue
             except OSError:
                 return
+            conn.settimeout(5)
             with conn:
                 if conn.recv(4096):
                     conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
@@ -464,8 +468,9 @@ def test_a_plain_http_port_behind_https_fails_at_tls(tmp_path: Path) -> None:
             "check", "--config", write_config(tmp_path / "c.json", url), "--timeout", "3"
         )
     finally:
-        listener.close()
+        stop.set()
         thread.join(5)
+        listener.close()
     assert proc.returncode == 1
     assert marks(proc.stdout)["tls"] == "✗"
     assert "TLS handshake with 127.0.0.1" in proc.stdout
