@@ -101,7 +101,7 @@ def test_no_offer_one_post_per_update(make: Make, remote: tuple[Remote, Scripted
 
 
 def test_an_offer_sends_one_post_updates(make: Make, remote: tuple[Remote, ScriptedRemote]) -> None:
-    r, server = remote
+    _, server = remote
     with make(http_config(server.url + "/api")) as t:
         assert 1 == t.max_batch(), "no offer before a health answer"
         t.check_health()

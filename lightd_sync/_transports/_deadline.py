@@ -407,6 +407,12 @@ def read_answer(response: Any, ticket: Ticket) -> Answer:
             chunks.append(chunk)
         if ticket.expired:  # the watchdog cut the socket: what was read may be short
             raise DeadlineExceededError("the request's deadline passed")
+        chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+        if declared.isdigit() and not chunked and int(declared) != size:
+            # urllib3 1.26 (as requests uses it) does not enforce the length itself
+            raise DoubtfulAnswerError(
+                status, f"the body has {size} bytes where Content-Length says {int(declared)}"
+            )
         after = _after_the_answer(getattr(conn, "sock", None))
         if after == "bytes":
             raise DoubtfulAnswerError(status, "bytes came after the answer")

@@ -185,9 +185,14 @@ class HttpTransport(Transport):
         )
         # Through a proxy, requests name the whole URL (absolute form); else the path.
         shown = f"[{self._host}]" if ":" in self._host else self._host
-        prefix = f"{parts.scheme}://{shown}:{self._port}" if proxy is not None else ""
+        authority = f"{shown}:{port}" if port else shown
+        prefix = f"{parts.scheme}://{authority}" if proxy is not None else ""
         self._targets = {p: f"{prefix}{base}/{p}" for p in ("update", "updates", "health")}
         self._tls = tls_context(config) if parts.scheme == "https" else None
+        if self._tls is not None:
+            # urllib3 (1.26 and 2.x) matches the certificate's name itself when the
+            # context does not: 1.26 sends no server_hostname for an IP address.
+            self._tls.check_hostname = False
         self._proxy_tls = (
             tls_context(config) if proxy is not None and proxy.url.startswith("https:") else None
         )

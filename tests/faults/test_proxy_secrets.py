@@ -100,7 +100,7 @@ def proxies() -> dict[str, Callable[[RawRemote], Callable[[socket.socket, bytes]
 
 @pytest.mark.parametrize("kind", sorted(proxies()))
 @pytest.mark.parametrize("call", ["send", "check_health"])
-def test_a_failing_proxy_never_shows_the_password(
+def test_a_failing_proxy_never_shows_the_password(  # noqa: PLR0917 (fixtures)
     make: Make, tls_remote: FaultServer, ca_bundle: str, logs: LogCapture, kind: str, call: str
 ) -> None:
     server = RawRemote(lambda conn, req: None)
