@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import socket
 import sys
@@ -349,47 +348,7 @@ def test_a_long_error_message_is_cut_to_8192_characters() -> None:
 # -- fork --------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
-def test_fork_under_load_the_child_delivers_every_time(remote: ScriptedRemote) -> None:
-    """Forks 50 times while 4 threads keep the parent's locks busy; each child delivers."""
-    engine = SyncEngine(http_config(remote.url, queue_size=100_000))
-    stop = threading.Event()
-
-    def produce(n: int) -> None:
-        i = 0
-        while not stop.is_set():
-            engine.update(f"parent-{n}-{i % 7}", "installing")
-            engine.error(f"parent-{n}-{i % 5}", "busy")
-            i += 1
-
-    producers = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
-    for t in producers:
-        t.start()
-    failures = []
-    try:
-        for round_ in range(50):
-            with _fork_allowed():
-                pid = os.fork()
-            if pid == 0:  # the child: deliver one update, within 10 s or die
-                code = 1
-                try:
-                    signal.alarm(10)
-                    ok = engine.update(f"child-{round_}", "ready") and engine.flush(8)
-                    engine.close(1)
-                    code = 0 if ok and engine.stats().delivered == 1 else 2
-                finally:
-                    os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-                failures.append((round_, status))
-    finally:
-        stop.set()
-        for t in producers:
-            t.join(5)
-        engine.close(5)
-    assert not failures
-    children = {r.json()["server"] for r in remote.posts() if "child" in r.json()["server"]}
-    assert {f"child-{i}" for i in range(50)} == children
+# Fork under load: tests/test_engine_pool.py forks 200 times, with both transports.
 
 
 @contextlib.contextmanager
