@@ -377,3 +377,59 @@ def test_gunicorn_with_a_missing_token_file_says_so_in_one_line(tmp_path: Path) 
     assert done.returncode != 0
     assert "lightd-sync receiver: $LIGHTD_RECEIVER_TOKEN_FILE: cannot read" in done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_every_webhook_gets_the_alert_with_one_id(tmp_path: Path) -> None:
+    from lightd_sync.receiver import create_app, serve
+
+    first, second = Webhook().up(), Webhook().up()
+    try:
+        app = create_app(
+            None, nodes=NODES, operator_token=OPERATOR, webhooks=[first.url, second.url]
+        )
+        with app, serve(app) as server:
+            body = {"event": "update", "server": "s1", "error": "failed", "data": "boom"}
+            assert req(f"{server.url}/update", NODE_A, "POST", body)[0] == 200
+            (a,) = until(lambda: first.of_kind("server_failed"), 20, "first webhook")
+            (b,) = until(lambda: second.of_kind("server_failed"), 20, "second webhook")
+            assert a == b
+            until(lambda: app.store.alert_counts() == {"pending": 0, "sent": 2, "failed": 0})
+    finally:
+        first.down()
+        second.down()
+
+
+def test_an_alert_is_given_up_after_its_attempts(tmp_path: Path) -> None:
+    from lightd_sync._server.queries import MAX_ALERT_ATTEMPTS, backoff
+    from lightd_sync._server.store import ReceiverStore
+
+    assert [backoff(n) for n in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    assert backoff(40) == 300.0
+    with ReceiverStore(tmp_path / "r.db") as store:
+        store.webhooks = ("http://127.0.0.1:9/hook",)
+        store.touch_nodes({"n1": 1.0})
+        assert store.mark_stale(2.0, ["n1"]) == ["n1"]
+        assert store.mark_stale(2.0, ["n1"]) == []  # once
+        now = time.time()
+        for attempt in range(MAX_ALERT_ATTEMPTS):
+            (alert,) = store.claim_alerts(now + 10**6, lease=60)
+            assert store.claim_alerts(now + 10**6, lease=60) == []  # leased to the first
+            assert alert["kind"] == "node_stale" and alert["attempts"] == attempt
+            state = store.finish_alert(alert, False, now)
+            assert state == ("failed" if attempt == MAX_ALERT_ATTEMPTS - 1 else "pending")
+        assert store.alert_counts() == {"pending": 0, "sent": 0, "failed": 1}
+        assert store.claim_alerts(now + 10**6, lease=60) == []
+
+
+def test_retain_days_prunes_in_the_background(tmp_path: Path) -> None:
+    from lightd_sync import Status, Update
+    from lightd_sync.receiver import create_app
+
+    token = "lightd_ad2f7fc49ed640429c450e14ed07c8d5"
+    db = tmp_path / "r.db"
+    with create_app(token, db_path=str(db)) as app:
+        app.store.add(Update("s1", Status.INSTALLING), received_at=time.time() - 3 * 86400)
+        app.store.add(Update("s1", Status.READY))
+    with create_app(token, db_path=str(db), retain_days=2) as app:
+        until(lambda: len(app.store.history("s1")) == 1, 10, "the old update pruned")
+        assert app.store.history("s1")[0]["status"] == "ready"

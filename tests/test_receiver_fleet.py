@@ -724,3 +724,41 @@ def test_create_app_from_env_reads_nodes_and_the_rest(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=named) as caught:
             create_app_from_env(bad)
         assert OPERATOR not in str(caught.value) and NODE_A not in str(caught.value)
+
+
+def test_a_chunked_batch_is_taken_and_a_short_one_refused(fleet: tuple[ReceiverApp, str]) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    app, url = fleet
+    parts = urlsplit(url)
+    items = [{"event": "update", "server": f"c{i}", "status": "ready"} for i in range(50)]
+    body = json.dumps({"updates": items}).encode()
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {NODE_A}", "Content-Type": "application/json"}
+        chunks = iter([body[:100], body[100:1000], body[1000:]])
+        conn.request("POST", "/updates", body=chunks, headers=headers, encode_chunked=True)
+        answer = conn.getresponse()
+        assert (answer.status, json.loads(answer.read())) == (200, {"success": True})
+    finally:
+        conn.close()
+    assert len(app.store.latest()) == 50
+    with socket_to(url) as sock:  # a body shorter than its Content-Length, then silence
+        sock.sendall(
+            b"POST /updates HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + NODE_A.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            + body[:500]
+        )  # fmt: skip
+        sock.shutdown(1)  # SHUT_WR: no more is coming
+        answer_bytes = sock.recv(65536)
+    assert answer_bytes == b"" or not answer_bytes.startswith(b"HTTP/1.1 200")
+    assert len(app.store.latest()) == 50
+
+
+def socket_to(url: str) -> Any:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=15)

@@ -276,3 +276,18 @@ def test_a_0_2_dev_database_is_migrated_on_open(target: str) -> None:
         assert len(store.history("s1")) == 2
     with opened(target) as store:  # opening again changes nothing
         assert store.count() == 2
+
+
+@pytest.mark.parametrize("prefix", ["a", "ab", "a\ud7ff", "\U0010ffff", "é", "z"])
+def test_a_prefix_lists_exactly_the_ids_that_start_with_it(target: str, prefix: str) -> None:
+    names = ["a", "ab", "abc", "a\ud7ff", "a\ud7ffx", "a\ue000", "b", "é", "éa", "ê",
+             "\U0010ffff", "\U0010ffffa", "z", "za"]  # fmt: skip
+    names = [n for n in names if n.isprintable()]
+    with opened(target) as store:
+        for name in names:
+            store.add(up(name, "ready"))
+        listed, after = [], ""
+        while page := store.latest_page(after, 2, prefix=prefix):
+            listed += list(page)
+            after = listed[-1]
+        assert listed == sorted(n for n in names if n.startswith(prefix))

@@ -259,7 +259,8 @@ class ReceiverApp:
         self.retain_days = retain_days
         self._limiter = RateLimiter(rate, burst, clock=clock)
         self._heartbeats = Heartbeats()
-        # Guards _counters: what this app saw, for /metrics and the stop line.
+        # Guards _counters, stored and billing_stored: what this app saw, for
+        # /metrics and the stop line (request threads count, any thread reads).
         self._counters_lock = threading.Lock()
         self._counters: dict[tuple[str, str], int] = {}
         self.stored = 0  # updates this app stored (under _counters_lock)
@@ -299,7 +300,10 @@ class ReceiverApp:
 
     @property
     def node_names(self) -> tuple[str, ...]:
-        """The nodes served now (empty without nodes)."""
+        """The nodes served now (empty without nodes).
+
+        .. versionadded:: 0.2.0
+        """
         return self._principals.names
 
     def set_nodes(self, nodes: Mapping[str, str]) -> None:
@@ -309,6 +313,8 @@ class ReceiverApp:
         Raises:
             ConfigError: The set is invalid, naming the node and the problem;
                 the old set stays.
+
+        .. versionadded:: 0.2.0
         """
         if not self._principals.with_nodes:
             raise ConfigError("nodes: this receiver was started with one token, not nodes")
@@ -320,7 +326,10 @@ class ReceiverApp:
         self._principals.replace(checked)
 
     def reload_nodes(self, path: str) -> None:
-        """Re-read the nodes file at *path*; on error the old set stays (ConfigError says why)."""
+        """Re-read the nodes file at *path*; on error the old set stays (ConfigError says why).
+
+        .. versionadded:: 0.2.0
+        """
         self.set_nodes(load_nodes(path))
 
     # -- counters ----------------------------------------------------------------
@@ -331,7 +340,10 @@ class ReceiverApp:
             self._counters[key] = self._counters.get(key, 0) + n
 
     def counters(self) -> dict[tuple[str, str], int]:
-        """What this app counted: ``(kind, label) -> n``."""
+        """What this app counted: ``(kind, label) -> n``.
+
+        .. versionadded:: 0.2.0
+        """
         with self._counters_lock:
             return dict(self._counters)
 
@@ -347,7 +359,6 @@ class ReceiverApp:
             path=str(environ.get("PATH_INFO") or ""),
         )
         headers: list[tuple[str, str]] = []
-        kind = "application/json"
         try:
             status, doc = self._handle(environ, exchange)
         except RequestError as reject:
@@ -378,12 +389,7 @@ class ReceiverApp:
             start_response(f"{status} {HTTPStatus(status).phrase}", headers)
             return doc.chunks
         body = json.dumps(doc, separators=(",", ":")).encode("ascii")
-        headers = [
-            ("Content-Type", kind),
-            *_HEADERS[1:],
-            ("Content-Length", str(len(body))),
-            *headers,
-        ]
+        headers = [*_HEADERS, ("Content-Length", str(len(body))), *headers]
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         return [body]
 
@@ -712,7 +718,10 @@ class ReceiverApp:
         return 200, doc
 
     def nodes(self) -> list[dict[str, Any]]:
-        """What ``GET /nodes`` lists: each node served, with its state (see the module)."""
+        """What ``GET /nodes`` lists: each node served, with its state (see the module).
+
+        .. versionadded:: 0.2.0
+        """
         known = self.store.nodes()
         heard = self._heartbeats.last()
         now = time.time()
@@ -742,7 +751,10 @@ class ReceiverApp:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """What ``GET /summary`` answers: the fleet at a glance."""
+        """What ``GET /summary`` answers: the fleet at a glance.
+
+        .. versionadded:: 0.2.0
+        """
         counts, stuck = self.store.status_counts(time.time() - self.stuck_after)
         by_state = {"online": 0, "stale": 0, "never_seen": 0}
         for node in self.nodes():
@@ -756,7 +768,10 @@ class ReceiverApp:
         }
 
     def metrics_text(self) -> str:
-        """What ``GET /metrics`` answers: Prometheus text exposition 0.0.4."""
+        """What ``GET /metrics`` answers: Prometheus text exposition 0.0.4.
+
+        .. versionadded:: 0.2.0
+        """
         counts, stuck = self.store.status_counts(time.time() - self.stuck_after)
         return render_receiver_metrics(
             counters=self.counters(),

@@ -132,9 +132,7 @@ class AlertSender(_Loop):
             timeout=urllib3.Timeout(total=WEBHOOK_TIMEOUT),
             headers={"User-Agent": "lightd-sync-receiver"},
         )
-        # Counters read by /metrics; written by the sender's thread only.
-        self.sent = 0
-        self.failed_attempts = 0
+        # Owned by the sender's thread: when to log a failing webhook again.
         self._url_failures = Throttle()
 
     def step(self) -> None:
@@ -146,17 +144,15 @@ class AlertSender(_Loop):
             for alert in batch:
                 ok = self._post(alert)
                 state = self._store.finish_alert(alert, ok, time.time())
-                if ok:
-                    self.sent += 1
-                else:
-                    self.failed_attempts += 1
-                    if state == "failed":
-                        log.warning(
-                            "alert %s (%s) given up after %d attempts",
-                            alert["id"],
-                            alert["kind"],
-                            int(alert["attempts"]) + 1,
-                        )
+                if not ok and state == "failed":
+                    safe_log(
+                        log,
+                        30,
+                        "alert %s (%s) given up after %d attempts",
+                        alert["id"],
+                        alert["kind"],
+                        int(alert["attempts"]) + 1,
+                    )
                 if self._stop.is_set():
                     return
 

@@ -92,6 +92,8 @@ class SqlStore:
             received_at: When it arrived (seconds since the epoch); default now.
             node: The node that sent it, if known.
 
+                .. versionadded:: 0.2.0
+
         Returns:
             True if stored, False if it was a duplicate.
 
@@ -108,7 +110,10 @@ class SqlStore:
         received_at: Optional[float] = None,
         node: Optional[str] = None,
     ) -> bool:
-        """Store one billing event; True if stored, False if its event id was already stored."""
+        """Store one billing event; True if stored, False if its event id was already stored.
+
+        .. versionadded:: 0.2.0
+        """
         return self.add_many([event], received_at=received_at, node=node)[0]
 
     def add_many(
@@ -124,6 +129,8 @@ class SqlStore:
         Updates are stored as :meth:`add` does, billing events as
         :meth:`add_billing`. Alerts the updates raise are queued in the same
         transaction.
+
+        .. versionadded:: 0.2.0
         """
         when = time.time() if received_at is None else received_at
         with self._tx(write=True) as run:
@@ -262,7 +269,10 @@ class SqlStore:
             run(sql.INSERT_ALERT, (alert_id, url, kind, node, server, status, data, at, text, at))
 
     def touch_nodes(self, seen: dict[str, float]) -> None:
-        """Record when each node was last heard; a stale node heard again raises ``node_online``."""
+        """Record when each node was last heard; a stale node heard again raises ``node_online``.
+
+        .. versionadded:: 0.2.0
+        """
         if not seen:
             return
         with self._tx(write=True) as run:
@@ -284,7 +294,10 @@ class SqlStore:
                     )
 
     def mark_stale(self, cutoff: float, names: Sequence[str]) -> list[str]:
-        """Mark the nodes of *names* last heard before *cutoff* stale (once); the ones marked."""
+        """Mark the nodes of *names* last heard before *cutoff* stale (once); the ones marked.
+
+        .. versionadded:: 0.2.0
+        """
         if not names:
             return []
         statement = sql.MARK_STALE.format(names=", ".join("?" * len(names)))
@@ -299,7 +312,10 @@ class SqlStore:
         return [row[0] for row in marked]
 
     def retain(self, before: float) -> int:
-        """Delete status and billing history received before *before*; the rows deleted."""
+        """Delete status and billing history received before *before*; the rows deleted.
+
+        .. versionadded:: 0.2.0
+        """
         with self._tx(write=True) as run:
             gone = run(sql.RETAIN_UPDATES, (before,)).rowcount
             gone += run(sql.RETAIN_BILLING, (before,)).rowcount
@@ -316,6 +332,8 @@ class SqlStore:
 
         Another receiver on the same database does not see them until the
         lease runs out (PostgreSQL: ``FOR UPDATE SKIP LOCKED``).
+
+        .. versionadded:: 0.2.0
         """
         if not self.webhooks:
             return []
@@ -330,7 +348,10 @@ class SqlStore:
         return [dict(zip(keys, row)) for row in rows]
 
     def finish_alert(self, alert: dict[str, Any], ok: bool, now: float) -> str:
-        """Record an attempt at *alert*: its new state, ``sent``, ``pending`` or ``failed``."""
+        """Record an attempt at *alert*: its new state, ``sent``, ``pending`` or ``failed``.
+
+        .. versionadded:: 0.2.0
+        """
         with self._tx(write=True) as run:
             if ok:
                 run(sql.ALERT_SENT, (alert["id"], alert["url"]))
@@ -344,7 +365,10 @@ class SqlStore:
         return state
 
     def alert_counts(self) -> dict[str, int]:
-        """Alerts by state: ``pending``, ``sent``, ``failed``."""
+        """Alerts by state: ``pending``, ``sent``, ``failed``.
+
+        .. versionadded:: 0.2.0
+        """
         counts = {"pending": 0, "sent": 0, "failed": 0}
         with self._tx(write=False) as run:
             for state, n in run(sql.ALERTS_BY_STATE).fetchall():
@@ -385,12 +409,16 @@ class SqlStore:
         Return the latest state of at most *limit* servers whose ids sort after *after*.
 
         Only those with *status*, last heard from *node*, and whose id starts
-        with *prefix*, when given.
+        with *prefix*, when given. Each state also has ``error``, ``node``,
+        ``since`` and ``usage``.
+
+        .. versionchanged:: 0.2.0
+            The filters, and the fields after ``event_id``.
 
         Raises:
             LightdSyncError: The store is closed.
         """
-        filters = ""
+        filters, op = "", ">"
         params: list[Any] = [after]
         if status is not None:
             filters += " AND l.status = ?"
@@ -399,15 +427,25 @@ class SqlStore:
             filters += " AND l.node = ?"
             params.append(node)
         if prefix:
-            filters += " AND l.server >= ? AND substr(l.server, 1, CAST(? AS INTEGER)) = ?"
-            params += [prefix, len(prefix), prefix]
-        statement = sql.LATEST_PAGE.format(filters=filters)
+            if after < prefix:  # start at the prefix, not at the first server
+                op, params[0] = ">=", prefix
+            filters += " AND substr(l.server, 1, CAST(? AS INTEGER)) = ?"
+            params += [len(prefix), prefix]
+            last = ord(prefix[-1]) + 1
+            if last <= 0x10FFFF and not 0xD800 <= last <= 0xDFFF:
+                # and stop past the last id that starts with it
+                filters += " AND l.server < ?"
+                params.append(prefix[:-1] + chr(last))
+        statement = sql.LATEST_PAGE.format(after=op, filters=filters)
         with self._tx(write=False) as run:
             rows = run(statement, (*params, limit)).fetchall()
         return {row[0]: sql.latest_row(row) for row in rows}
 
     def server(self, server: str) -> Optional[dict[str, Any]]:
-        """The latest state of *server* (as :meth:`latest_page` gives it), or None."""
+        """The latest state of *server* (as :meth:`latest_page` gives it), or None.
+
+        .. versionadded:: 0.2.0
+        """
         with self._tx(write=False) as run:
             row = run(sql.LATEST_ONE, (server,)).fetchone()
         return None if row is None else sql.latest_row(row)
@@ -431,13 +469,19 @@ class SqlStore:
     def usage(
         self, server: str, before: Optional[int] = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        """The billing events of *server*, newest first, those with an id below *before*."""
+        """The billing events of *server*, newest first, those with an id below *before*.
+
+        .. versionadded:: 0.2.0
+        """
         with self._tx(write=False) as run:
             rows = run(sql.USAGE_PAGE, (server, before or 2**62, limit)).fetchall()
         return sql.usage_rows(rows)
 
     def nodes(self) -> dict[str, dict[str, Any]]:
-        """Per node heard of: ``last_seen``, ``servers`` and ``cost_24h`` (from the database)."""
+        """Per node heard of: ``last_seen``, ``servers`` and ``cost_24h`` (from the database).
+
+        .. versionadded:: 0.2.0
+        """
         out: dict[str, dict[str, Any]] = {}
 
         def entry(name: str) -> dict[str, Any]:
@@ -453,7 +497,10 @@ class SqlStore:
         return out
 
     def status_counts(self, stuck_before: float) -> tuple[dict[str, int], int]:
-        """Servers by latest status, and how many are installing since before *stuck_before*."""
+        """Servers by latest status, and how many are installing since before *stuck_before*.
+
+        .. versionadded:: 0.2.0
+        """
         counts = {"installing": 0, "ready": 0, "failed": 0}
         with self._tx(write=False) as run:
             for status, n in run(sql.SERVERS_BY_STATUS).fetchall():
@@ -462,7 +509,10 @@ class SqlStore:
         return counts, int(found[0]) if found else 0
 
     def resources(self) -> dict[str, dict[str, float]]:
-        """Per node (``""``: unknown), the sums of its servers' latest usage."""
+        """Per node (``""``: unknown), the sums of its servers' latest usage.
+
+        .. versionadded:: 0.2.0
+        """
         names = ("memory_gb", "cpu_vcpus", "storage_gb", "egress_gb", "estimated_cost", "servers")
         with self._tx(write=False) as run:
             rows = run(sql.RESOURCES_BY_NODE).fetchall()
@@ -498,5 +548,3 @@ def create_schema(run: Run, have_latest: set[str], have_updates: set[str]) -> No
         run(sql.MIGRATE_SINCE)
     if "error" in missing:
         run(sql.MIGRATE_ERROR)
-    for statement in sql.late_indexes():
-        run(statement)

@@ -27,7 +27,6 @@ __all__ = [
     "MAX_CLOCK_AHEAD",
     "check_history",
     "history_rows",
-    "late_indexes",
     "latest_row",
     "order_key",
     "tables",
@@ -119,11 +118,9 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_due ON alerts (state, next_at)
 """
-#: Indexes on columns added after 0.1.0 (made after the columns are).
-_LATE_INDEXES = """
-CREATE INDEX IF NOT EXISTS latest_by_status ON latest (status, server);
-CREATE INDEX IF NOT EXISTS latest_by_node ON latest (node, server)
-"""
+# ``latest`` has no index on status or node: each would be rewritten at every
+# update of a server (a random page each), and cost batches half their speed;
+# a filter scans 100,000 servers in about 15 ms instead.
 #: Columns of ``latest`` added after 0.1.0, with their definitions.
 NEW_COLUMNS = {
     "order_key": "TEXT",
@@ -222,7 +219,7 @@ _LATEST_COLUMNS = (
     " u.ts, u.memory_gb, u.cpu_vcpus, u.storage_gb, u.egress_gb, u.duration_hours,"
     " u.estimated_cost FROM latest l LEFT JOIN usage_latest u ON u.server = l.server"
 )
-LATEST_PAGE = _LATEST_COLUMNS + " WHERE l.server > ?{filters} ORDER BY l.server LIMIT ?"
+LATEST_PAGE = _LATEST_COLUMNS + " WHERE l.server {after} ?{filters} ORDER BY l.server LIMIT ?"
 LATEST_ONE = _LATEST_COLUMNS + " WHERE l.server = ?"
 HISTORY = (
     "SELECT id, received_at, status, error, data, event_id, node FROM updates"
@@ -306,11 +303,6 @@ ALERTS_BY_STATE = "SELECT state, COUNT(*) FROM alerts GROUP BY state"
 RETAIN_UPDATES = "DELETE FROM updates WHERE received_at < ?"
 RETAIN_BILLING = "DELETE FROM billing WHERE received_at < ?"
 RETAIN_ALERTS = "DELETE FROM alerts WHERE state <> 'pending' AND at_ts < ?"
-
-
-def late_indexes() -> list[str]:
-    """The indexes on columns a migration may have just added."""
-    return [s.strip() for s in _LATE_INDEXES.split(";") if s.strip()]
 
 
 def tables(*, serial: str, real: str, collate: str = "") -> list[str]:

@@ -191,6 +191,8 @@ class ReceiverStore(SqlStore):
         Callers that arrive while a commit is under way are committed
         together in the next transaction (group commit): each caller's
         events stay all or none, and one fsync serves them all.
+
+        .. versionadded:: 0.2.0
         """
         job = _Job(events, time.time() if received_at is None else received_at, node)
         with self._group_lock:
