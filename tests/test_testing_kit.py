@@ -373,6 +373,28 @@ def test_recording_transport_takes_batches_as_it_is_told() -> None:
         RecordingTransport(batch=0)
 
 
+def test_an_engine_hands_a_recording_transport_batches_up_to_its_batch() -> None:
+    from lightd_sync import RemoteConfig
+    from lightd_sync.testing import RecordingTransport
+
+    gate = threading.Event()
+
+    def remote(update: Any) -> None:
+        gate.wait(10)  # the first call holds the worker: the rest queue up behind it
+
+    transport = RecordingTransport(remote, batch=10)
+    with SyncEngine(RemoteConfig(workers=1), transport=transport) as engine:
+        for n in range(41):
+            engine.update(f"s{n}", "ready")
+        gate.set()
+        assert engine.flush(10)
+        assert 41 == engine.stats().delivered
+    sizes = [len(batch) for batch in transport.batches]
+    assert 41 == len(transport.sent)  # a lone event may go through send() instead
+    assert max(sizes) == 10, sizes  # full batches once the queue had them
+    assert all(len({u.server for u in batch}) == len(batch) for batch in transport.batches)
+
+
 def test_fault_switches_check_their_arguments(lightd_remote: LightdRemote) -> None:
     with pytest.raises(ValueError, match="n must be"):
         lightd_remote.fail_next(-1)
