@@ -91,7 +91,11 @@ class RecordingTransport(Transport):
 
     @property
     def batches(self) -> list[list[Event]]:
-        """The events of each :meth:`send_many` call, in order (a snapshot)."""
+        """
+        The events of each :meth:`send_many` call, in order (a snapshot).
+
+        Events handed to :meth:`send` alone are in :attr:`sent` only.
+        """
         with self._lock:
             return [list(batch) for batch in self._batches]
 
