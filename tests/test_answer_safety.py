@@ -64,6 +64,7 @@ class KeepAliveRaw:
         # Guards count and requests: handler threads write, the test reads.
         self._lock = threading.Lock()
         self.count = 0
+        self.connections = 0  # accepted TCP connections
         self.requests: list[bytes] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -83,6 +84,8 @@ class KeepAliveRaw:
             except OSError:
                 continue
             self._conns.append(conn)
+            with self._lock:
+                self.connections += 1
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -158,6 +161,7 @@ def test_bytes_that_come_after_the_answer_fail_that_request(make: Make) -> None:
         with make(http_config(server.url)) as t:
             first = _outcome(t, "a")
             second = _outcome(t, "b")
+        assert 2 == server.connections, "a connection with unread bytes is never reused"
     assert isinstance(first, DeliveryError)
     assert "bytes came after the answer" in first.message
     assert isinstance(second, RemoteRejectedError)

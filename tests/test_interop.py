@@ -151,6 +151,50 @@ def test_a_remote_that_offers_batches(transport: str, change: str) -> None:
         check_order(received(remote))
 
 
+@pytest.mark.parametrize("batches", [500, 0], ids=["batches", "no-batches"])
+def test_the_reference_receiver_on_waitress(
+    transport: str, batches: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    from lightd_sync import receiver
+    from lightd_sync.testing import LightdRemote
+
+    monkeypatch.setattr(
+        receiver, "create_app", functools.partial(receiver.create_app, batch_max=batches)
+    )
+    with LightdRemote() as remote:
+        engine = SyncEngine(remote.config(workers=1, queue_size=10_000, transport=transport))
+        with engine:
+            assert wait_until(lambda e=engine: e.health.healthy is True, timeout=10)
+            assert (batches or 1) == engine.transport.max_batch()
+            engine.update("warm", "ready")
+            assert engine.flush(5)
+            burst(engine)
+            assert engine.flush(20), engine.stats()
+            assert SERVERS * ROUNDS + 1 == engine.stats().delivered
+        if not batches:  # the kit records single POSTs in order
+            check_order([u for u in remote.updates if u["server"] != "warm"])
+        latest = _servers(remote.url, remote.token)
+    for s in range(SERVERS):  # the last round of each server is its latest state
+        assert str(ROUNDS - 1) == latest[f"s{s}"], (s, latest.get(f"s{s}"))
+
+
+def _servers(url: str, token: str) -> dict[str, Any]:
+    """The reference receiver's latest state of each server: ``{server: data}``."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/servers?limit=1000", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        doc = json.loads(answer.read())
+    rows = doc["servers"]
+    if isinstance(rows, dict):
+        return {k: v.get("data") for k, v in rows.items()}
+    return {row["server"]: row.get("data") for row in rows}
+
+
 def _https_behind_a_proxy() -> Iterator[tuple[str, str, str, Any]]:
     import trustme
 

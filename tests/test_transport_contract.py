@@ -202,8 +202,13 @@ def test_repr_has_no_token(transport: Transport) -> None:
 
 @pytest.mark.parametrize(
     ("make", "scheme"),
-    [(HttpTransport, "http"), (RequestsTransport, "http"), (RequestsTransport, "https")],
-    ids=["http", "requests", "requests-tls-handshake"],
+    [
+        (HttpTransport, "http"),
+        (HttpTransport, "https"),
+        (RequestsTransport, "http"),
+        (RequestsTransport, "https"),
+    ],
+    ids=["http", "http-tls-handshake", "requests", "requests-tls-handshake"],
 )
 def test_close_wakes_a_request_blocked_on_a_silent_remote(
     silent: SilentServer, make: Make, scheme: str

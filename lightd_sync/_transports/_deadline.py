@@ -153,7 +153,8 @@ class Watchdog:
                 return
             ticket.conns.append(conn)
             if ticket.expired:
-                _shut(getattr(conn, "sock", None))
+                for sock in _socks(conn):
+                    _shut(sock)
 
     def finish(self, ticket: Ticket) -> None:
         """The request is over: none of its connections will be cut from now on."""
@@ -195,13 +196,43 @@ class Watchdog:
                 ticket = heapq.heappop(heap)[2]
                 ticket.expired = True
                 for conn in ticket.conns:
-                    _shut(getattr(conn, "sock", None))
+                    for sock in _socks(conn):
+                        _shut(sock)
 
 
 def _shut(sock: Optional[socket.socket]) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # already closed by its own thread
             sock.shutdown(socket.SHUT_RDWR)
+
+
+#: The connection the calling thread is connecting, for :class:`GuardedSSLSocket`.
+_connecting = threading.local()
+
+
+class GuardedSSLSocket(ssl.SSLSocket):
+    """
+    An ``SSLSocket`` that its connection can shut down while the TLS handshake runs.
+
+    urllib3 stores a TLS connection's socket only after the handshake; a
+    transport's own ``SSLContext`` returns this class (``sslsocket_class``,
+    public since Python 3.7), which hands itself to its connection as the
+    handshake starts, so that :meth:`Guard.close` and the deadline can cut it.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        conn = getattr(_connecting, "conn", None)
+        if conn is not None:
+            conn.lightd_tls = self
+            conn.lightd_guard.watch(conn)
+            if conn.lightd_guard.closed:
+                raise ClosedError(errno.ECONNABORTED, "the transport was closed")
+        super().do_handshake(block)
+
+
+def _socks(conn: Any) -> list[socket.socket]:
+    """The sockets of *conn* that may carry its bytes: the stored one, the one in a handshake."""
+    return [s for s in (getattr(conn, "sock", None), getattr(conn, "lightd_tls", None)) if s]
 
 
 class Guard:
@@ -262,7 +293,8 @@ class Guard:
             self._conns.add(conn)
             closed = self._closed
         if closed:
-            _shut(getattr(conn, "sock", None))
+            for sock in _socks(conn):
+                _shut(sock)
             raise ClosedError(errno.ECONNABORTED, "the transport was closed")
 
     def close(self) -> None:
@@ -271,7 +303,8 @@ class Guard:
             self._closed = True
             conns = list(self._conns)
         for conn in conns:
-            _shut(getattr(conn, "sock", None))
+            for sock in _socks(conn):
+                _shut(sock)
         # urllib3 stores a new connection's socket only once its TCP connect
         # returned: a connection caught in between has no socket to shut down
         # yet. Wait a moment for it; one that connects later refuses itself (track).
@@ -280,9 +313,9 @@ class Guard:
         while waiting and time.monotonic() < deadline:
             time.sleep(0.002)
             for conn in list(waiting):
-                sock = getattr(conn, "sock", None)
-                if sock is not None or not conn.lightd_connecting:
-                    _shut(sock)
+                stored: Optional[socket.socket] = getattr(conn, "sock", None)
+                if stored is not None or not conn.lightd_connecting:
+                    _shut(stored)
                     waiting.remove(conn)
         self.watchdog.close()
 
@@ -314,15 +347,20 @@ class Guard:
 
             lightd_connecting = False
             lightd_uses = 0
+            lightd_guard = guard
+            lightd_tls: Optional[ssl.SSLSocket] = None  # the socket of a handshake in progress
 
             def connect(self) -> None:
                 guard.watch(self)
                 self.lightd_connecting = True  # close() waits a moment for its socket
+                _connecting.conn = self  # a GuardedSSLSocket hands itself over
                 try:
                     guard.track(self)  # before: close() may cut the TLS handshake
                     super().connect()  # type: ignore[misc]
                 finally:
+                    _connecting.conn = None
                     self.lightd_connecting = False
+                    self.lightd_tls = None
                 guard.track(self)  # and after: a close() that came meanwhile
 
             def request(self, *args: Any, **kwargs: Any) -> Any:

@@ -27,6 +27,7 @@ from ._deadline import (
     ClosedError,
     DoubtfulAnswerError,
     Guard,
+    GuardedSSLSocket,
     read_answer,
 )
 from ._errors import causes, delivery_error
@@ -193,9 +194,12 @@ class HttpTransport(Transport):
             # urllib3 (1.26 and 2.x) matches the certificate's name itself when the
             # context does not: 1.26 sends no server_hostname for an IP address.
             self._tls.check_hostname = False
+            self._tls.sslsocket_class = GuardedSSLSocket  # close() cuts a handshake too
         self._proxy_tls = (
             tls_context(config) if proxy is not None and proxy.url.startswith("https:") else None
         )
+        if self._proxy_tls is not None:
+            self._proxy_tls.sslsocket_class = GuardedSSLSocket
         self._post_headers = {**request_headers(config.token, post=True), **_IDENTITY}
         self._get_headers = {**request_headers(config.token, post=False), **_IDENTITY}
         #: The latest health answer's batch offer (batch.max; 0: none). One int,

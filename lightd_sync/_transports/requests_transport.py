@@ -22,7 +22,14 @@ from .._exceptions import ConfigError, DeliveryError, RemoteUnreachableError
 from .._logutil import get_logger, safe_log
 from .._model import Event
 from .._secrets import secrets_of
-from ._deadline import Answer, AnswerTooLargeError, DoubtfulAnswerError, Guard, read_answer
+from ._deadline import (
+    MAX_ANSWER,
+    Answer,
+    AnswerTooLargeError,
+    DoubtfulAnswerError,
+    Guard,
+    read_answer,
+)
 from ._errors import Kinds, delivery_error
 from .base import Transport
 from .protocol import (
@@ -328,7 +335,11 @@ class RequestsTransport(Transport):
                 )
                 # A given session's connection too, now that it is known: the body's reads.
                 guard.watchdog.attach(ticket, getattr(response.raw, "connection", None))
-                answer = read_answer(response.raw, ticket)
+                if response.is_redirect:  # requests itself read the body, looking ahead
+                    content = response.content[:MAX_ANSWER]
+                    answer = Answer(response.status_code, content, response.headers)
+                else:
+                    answer = read_answer(response.raw, ticket)
             finally:
                 guard.end(ticket)
                 if response is not None:
