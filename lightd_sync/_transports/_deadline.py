@@ -433,7 +433,8 @@ def read_answer(response: Any, ticket: Ticket) -> Answer:
             raise AnswerTooLargeError(status, int(declared))
         chunks: list[bytes] = []
         size = 0
-        while True:
+        length = int(declared) if declared.isdigit() and len(declared) < 20 else -1
+        while size != length:  # a declared length read whole needs no read for the end
             if time.monotonic() >= ticket.deadline:
                 raise DeadlineExceededError("the request's deadline passed")
             chunk = response.read(_CHUNK, decode_content=False)
