@@ -121,7 +121,8 @@ class _Faults:
     def __init__(self, app: WSGIApplication, max_body: int) -> None:
         self._app = app
         self._max_body = max_body
-        # Guards every attribute below; _changed is notified when _updates grows.
+        # Guards every attribute below but stopping; _changed is notified when the
+        # record (_updates, _billing) grows.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._updates: list[dict[str, Any]] = []
@@ -224,7 +225,7 @@ class _Faults:
         if is_batch and body is not None:
             items = _items(body)
             if items is not None and len(items) > most_offered:
-                # Never offered that many (or never offered at all): the client is wrong.
+                # More than any offer ever made: the client is wrong.
                 return _json_answer(
                     start_response,
                     413,
