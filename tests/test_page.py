@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable, Optional
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -117,14 +118,14 @@ def test_the_root_shows_a_login_form_with_the_security_headers(site: Site) -> No
     assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
     assert answer.headers["Cache-Control"] == "no-store"
     assert_page_headers(answer)
-    assert 'action="/login"' in answer.text and 'name="token"' in answer.text
+    assert 'action="login"' in answer.text and 'name="token"' in answer.text
     assert "Set-Cookie" not in answer.headers
     assert site.inner.seen == []  # the app never saw it
 
 
 def test_the_right_token_opens_a_session_with_a_strict_cookie(site: Site) -> None:
     answer = site.login()
-    assert answer.status_code == 303 and answer.headers["Location"] == "/"
+    assert answer.status_code == 303 and answer.headers["Location"] == "./"
     cookie = answer.headers["Set-Cookie"]
     assert cookie.startswith(COOKIE + "=")
     parts = {p.strip() for p in cookie.split(";")}
@@ -133,7 +134,7 @@ def test_the_right_token_opens_a_session_with_a_strict_cookie(site: Site) -> Non
     assert TOKEN not in cookie
     sid = session_of(answer)
     page = site.get("/", sid)
-    assert page.status_code == 200 and 'src="/static/app.js?v=' in page.text
+    assert page.status_code == 200 and 'src="static/app.js?v=' in page.text
     assert_page_headers(page)
     assert page.headers["Cache-Control"] == "no-store"
     assert site.as_operator(sid)
@@ -142,7 +143,9 @@ def test_the_right_token_opens_a_session_with_a_strict_cookie(site: Site) -> Non
     assert not site.as_operator(sid, headers={"Authorization": "Bearer something"})
     # A request another site made is never the operator's.
     assert not site.as_operator(sid, headers={"Sec-Fetch-Site": "cross-site"})
+    assert not site.as_operator(sid, headers={"Sec-Fetch-Site": "same-site"})
     assert site.as_operator(sid, headers={"Sec-Fetch-Site": "same-origin"})
+    assert site.as_operator(sid, headers={"Sec-Fetch-Site": "none"})
 
 
 def test_a_wrong_token_is_answered_slowly_and_logged_without_it(
@@ -170,7 +173,8 @@ def test_a_wrong_login_waits_without_holding_up_other_requests(site: Site) -> No
     slow = threading.Thread(target=lambda: (site.login("lightd_" + "0" * 32), done.set()))
     slow.start()
     try:
-        time.sleep(0.2)  # let the wrong login start waiting (ordering only; asserted below)
+        page = site.page
+        assert _wait(lambda: page._slow == 1)  # the wrong login is waiting now
         started = time.monotonic()
         assert site.get("/", sid).status_code == 200
         assert site.login().status_code == 303
@@ -218,11 +222,12 @@ def test_a_login_sent_as_json_is_refused(site: Site) -> None:
     assert answer.status_code == 400 and "Set-Cookie" not in answer.headers
 
 
-def test_a_cross_site_login_is_refused(site: Site) -> None:
+@pytest.mark.parametrize("where", ["cross-site", "same-site"])
+def test_a_login_another_page_sent_is_refused(site: Site, where: str) -> None:
     answer = requests.post(
         site.url + "/login",
         data={"token": TOKEN},
-        headers={"Sec-Fetch-Site": "cross-site"},
+        headers={"Sec-Fetch-Site": where},
         allow_redirects=False,
         timeout=10,
     )
@@ -311,9 +316,23 @@ def test_sessions_are_bounded() -> None:
     assert [page.sessions.valid(s) for s in ids] == [False, False, True, True, True]
 
 
-def test_an_empty_operator_token_is_refused() -> None:
-    with pytest.raises(ValueError, match="operator_token"):
-        StatusPage(Recorder(), operator_token="")
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("operator_token", ""),
+        ("session_ttl", 0),
+        ("session_ttl", float("nan")),
+        ("session_ttl", True),
+        ("failed_login_delay", -1),
+        ("failed_login_delay", "1"),
+        ("max_slow_logins", 0),
+        ("max_slow_logins", 1.5),
+    ],
+)
+def test_bad_options_are_refused_naming_them(option: str, value: Any) -> None:
+    options: dict[str, Any] = {"operator_token": TOKEN, option: value}
+    with pytest.raises(ValueError, match=f"^{option}: "):
+        StatusPage(Recorder(), **options)
 
 
 # -- static files, methods ---------------------------------------------------------------
@@ -411,10 +430,12 @@ def test_the_pages_load_only_their_own_files_and_hold_no_inline_code(site: Site)
         inventory = _Inventory()
         inventory.feed(html)
         assert inventory.inline == []
+        assert inventory.urls
         for url in inventory.urls:
-            assert url.startswith(("/", "#")) and not url.startswith("//"), url
-            if url.startswith("/static/"):
-                assert site.get(url).status_code == 200, url
+            # Relative (the page may sit under a prefix), and never to another host.
+            assert ":" not in url.split("?")[0] and not url.startswith(("/", "\\")), url
+            if url.startswith("static/"):
+                assert site.get("/" + url).status_code == 200, url
 
 
 def test_the_script_never_puts_remote_data_in_as_html(site: Site) -> None:
@@ -481,3 +502,32 @@ def test_the_receiver_command_serves_the_page_with_secure_cookies(tmp_path: Path
     finally:
         proc.stop()
     assert TOKEN not in proc.stdout_text + proc.stderr_text
+
+
+def test_the_page_works_under_a_prefix_a_proxy_strips() -> None:
+    """``location /lightd/ { proxy_pass http://receiver/; }``: every URL of the page is relative."""
+    inner = Recorder()
+    page = StatusPage(inner, operator_token=TOKEN)
+
+    def mounted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ["PATH_INFO"]
+        assert path.startswith("/lightd/"), path  # nothing may escape the prefix
+        environ["SCRIPT_NAME"], environ["PATH_INFO"] = "/lightd", path[len("/lightd") :]
+        return page(environ, start_response)
+
+    with serve(mounted) as server:
+        base = server.url + "/lightd/"
+        with requests.Session() as browser:
+            login_page = browser.get(base, timeout=10).text
+            inventory = _Inventory()
+            inventory.feed(login_page)
+            for url in inventory.urls:
+                if not url.startswith("#"):
+                    target = urljoin(base, url)
+                    if url == "login":
+                        answer = browser.post(target, data={"token": TOKEN}, timeout=10)
+                        assert answer.url == base and "app.js" in answer.text
+                    else:
+                        assert browser.get(target, timeout=10).status_code == 200, url
+            assert browser.get(urljoin(base, "servers"), timeout=10).ok
+            assert inner.seen[-1] == ("/servers", True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -161,6 +162,7 @@ def test_the_status_page_in_chromium(receiver: str) -> None:
             _fleet(sync_api.expect, page)
             _filter_and_history(sync_api.expect, page)
             _live(sync_api.expect, page, receiver)
+            _hidden_tab(page)
             _logout(sync_api.expect, page, context, receiver)
         finally:
             browser.close()
@@ -205,7 +207,9 @@ def _fleet(expect: Any, page: Any) -> None:
     expect(hostile).to_contain_text(HOSTILE)  # shown as text, never as markup
     assert page.locator("#servers img").count() == 0
     expect(page.locator('#servers tr[data-server="db-01"]')).to_contain_text("timeout")
-    expect(page.locator('#servers tr[data-server="web-00"] td.time')).to_contain_text("ago")
+    updated = page.locator('#servers tr[data-server="web-00"] td.time')
+    expect(updated).to_have_text(re.compile(r"^(just now|\d+ s ago|1 min ago)$"))
+    expect(updated).to_have_attribute("title", re.compile(r"^\d{4}-\d\d-\d\dT.*Z$"))
 
 
 def _filter_and_history(expect: Any, page: Any) -> None:
@@ -214,7 +218,7 @@ def _filter_and_history(expect: Any, page: Any) -> None:
     expect(page.locator("#servers tr")).to_have_count(3)
     expect(page.locator("#servers tr.status-failed")).to_have_count(3)
     assert "status=failed" in page.url
-    expect(page.locator("#csv")).to_have_attribute("href", "/servers.csv?status=failed")
+    expect(page.locator("#csv")).to_have_attribute("href", "servers.csv?status=failed")
     csv = page.request.get("/servers.csv?status=failed")  # with the page's session cookie
     assert csv.status == 200 and len(csv.text().strip().splitlines()) == 1 + 3
     page.click('#servers tr[data-server="db-01"] a')
@@ -242,6 +246,29 @@ def _live(expect: Any, page: Any, receiver: str) -> None:
         expect(live).to_contain_text("node-b")
         expect(page.locator("#n-ready")).to_have_text("9", timeout=5_000)
     assert shown < 5.0, shown
+
+
+_VISIBILITY = """state => {
+    Object.defineProperty(document, "visibilityState", {configurable: true, get: () => state});
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def _hidden_tab(page: Any) -> None:
+    """A hidden tab polls nothing; shown again, it asks at once."""
+    polls: list[float] = []
+    page.on("request", lambda r: polls.append(time.monotonic()) if "summary" in r.url else None)
+    page.evaluate(_VISIBILITY, "hidden")
+    hidden = time.monotonic()
+    # Absence can only be watched for a while: longer than a poll interval (2 s) and one in flight.
+    page.wait_for_timeout(3_000)
+    assert [t for t in polls if t > hidden + 0.5] == []
+    page.evaluate(_VISIBILITY, "visible")
+    shown = time.monotonic()
+    deadline = shown + 2.0
+    while not [t for t in polls if t >= shown] and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert [t for t in polls if t >= shown], "no poll after the tab was shown again"
 
 
 def _logout(expect: Any, page: Any, context: Any, receiver: str) -> None:
@@ -321,7 +348,7 @@ def test_the_first_page_of_100000_servers_shows_within_a_second(big_receiver: st
             )
             page.reload()  # the first load, logged in: measured from navigation start
             page.wait_for_function(
-                "document.querySelectorAll('#servers tr').length === 50", polling="raf"
+                "() => document.querySelectorAll('#servers tr').length === 50", polling="raf"
             )
             shown_ms = page.evaluate("performance.now()")
             sync_api.expect(page.locator("#n-all")).to_have_text(f"{FLEET:,}")

@@ -762,3 +762,25 @@ def socket_to(url: str) -> Any:
 
     parts = urlsplit(url)
     return socket.create_connection((parts.hostname, parts.port), timeout=15)
+
+
+def test_a_batch_of_10000_is_stored_in_chunks_in_one_transaction(db: str) -> None:
+    app = create_app(None, db_path=db, nodes=NODES, operator_token=OPERATOR, batch_max=10_000)
+    with app, serve(app) as server:
+        items = [
+            {
+                "event": "update",
+                "server": f"big-{i:05d}",
+                "status": "installing",
+                "event_id": str(uuid.uuid4()),
+            }
+            for i in range(10_000)
+        ]
+        status, doc, _ = req(f"{server.url}/updates", NODE_A, "POST", {"updates": items})
+        assert (status, doc) == (200, {"success": True})
+        assert app.store.count() == 10_000
+        assert req(f"{server.url}/summary", OPERATOR)[1]["counts"]["installing"] == 10_000
+        # The same again: every one a duplicate, stored once, acknowledged.
+        status, doc, _ = req(f"{server.url}/updates", NODE_A, "POST", {"updates": items})
+        assert (status, doc) == (200, {"success": True})
+        assert app.store.count() == 10_000

@@ -272,9 +272,12 @@ def test_gunicorn_serves_the_receiver_with_the_token_from_the_environment(tmp_pa
     pytest.importorskip("gunicorn")
     db = tmp_path / "fleet.sqlite3"
     audit = tmp_path / "audit.jsonl"
+    home = tmp_path / "home"
+    home.mkdir()
     env = child_env(
-        LIGHTD_RECEIVER_TOKEN=TOKEN, LIGHTD_RECEIVER_DB=str(db), LIGHTD_RECEIVER_AUDIT=str(audit)
-    )
+        LIGHTD_RECEIVER_TOKEN=TOKEN, LIGHTD_RECEIVER_DB=str(db), LIGHTD_RECEIVER_AUDIT=str(audit),
+        HOME=str(home), XDG_RUNTIME_DIR=str(home / "none"),
+    )  # fmt: skip
     with Process(
         gunicorn_argv("--workers", "2"), env=env, ready=r"Listening at: (http://127\.0\.0\.1:\d+)"
     ) as proc:
@@ -298,6 +301,7 @@ def test_gunicorn_serves_the_receiver_with_the_token_from_the_environment(tmp_pa
     assert TOKEN not in proc.text()
     assert TOKEN not in audit.read_text()
     assert len(audit.read_text().splitlines()) == 6
+    assert not (home / ".gunicorn").exists()  # told not to leave a control socket there
 
 
 # -- the receiver command: --history and --db -----------------------------------

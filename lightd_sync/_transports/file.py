@@ -26,6 +26,10 @@ def format_record(update: Event, now: Optional[datetime.datetime] = None) -> str
     return json.dumps({"ts": ts, "body": update.body()}, ensure_ascii=False) + "\n"
 
 
+#: The file objects a fork copied into a child, kept so that they are never flushed there.
+_ORPHANS: list[IO[str]] = []
+
+
 class FileTransport(Transport):
     """
     Append each update to *path* as one JSON line, ``{"ts": ..., "body": ...}``.
@@ -59,6 +63,13 @@ class FileTransport(Transport):
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # a parent's thread may have held it at fork time
+        # The parent's file object too: its buffer has a lock of its own, which a
+        # parent's thread may have held at fork time, and its buffer the parent's
+        # lines. Never closed nor collected here (either would flush: hang, or write
+        # the parent's lines twice); the child opens the file anew.
+        if self._fh is not None:
+            _ORPHANS.append(self._fh)
+            self._fh = None
 
     def __repr__(self) -> str:
         return f"FileTransport({self.path!r})"

@@ -65,7 +65,9 @@ class StatusPage:
     with the operator token), ``POST /logout`` and ``GET /static/<file>``.
     Every other request goes to *app*; one that carries a valid session
     cookie and no ``Authorization`` header gets ``environ["lightd_sync.operator"]
-    = True`` first, which the receiver takes as the operator's token.
+    = True`` first, which the receiver takes as the operator's token; unless
+    the browser says another page made it (``Sec-Fetch-Site`` other than
+    ``same-origin`` or ``none``).
 
     The session cookie is ``HttpOnly; SameSite=Strict; Path=/``, plus
     ``Secure`` (and the ``__Host-`` name prefix) when the request arrived over
@@ -112,6 +114,16 @@ class StatusPage:
         )
         if not self._token():
             raise ValueError("operator_token: expected a non-empty string")
+        if not (_is_number(session_ttl) and 1 <= session_ttl < 10**9):
+            raise ValueError(f"session_ttl: expected seconds >= 1, got {session_ttl!r}")
+        if not (_is_number(failed_login_delay) and 0 <= failed_login_delay <= 60):
+            raise ValueError(
+                f"failed_login_delay: expected 0 to 60 seconds, got {failed_login_delay!r}"
+            )
+        if not (type(max_slow_logins) is int and max_slow_logins >= 1):
+            raise ValueError(
+                f"max_slow_logins: expected a whole number >= 1, got {max_slow_logins!r}"
+            )
         self.secure_cookies = bool(secure_cookies)
         self.sessions = SessionTable(self._token, ttl=session_ttl, clock=clock)
         self._ttl = int(session_ttl)
@@ -155,9 +167,9 @@ class StatusPage:
     # -- sessions --------------------------------------------------------------
 
     def _logged_in(self, environ: dict[str, Any]) -> bool:
-        # A request another site's page made is never the operator's, whatever
-        # the browser attached (SameSite=Strict should already keep it away).
-        if str(environ.get("HTTP_SEC_FETCH_SITE") or "") == "cross-site":
+        # A request another page made (another site, or a sibling host of the
+        # same site, which SameSite=Strict lets through) is never the operator's.
+        if not _from_here(environ):
             return False
         return self.sessions.valid(_cookie(environ))
 
@@ -172,7 +184,7 @@ class StatusPage:
 
     def _do_login(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         client = str(environ.get("REMOTE_ADDR") or "-")
-        if str(environ.get("HTTP_SEC_FETCH_SITE") or "") == "cross-site":
+        if not _from_here(environ):
             return _html(start_response, "POST", 403, self._login_page("form"))
         given = _form_token(environ)
         if given is None:
@@ -249,11 +261,23 @@ def _load_assets() -> tuple[dict[str, tuple[str, bytes, str]], bytes, bytes]:
     for name in ("page.html", "login.html"):
         html = (root / name).read_bytes()
         for file, (_, _, etag) in static.items():
-            html = html.replace(
-                f"/static/{file}".encode(), f"/static/{file}?v={etag[1:9]}".encode()
-            )
+            versioned = f'"static/{file}?v={etag[1:9]}"'
+            html = html.replace(f'"static/{file}"'.encode(), versioned.encode())
         pages.append(html)
     return static, pages[0], pages[1]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _from_here(environ: dict[str, Any]) -> bool:
+    """
+    Whether the browser says the request came from this origin's own pages, or from
+    no page (typed, bookmarked); a client without ``Sec-Fetch-Site`` is taken at its word.
+    """
+    site = environ.get("HTTP_SEC_FETCH_SITE")
+    return site is None or site in ("same-origin", "none")
 
 
 def _cookie(environ: dict[str, Any]) -> Optional[str]:
@@ -309,7 +333,7 @@ def _see_other(start_response: StartResponse, headers: list[tuple[str, str]]) ->
     start_response(
         "303 See Other",
         [
-            ("Location", "/"),
+            ("Location", "./"),  # relative: the page may sit under a prefix
             ("Content-Length", "0"),
             ("Cache-Control", "no-store"),
             *_SECURITY,

@@ -1,7 +1,8 @@
 // The lightd-sync receiver's status page. Standard DOM only, no framework.
 // Every value that came from a node is put on the page with textContent, never
 // as HTML. The page reads the receiver's operator routes with the session
-// cookie, and polls them every 2 s while the tab is visible.
+// cookie, and polls them every 2 s while the tab is visible. Every URL is
+// relative, so that the page also works under a path prefix a proxy strips.
 "use strict";
 
 (function () {
@@ -141,10 +142,10 @@
     });
     if (answer.status === 401) {
       // The session ended (logged out elsewhere, expired, token changed).
-      window.location.assign("/");
+      window.location.assign("./");
       throw new Error("logged out");
     }
-    if (answer.status === 404 && url.startsWith("/servers/")) return null;
+    if (answer.status === 404 && url.startsWith("servers/")) return null;
     if (!answer.ok) {
       let why = answer.status + " " + answer.statusText;
       try {
@@ -153,7 +154,7 @@
       } catch (e) {
         // not JSON: keep the status line
       }
-      throw new Error(url.split("?")[0] + ": " + why);
+      throw new Error("/" + url.split("?")[0] + ": " + why);
     }
     return answer.json();
   }
@@ -170,7 +171,7 @@
     const q = filterQuery();
     if (view.after) q.set("after", view.after);
     q.set("limit", String(PAGE_SIZE));
-    return "/servers?" + q.toString();
+    return "servers?" + q.toString();
   }
 
   // -- rendering ----------------------------------------------------------
@@ -361,11 +362,11 @@
     busy = true;
     try {
       const id = view.server;
-      const jobs = [getJSON("/summary"), getJSON("/nodes")];
+      const jobs = [getJSON("summary"), getJSON("nodes")];
       if (id === null) {
         jobs.push(getJSON(serversURL()));
       } else {
-        const base = "/servers/" + encodeURIComponent(id);
+        const base = "servers/" + encodeURIComponent(id);
         jobs.push(getJSON(base + "?limit=" + HISTORY));
         jobs.push(getJSON(base + "/usage?limit=" + HISTORY).catch(() => null));
       }
@@ -408,7 +409,14 @@
     const hash = window.location.hash.replace(/^#/, "");
     const [path, query] = hash.split("?");
     const match = /^\/server\/(.+)$/.exec(path || "");
-    view.server = match ? decodeURIComponent(match[1]) : null;
+    view.server = null;
+    if (match) {
+      try {
+        view.server = decodeURIComponent(match[1]);
+      } catch (e) {
+        view.server = match[1]; // not percent-encoded as this page writes it: take it as it is
+      }
+    }
     const q = new URLSearchParams(query || "");
     if (!match) {
       view.status = q.get("status") || "";
@@ -422,7 +430,7 @@
     }
     $("node-filter").value = view.node;
     const csv = filterQuery().toString();
-    $("csv").href = "/servers.csv" + (csv ? "?" + csv : "");
+    $("csv").setAttribute("href", "servers.csv" + (csv ? "?" + csv : ""));
     if (document.activeElement !== $("prefix")) $("prefix").value = view.prefix;
     document.title = (view.server ? view.server + " · " : "Fleet · ") + "lightd-sync receiver";
   }
