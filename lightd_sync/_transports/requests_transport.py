@@ -300,7 +300,8 @@ class RequestsTransport(Transport):
         state = self._state
         if state[0] == os.getpid():
             return state
-        self._state_lock = threading.Lock()  # the parent may have held it at fork time
+        self._state_lock = threading.Lock()  # the parent may have held them at fork time
+        self._close_lock = threading.Lock()
         with self._state_lock:
             old = self._state
             if old[0] != os.getpid():
@@ -427,6 +428,8 @@ class RequestsTransport(Transport):
 
         A given session is left open: it belongs to the caller.
         """
+        if self._state[0] != os.getpid():
+            self._close_lock = threading.Lock()  # a forked child: the parent may have held it
         with self._close_lock:
             if self._closed:
                 return
