@@ -276,3 +276,17 @@ def test_a_body_cut_short_keeps_no_token_in_the_chain(make: Make) -> None:
     assert isinstance(err, DeliveryError)
     assert TOKEN not in _every_text(err)
     assert TOKEN[:8] not in _every_text(err)
+
+
+def test_a_redirect_location_is_scrubbed_before_the_cut(make: Make) -> None:
+    location = "http://elsewhere.invalid/" + "p" * 180 + TOKEN
+
+    def script(n: int, request: bytes) -> bytes:
+        return answer(302, b"", extra=f"Location: {location}\r\n")
+
+    for server in raw(script):
+        with make(http_config(server.url)) as t:
+            err = _outcome(t, "a")
+    assert isinstance(err, DeliveryError)
+    assert "redirect" == err.reason
+    assert TOKEN[:8] not in _every_text(err)

@@ -134,11 +134,12 @@ def _remote_says(body: Union[bytes, Any], secrets: Secrets = ()) -> str:
     return f": {clean}"
 
 
-def _shown_location(value: Optional[str]) -> str:
+def _shown_location(value: Optional[str], secrets: Secrets = ()) -> str:
     if not value:
         return ""
     if "@" in value or not value.isprintable():
         return " to a URL not shown here (it may hold a password)"
+    value = scrub_all(value, secrets)  # before the cut: no piece of a secret survives it
     return f" to {value[:_LOCATION_SHOWN]!r}"
 
 
@@ -151,7 +152,7 @@ def _status_error(
             status=status,
         )
     if 300 <= status < 400:
-        to = _shown_location(headers.get("Location"))
+        to = _shown_location(headers.get("Location"), secrets)
         return RemoteRejectedError(
             f"{what}: the remote answered HTTP {status}, a redirect{to}: remote.url is "
             "misconfigured (set it to the final URL); redirects are never followed since "
