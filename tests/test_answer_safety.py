@@ -279,7 +279,7 @@ def test_a_body_cut_short_keeps_no_token_in_the_chain(make: Make) -> None:
 
 
 def test_a_redirect_location_is_scrubbed_before_the_cut(make: Make) -> None:
-    location = "http://elsewhere.invalid/" + "p" * 180 + TOKEN
+    location = "http://elsewhere.invalid/" + "p" * 160 + TOKEN  # the cut falls in the token
 
     def script(n: int, request: bytes) -> bytes:
         return answer(302, b"", extra=f"Location: {location}\r\n")
