@@ -70,7 +70,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location = /update {{ return 200 '{{"success": true}}'; }}
-        location = /health {{ return 200 '{{"status": 200, "endpoint": "active"}}'; }}
+        location = /health {{ return 200 '{health}'; }}{updates}
     }}
 }}
 """
@@ -92,7 +92,8 @@ def wait_healthy(url: str, timeout: float = READY_TIMEOUT) -> bool:
         try:
             conn.request("GET", "/health", headers={"Authorization": f"Bearer {TOKEN}"})
             response = conn.getresponse()
-            if response.status == 200 and json.loads(response.read()) == HEALTH_BODY:
+            doc = json.loads(response.read()) if response.status == 200 else None
+            if isinstance(doc, dict) and {k: doc.get(k) for k in HEALTH_BODY} == HEALTH_BODY:
                 return True
         except (OSError, ValueError, http.client.HTTPException):
             pass
@@ -124,8 +125,10 @@ class NginxRemote:
 
     kind = "nginx"
 
-    def __init__(self, exe: str) -> None:
+    def __init__(self, exe: str, *, batches: int = 0) -> None:
         self.exe = exe
+        #: The batch offer of its health answer (0: none; else batch.max, and POST /updates).
+        self.batches = batches
         self.version = nginx_version(exe)
         self._tmp = tempfile.mkdtemp(prefix="lightd-bench-nginx-")
         self._proc: Optional[subprocess.Popen[bytes]] = None
@@ -137,7 +140,21 @@ class NginxRemote:
         for _ in range(3):
             port = free_port()
             conf = Path(self._tmp, "nginx.conf")
-            conf.write_text(_NGINX_CONF.format(user=user, tmp=self._tmp, port=port))
+            health = dict(HEALTH_BODY, batch={"max": self.batches}) if self.batches else HEALTH_BODY
+            updates = (
+                "\n        location = /updates { return 200 '{\"success\": true}'; }"
+                if self.batches
+                else ""
+            )
+            conf.write_text(
+                _NGINX_CONF.format(
+                    user=user,
+                    tmp=self._tmp,
+                    port=port,
+                    health=json.dumps(health),
+                    updates=updates,
+                )
+            )
             log = open(Path(self._tmp, "stderr.log"), "wb")  # noqa: SIM115 (closed below)
             try:
                 self._proc = subprocess.Popen(

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import rss_kb  # noqa: E402
 
-from lightd_sync._state import StateStore  # noqa: E402
+from lightd_sync._engine.state import StateStore  # noqa: E402
 
 STATUSES = ("installing", "ready", "failed")
 

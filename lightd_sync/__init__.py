@@ -18,6 +18,7 @@ from typing import Any
 
 from ._config import RemoteConfig, load_config
 from ._engine import SyncEngine
+from ._engine.reload import ReloadResult
 from ._exceptions import (
     AuthRejectedError,
     ConfigError,
@@ -37,7 +38,6 @@ from ._model import (
     SyncStats,
     Update,
 )
-from ._reload import ReloadResult
 from ._transports.base import Transport
 from ._transports.file import FileTransport
 from ._transports.null import NullTransport

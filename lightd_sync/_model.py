@@ -478,7 +478,7 @@ class Outcome:
     .. versionadded:: 0.2.0
     """
 
-    update: Update
+    update: Event  # an Update, or (since 0.2.0) a BillingEvent
     result: str
     reason: Optional[str]
     attempts: int

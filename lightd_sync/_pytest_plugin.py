@@ -22,26 +22,42 @@ if TYPE_CHECKING:
     from lightd_sync import SyncEngine
     from lightd_sync.testing import LightdRemote
 
-__all__ = ["lightd_file_sync", "lightd_remote"]
+__all__ = ["lightd_file_sync", "lightd_remote", "pytest_configure"]
 
 _TEARDOWN_TIMEOUT = 5.0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``lightd_remote`` marker."""
+    config.addinivalue_line(
+        "markers",
+        "lightd_remote(batch_max=None): build the lightd_remote fixture with these "
+        "LightdRemote arguments (batch_max=N offers batches of up to N updates)",
+    )
+
+
 @pytest.fixture
-def lightd_remote() -> Iterator[LightdRemote]:
+def lightd_remote(request: pytest.FixtureRequest) -> Iterator[LightdRemote]:
     """
     A live reference remote on 127.0.0.1 with a random token, stopped after the test.
 
     See :class:`lightd_sync.testing.LightdRemote`: ``.url``, ``.token``,
-    ``.config(**overrides)``, ``.updates``, ``.wait_for(server, status)``,
-    ``.fail_next(n, status)``, ``.delay(seconds)``, ``.down()``/``.up()``.
-    Close the engines you build on it within the test (``with SyncEngine(...)``).
-    Testing mode is on during the test (:func:`lightd_sync.testing.set_testing`):
-    retries and early health checks do not wait.
+    ``.config(**overrides)``, ``.updates``, ``.billing``,
+    ``.wait_for(server, status)``, ``.fail_next(n, status)``,
+    ``.delay(seconds)``, ``.down()``/``.up()``, and the batch switches.
+    ``@pytest.mark.lightd_remote(batch_max=100)`` on a test builds it with
+    those arguments. Close the engines you build on it within the test
+    (``with SyncEngine(...)``). Testing mode is on during the test
+    (:func:`lightd_sync.testing.set_testing`): retries and early health
+    checks do not wait.
     """
     from lightd_sync.testing import LightdRemote, set_testing
 
-    remote = LightdRemote().start()
+    marker = request.node.get_closest_marker("lightd_remote")
+    options = dict(marker.kwargs) if marker is not None else {}
+    if marker is not None and marker.args:
+        raise TypeError("@pytest.mark.lightd_remote takes keyword arguments only (batch_max=N)")
+    remote = LightdRemote(**options).start()
     try:
         with set_testing():
             yield remote

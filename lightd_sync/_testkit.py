@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Callable, Optional
 
+from ._engine.policy import set_testing_mode
+from ._exceptions import DeliveryError
 from ._forksafe import after_fork_in_child
 from ._model import Event
-from ._policy import set_testing_mode
 from ._transports.base import Transport
 
 __all__ = ["RecordingTransport", "TestingMode", "set_testing"]
@@ -36,23 +38,38 @@ class RecordingTransport(Transport):
     >>> [(u.server, u.status.value) for u in transport.sent]
     [('s1', 'ready')]
 
+    With ``batch=N`` it takes up to N events per :meth:`send_many` call, as a
+    transport talking to a remote that offers batches does; :attr:`batches`
+    records each call's events. ``batch`` may be changed at any time (a remote
+    that withdraws its offer: ``transport.batch = 1``).
+
     Args:
         handler: Called with each update, in the engine's lane thread.
+        batch: What :meth:`max_batch` answers: the most events per
+            :meth:`send_many` call (default 1: one at a time).
 
     .. versionadded:: 0.2.0
+    .. versionchanged:: 0.2.0 ``batch``, :meth:`send_many` and :attr:`batches`.
     """
 
     name = "recording"
 
-    def __init__(self, handler: Optional[Callable[[Event], None]] = None) -> None:
+    def __init__(
+        self, handler: Optional[Callable[[Event], None]] = None, *, batch: int = 1
+    ) -> None:
         if handler is not None and not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        if type(batch) is not int or batch < 1:
+            raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
         self.handler = handler
+        #: What :meth:`max_batch` answers (settable at any time).
+        self.batch = batch
         #: Whether :meth:`check_health` succeeds (settable at any time).
         self.healthy = True
-        # Guards _sent: lanes append while the test reads.
+        # Guards _sent and _batches: lanes append while the test reads.
         self._lock = threading.Lock()
         self._sent: list[Event] = []
+        self._batches: list[list[Event]] = []
         self.closed = False
         after_fork_in_child(self._after_fork_in_child)
 
@@ -72,10 +89,39 @@ class RecordingTransport(Transport):
         with self._lock:
             return list(self._sent)
 
+    @property
+    def batches(self) -> list[list[Event]]:
+        """
+        The events of each :meth:`send_many` call, in order (a snapshot).
+
+        Events handed to :meth:`send` alone are in :attr:`sent` only.
+        """
+        with self._lock:
+            return [list(batch) for batch in self._batches]
+
     def clear(self) -> None:
         """Forget what was sent."""
         with self._lock:
             self._sent.clear()
+            self._batches.clear()
+
+    def max_batch(self) -> int:
+        """Return :attr:`batch`."""
+        return max(1, int(self.batch))
+
+    def send_many(self, updates: Sequence[Event]) -> list[Optional[DeliveryError]]:
+        """Record the call's events as one batch, then let the handler decide for each."""
+        with self._lock:
+            self._batches.append(list(updates))
+        results: list[Optional[DeliveryError]] = []
+        for update in updates:
+            try:
+                self.send(update)
+            except DeliveryError as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
 
     def send(self, update: Event) -> None:
         """Record *update*, then let the handler decide (delivered unless it raises)."""

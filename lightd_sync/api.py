@@ -16,6 +16,10 @@ alone (the ``lightd-sync agent`` command does):
 ``GET /remote/config``         the config the engine runs on, token redacted
 ``POST /remote/reload``        re-read the file and apply it live (an extension:
                                Lightd itself needs a restart)
+``POST /remote/config/reload`` the same, answered in Lightd's own shapes:
+                               ``200 {"message": "Configuration reloaded
+                               successfully"}``, or an error status with
+                               ``{"error": "..."}``
 ``GET /remote/health``         the last health check of the remote
 ``GET /remote/stats``          the engine's counters
 ``GET /metrics``               the same in the Prometheus text format 0.0.4
@@ -30,6 +34,7 @@ metrics; any ``Accept`` header is accepted, Lightd's
 ``Application/vnd.pkglatv1+json`` included. No answer ever contains a token.
 
 .. versionadded:: 0.1.0
+.. versionchanged:: 0.2.0 ``POST /remote/config/reload``, Lightd's own reload route.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ _JSON_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
 ]
 _Answer = tuple[int, Any]
+#: What Lightd's ``POST /remote/config/reload`` answers when the reload worked.
+LIGHTD_RELOADED = {"message": "Configuration reloaded successfully"}
 
 
 def _token_problem(token: object) -> Optional[str]:
@@ -155,6 +162,7 @@ class ApiApp:
         self._routes: dict[str, tuple[str, Callable[[], _Answer]]] = {
             "/remote/config": ("GET", self._config),
             "/remote/reload": ("POST", self._reload),
+            "/remote/config/reload": ("POST", self._lightd_reload),
             "/remote/health": ("GET", self._health),
             "/remote/stats": ("GET", self._stats),
             "/metrics": ("GET", self._metrics),
@@ -252,6 +260,16 @@ class ApiApp:
         except LightdSyncError as exc:  # closed meanwhile
             raise _RejectError(409, str(exc)) from None
         return 200, {"success": True, **result.to_dict()}
+
+    def _lightd_reload(self) -> _Answer:
+        """Lightd's route: the same reload, answered ``{"message": ...}`` or ``{"error": ...}``."""
+        try:
+            status, doc = self._reload()
+        except _RejectError as reject:
+            return reject.status, {"error": reject.message}
+        if status != 200:
+            return status, {"error": doc["error"]}
+        return 200, dict(LIGHTD_RELOADED)
 
     def _health(self) -> _Answer:
         return 200, self.engine.health.to_dict()

@@ -89,8 +89,16 @@ def _matches(body: dict[str, Any], server: str, status: Status) -> bool:
     if body.get("server") != server:
         return False
     return body.get("status") == status.value or (
-        status is Status.FAILED and body.get("error") == Status.FAILED.value
+        status is Status.FAILED and body.get("error") is not None
     )
+
+
+#: The largest ``POST /updates`` body the test remote takes.
+_MAX_BATCH_BODY = 16 * 1024 * 1024
+#: The largest ``batch.max`` the protocol allows.
+_MOST_BATCH = 10_000
+#: Statuses :meth:`LightdRemote.refuse_batches` may answer: the spec's "no batches after all".
+_REFUSALS = (404, 405, 415, 501)
 
 
 def _json_answer(start_response: StartResponse, status: int, error: str) -> Iterable[bytes]:
@@ -113,15 +121,21 @@ class _Faults:
     def __init__(self, app: WSGIApplication, max_body: int) -> None:
         self._app = app
         self._max_body = max_body
-        # Guards every attribute below; _changed is notified when _updates grows.
+        # Guards every attribute below but stopping; _changed is notified when the
+        # record (_updates, _billing) grows.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._updates: list[dict[str, Any]] = []
-        self._event_ids: set[tuple[str, str]] = set()
+        self._billing: list[dict[str, Any]] = []
+        self._batch_sizes: list[int] = []
+        self._event_ids: set[tuple[str, str, str]] = set()
         self._fail_left = 0
         self._fail_status = 500
         self._delay = 0.0
         self._down = False
+        self._offer: Optional[int] = None  # batch.max offered in /health; None: no offer
+        self._most_offered = 0  # the largest offer ever made: a batch beyond it gets 413
+        self._refuse_batches: Optional[int] = None  # status every POST /updates gets, if set
         self.stopping = threading.Event()  # set on stop: delayed requests end at once
 
     # -- switches (called by LightdRemote) ------------------------------------
@@ -138,17 +152,40 @@ class _Faults:
         with self._lock:
             self._down = down
 
+    def set_offer(self, most: Optional[int]) -> None:
+        with self._lock:
+            self._offer = most
+            self._most_offered = max(self._most_offered, most or 0)
+
+    def set_batch_refusal(self, status: Optional[int]) -> None:
+        with self._lock:
+            self._refuse_batches = status
+
     def updates(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(body) for body in self._updates]
 
-    def wait(self, server: str, status: Status, timeout: float) -> Optional[dict[str, Any]]:
+    def billing(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(body) for body in self._billing]
+
+    def batch_sizes(self) -> list[int]:
+        with self._lock:
+            return list(self._batch_sizes)
+
+    def wait(
+        self, server: str, status: Optional[Status], timeout: float
+    ) -> Optional[dict[str, Any]]:
+        """The first update (or, for *status* None, billing event) of *server*; None at timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
-                for body in self._updates:
-                    if _matches(body, server, status):
-                        return dict(body)
+                if status is None:
+                    found = [b for b in self._billing if b.get("server") == server]
+                else:
+                    found = [b for b in self._updates if _matches(b, server, status)]
+                if found:
+                    return dict(found[0])
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -161,22 +198,40 @@ class _Faults:
             delay = self._delay
         if delay > 0 and self.stopping.wait(delay):
             return _json_answer(start_response, 503, "the test remote is stopping")
-        is_update = (
-            environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO") == "/update"
-        )
+        method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+        is_update = method == "POST" and path == "/update"
+        is_batch = method == "POST" and path == "/updates"
         with self._lock:
             if self._down:
                 fault: Optional[tuple[int, str]] = (503, "down (lightd_remote.down())")
-            elif is_update and self._fail_left > 0:
+            elif is_batch and self._refuse_batches is not None:
+                fault = (self._refuse_batches, "no batches here (lightd_remote.refuse_batches())")
+            elif (is_update or is_batch) and self._fail_left > 0:
                 self._fail_left -= 1
                 fault = (self._fail_status, "injected failure (lightd_remote.fail_next())")
             else:
                 fault = None
+            offer, most_offered = self._offer, self._most_offered
         if fault is not None:
             return _json_answer(start_response, *fault)
-        if not is_update:
+        if method == "GET" and path == "/health":
+            return self._health(environ, start_response, offer)
+        if not (is_update or is_batch):
             return self._app(environ, start_response)
-        body = self._read_body(environ)
+        body = self._read_body(environ, self._max_body)
+        if is_batch and not most_offered:
+            # As a remote of Lightd's own: no such route (a client falls back to /update).
+            return _json_answer(start_response, 404, "no batches offered here (batch_max=None)")
+        if is_batch and body is not None:
+            items = _items(body)
+            if items is not None and len(items) > most_offered:
+                # More than any offer ever made: the client is wrong.
+                return _json_answer(
+                    start_response,
+                    413,
+                    f"updates: {len(items)} items; this remote never offered more than "
+                    f"{most_offered} (lightd_remote.offer_batches())",
+                )
         answered: list[str] = []
 
         def remember_status(status: str, headers: Any, exc_info: Any = None) -> Any:
@@ -184,14 +239,45 @@ class _Faults:
             return start_response(status, headers, exc_info)
 
         result = self._app(environ, remember_status)
-        if body is not None and answered and answered[0].startswith("2"):
-            self._record(body, environ.get("HTTP_X_LIGHTD_EVENT_ID"))
-        return result
+        if body is None or not (answered and answered[0].startswith("2")):
+            return result
+        if is_update:
+            self._record([(body, environ.get("HTTP_X_LIGHTD_EVENT_ID"))])
+            return result
+        answer = _drain(result)
+        self._record_batch(body, answer)
+        return [answer]
 
-    def _read_body(self, environ: WSGIEnvironment) -> Optional[bytes]:
+    def _health(
+        self, environ: WSGIEnvironment, start_response: StartResponse, offer: Optional[int]
+    ) -> Iterable[bytes]:
+        """The receiver's health answer, with the batch offer this remote is set to (or none)."""
+        captured: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def keep(status: str, headers: Any, exc_info: Any = None) -> Any:
+            captured.append((status, list(headers)))
+            return lambda data: None
+
+        answer = _drain(self._app(environ, keep))
+        status, headers = captured[0]
+        try:
+            doc = json.loads(answer)
+        except ValueError:
+            doc = None
+        if status.startswith("200") and isinstance(doc, dict):
+            doc.pop("batch", None)
+            if offer is not None:
+                doc["batch"] = {"max": offer}
+            answer = json.dumps(doc, separators=(",", ":")).encode("ascii")
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(answer))))
+        start_response(status, headers)
+        return [answer]
+
+    def _read_body(self, environ: WSGIEnvironment, most: int) -> Optional[bytes]:
         """Read the body for the record and hand the receiver a copy; None if it is not sane."""
         raw = str(environ.get("CONTENT_LENGTH") or "").strip()
-        if not (raw.isascii() and raw.isdigit()) or int(raw) > self._max_body:
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > most:
             return None  # the receiver answers 411/400/413 by itself
         length, chunks = int(raw), []
         while length > 0:
@@ -207,21 +293,83 @@ class _Faults:
         environ["wsgi.input"] = io.BytesIO(body)
         return body
 
-    def _record(self, body: bytes, event_id: Optional[str]) -> None:
+    def _record_batch(self, body: bytes, answer: bytes) -> None:
+        """Record the items of an answered ``POST /updates`` that the receiver accepted."""
+        items = _items(body)
         try:
-            doc = json.loads(body)
+            doc = json.loads(answer)
         except ValueError:
             return
-        if not isinstance(doc, dict):
+        if not (isinstance(items, list) and isinstance(doc, dict) and doc.get("success") is True):
+            return
+        results = doc.get("results")
+        if results is None:
+            accepted = items
+        elif isinstance(results, list) and len(results) == len(items):
+            accepted = [
+                item
+                for item, result in zip(items, results)
+                if isinstance(result, dict) and result.get("success") is True
+            ]
+        else:
+            return  # a broken answer: the client counts the whole batch failed
+        kept = []
+        for item in accepted:
+            if isinstance(item, dict):
+                copy = dict(item)
+                event_id = copy.pop("event_id", None)
+                kept.append((copy, event_id if isinstance(event_id, str) else None))
+        with self._lock:
+            self._batch_sizes.append(len(items))
+        self._record(kept)
+
+    def _record(self, bodies: list[tuple[Any, Optional[str]]]) -> None:
+        """Keep each accepted body (bytes or a parsed dict) with its event id, once."""
+        docs = []
+        for body, event_id in bodies:
+            try:
+                doc = json.loads(body) if isinstance(body, bytes) else body
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                docs.append((doc, event_id))
+        if not docs:
             return
         with self._lock:
-            if event_id is not None:
-                key = (str(doc.get("server")), event_id)
-                if key in self._event_ids:
-                    return  # a resent update the receiver stored once already
-                self._event_ids.add(key)
-            self._updates.append(doc)
+            for doc, event_id in docs:
+                billing = doc.get("event") == "billing"
+                if event_id is not None:
+                    key = ("billing" if billing else "update", str(doc.get("server")), event_id)
+                    if key in self._event_ids:
+                        continue  # a re-sent event the receiver stored once already
+                    self._event_ids.add(key)
+                (self._billing if billing else self._updates).append(doc)
             self._changed.notify_all()
+
+
+def _items(body: bytes) -> Optional[list[Any]]:
+    """The ``updates`` list of a ``POST /updates`` body; None: the receiver says what is wrong."""
+    try:
+        items = json.loads(body).get("updates")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return items if isinstance(items, list) else None
+
+
+def _drain(result: Iterable[bytes]) -> bytes:
+    """The whole answer of a WSGI application (closed as WSGI asks)."""
+    try:
+        return b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+
+def _check_batch_max(most: object) -> int:
+    if type(most) is not int or not 1 <= most <= 10_000:
+        raise ValueError(f"batch_max must be a whole number from 1 to 10000, got {most!r}")
+    return most
 
 
 class LightdRemote:
@@ -235,9 +383,24 @@ class LightdRemote:
     Fault switches act on the answers, not the network: the port stays open
     and nothing is slow unless :meth:`delay` says so.
 
+    **Batches.** With ``batch_max=N`` (or after :meth:`offer_batches`) its
+    health answer offers batches of up to N updates (``"batch": {"max": N}``)
+    and a client may send them as ``POST /updates``; the items it accepts are
+    recorded one by one, in :attr:`updates` and :attr:`billing`, as single
+    updates are. :meth:`withdraw_batches` takes the offer back and
+    :meth:`refuse_batches` makes ``POST /updates`` answer 404 (a remote that
+    offered what it cannot do), for tests of a client's fallback.
+
     Args:
         token: The token to require; default ``lightd_`` and 32 random hex digits.
         host: The address to listen on.
+        batch_max: The ``batch.max`` to offer in the health answer, from 1 to
+            10,000; ``None`` (the default) offers no batches, as Lightd's own
+            remotes do, and answers ``POST /updates`` 404 until an offer is
+            made. A batch larger than any offer made gets 413.
+
+    .. versionchanged:: 0.2.0 ``batch_max``; error updates of any error value
+       and billing events (:attr:`billing`) are recorded.
 
     Attributes:
         token: The token every request must carry.
@@ -245,9 +408,16 @@ class LightdRemote:
             (``app.store`` holds what it stored), once started.
     """
 
-    def __init__(self, *, token: Optional[str] = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        *,
+        token: Optional[str] = None,
+        host: str = "127.0.0.1",
+        batch_max: Optional[int] = None,
+    ) -> None:
         self.token = token if token is not None else f"lightd_{secrets.token_hex(16)}"
         self._host = host
+        self._batch_max = None if batch_max is None else _check_batch_max(batch_max)
         self.app: Optional[ReceiverApp] = None
         self._faults: Optional[_Faults] = None
         self._server: Optional[WsgiServer] = None
@@ -258,8 +428,12 @@ class LightdRemote:
             raise RuntimeError("this LightdRemote was already started")
         from .receiver import create_app
 
-        app = create_app(self.token, rate=math.inf)
+        # The receiver takes the largest batches any offer may name; the middleware offers.
+        app = create_app(
+            self.token, rate=math.inf, batch_max=_MOST_BATCH, max_batch_body=_MAX_BATCH_BODY
+        )
         faults = _Faults(app, app.max_body)
+        faults.set_offer(self._batch_max)
         try:
             # Delayed requests hold a worker each: enough for an engine's lanes.
             server = serve(faults, self._host, 0, threads=32).start()
@@ -327,11 +501,96 @@ class LightdRemote:
         """
         The bodies of the updates the remote accepted, in the order it answered them.
 
-        A copy. An update resent with an ``X-Lightd-Event-Id`` already seen
+        Status and error updates only (billing events are in :attr:`billing`),
+        whether they came alone or as items of a batch (then without their
+        ``event_id``). A copy. An update resent with an ``X-Lightd-Event-Id`` already seen
         for its server (a retry whose answer was lost) is listed once, as the
         receiver stores it once; refused requests (faults) are not listed.
         """
         return self._running()[1].updates()
+
+    @property
+    def billing(self) -> list[dict[str, Any]]:
+        """
+        The billing events the remote accepted, in the order it answered them.
+
+        A copy, like :attr:`updates` (which never lists them): each is the body
+        as sent, ``{"event": "billing", "server": ..., "memory_gb": ..., ...}``.
+
+        .. versionadded:: 0.2.0
+        """
+        return self._running()[1].billing()
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """
+        How many items each ``POST /updates`` it answered carried, in order.
+
+        .. versionadded:: 0.2.0
+        """
+        return self._running()[1].batch_sizes()
+
+    def wait_for_billing(self, server: str, timeout: float = 5.0) -> dict[str, Any]:
+        """
+        Wait until a billing event of *server* has arrived; return the first one's body.
+
+        Raises:
+            AssertionError: None arrived within *timeout* seconds; the message
+                lists the billing events that did arrive.
+
+        .. versionadded:: 0.2.0
+        """
+        found = self._running()[1].wait(server, None, timeout)
+        if found is not None:
+            return found
+        raise self._not_arrived(f"no billing event of {server!r}", timeout, self.billing)
+
+    def _not_arrived(
+        self, what: str, timeout: float, arrived: list[dict[str, Any]]
+    ) -> AssertionError:
+        shown = arrived[-_SHOWN:]
+        more = f" (the last {_SHOWN} of {len(arrived)})" if len(arrived) > _SHOWN else ""
+        listing = "\n".join(f"  {json.dumps(body)}" for body in shown) or "  nothing"
+        return AssertionError(
+            f"{what} arrived at {self.url} within {timeout:g} s; arrived{more}:\n{listing}"
+        )
+
+    def offer_batches(self, most: int) -> None:
+        """
+        Offer batches of up to *most* updates from the next health answer on.
+
+        Raises:
+            ValueError: *most* is not a whole number from 1 to 10,000.
+
+        .. versionadded:: 0.2.0
+        """
+        self._running()[1].set_offer(_check_batch_max(most))
+
+    def withdraw_batches(self) -> None:
+        """
+        Offer no batches from the next health answer on (``POST /updates`` is still served).
+
+        .. versionadded:: 0.2.0
+        """
+        self._running()[1].set_offer(None)
+
+    def refuse_batches(self, status: Optional[int] = 404) -> None:
+        """
+        Answer every ``POST /updates`` with *status* (404, 405, 415 or 501), offer or not.
+
+        The spec's answers for "no batches after all": a client sends the same
+        items as single updates. ``refuse_batches(None)`` serves batches again.
+
+        Raises:
+            ValueError: *status* is not one of those.
+
+        .. versionadded:: 0.2.0
+        """
+        if status is not None and (type(status) is not int or status not in _REFUSALS):
+            raise ValueError(
+                f"status must be one of {', '.join(map(str, _REFUSALS))}, got {status!r}"
+            )
+        self._running()[1].set_batch_refusal(status)
 
     def wait_for(
         self, server: str, status: Union[Status, str], timeout: float = 5.0
@@ -339,8 +598,9 @@ class LightdRemote:
         """
         Wait until an update of *server* with *status* has arrived; return its body.
 
-        ``"failed"`` also matches error updates (``"error": "failed"``). The
-        first matching update counts, even one that arrived before the call.
+        ``"failed"`` also matches error updates, whatever their error value
+        (``"error": "failed"``, ``"timeout"``...). The first matching update
+        counts, even one that arrived before the call.
 
         Raises:
             AssertionError: None arrived within *timeout* seconds; the message
@@ -351,18 +611,13 @@ class LightdRemote:
         found = self._running()[1].wait(server, wanted, timeout)
         if found is not None:
             return found
-        arrived = self.updates
-        shown = arrived[-_SHOWN:]
-        more = f" (the last {_SHOWN} of {len(arrived)})" if len(arrived) > _SHOWN else ""
-        listing = "\n".join(f"  {json.dumps(body)}" for body in shown) or "  nothing"
-        raise AssertionError(
-            f"no {wanted.value!r} update of {server!r} arrived at {self.url} "
-            f"within {timeout:g} s; arrived{more}:\n{listing}"
-        )
+        raise self._not_arrived(f"no {wanted.value!r} update of {server!r}", timeout, self.updates)
 
     def fail_next(self, n: int = 1, status: int = 500) -> None:
         """
-        Answer the next *n* ``POST /update`` with HTTP *status* instead of storing them.
+        Answer the next *n* ``POST /update`` (or ``POST /updates``) with HTTP *status*.
+
+        Nothing of a failed request is stored: a failed batch fails all its items.
 
         Health checks are not affected. Replaces any count left from an earlier
         call; ``fail_next(0)`` cancels. Retryable statuses (429, 502, 503,

@@ -80,6 +80,24 @@ def fast_backoff(request: pytest.FixtureRequest) -> Iterator[None]:
             yield
 
 
+#: The watchdog of a test that owns SIGALRM: pytest-timeout's signal method needs that signal.
+OWNS_SIGNALS_TIMEOUT = 60
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    A test marked ``owns_signals`` gets pytest-timeout's ``thread`` method.
+
+    The default (``signal``) method needs SIGALRM, which such a test takes
+    over or blocks, so it could hang the suite for ever (issue #26). The
+    thread method needs no signal: past the timeout it prints every thread's
+    stack and ends the run, failing it.
+    """
+    for item in items:
+        if item.get_closest_marker("owns_signals") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(OWNS_SIGNALS_TIMEOUT, method="thread"))
+
+
 @pytest.fixture(autouse=True)
 def no_thread_left() -> Iterator[None]:
     """Every test must leave no lightd-sync thread behind."""

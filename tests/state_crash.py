@@ -41,7 +41,7 @@ def acked(i: int) -> bool:
 
 
 def produce(path: str, servers: int, flush_interval: float, start: int) -> None:
-    from lightd_sync._state import StateStore
+    from lightd_sync._engine.state import StateStore
 
     store = StateStore(path, max_servers=servers, flush_interval=flush_interval)
     store.open()
@@ -123,7 +123,7 @@ def _highest(path: str) -> int:
 
 def check(path: str, servers: int, start: int, durable: int) -> dict[str, Any]:
     """Reopen the file like a restarted daemon; assert nothing up to *durable* is missing."""
-    from lightd_sync._state import StateStore
+    from lightd_sync._engine.state import StateStore
 
     started = time.monotonic()
     store = StateStore(path, max_servers=servers)

@@ -23,7 +23,7 @@ import pytest
 from lightd_sync import receiver
 from lightd_sync.__main__ import main
 from lightd_sync._cli._common import CliError
-from lightd_sync._cli.agent import MAX_LINE, parse_event, parse_listen
+from lightd_sync._cli.agent import MAX_LINE, AgentLine, parse_event, parse_listen
 from lightd_sync._server.http import serve
 
 from .conftest import TOKEN
@@ -267,7 +267,7 @@ def test_without_an_api_token_it_refuses_to_start(
         ('{"server": "", "event": "Started"}', "must not be empty"),
         ('{"server": 7, "event": "Started"}', "must be a str"),
         ('{"server": "a\\u0000b", "event": "Started"}', "control"),
-        ('{"server": "a"}', 'exactly one of "event" and "status"'),
+        ('{"server": "a"}', 'exactly one of "event", "status" and "error"'),
         ('{"server": "a", "event": "Started", "status": "ready"}', "exactly one of"),
         ('{"server": "a", "event": "started"}', "unknown lifecycle event 'started'"),
         ('{"server": "a", "event": 1}', "event: expected a string, got int"),
@@ -287,18 +287,157 @@ def test_parse_event_says_what_is_wrong(line: str, why: str) -> None:
 
 
 def test_parse_event_accepts_the_three_forms() -> None:
-    assert ("a", "event", "Started", None) == parse_event('{"server": "a", "event": "Started"}')
-    assert ("a", "event", "Error", "boom") == parse_event(
+    assert ("a", "event", "Started", None, None) == parse_event(
+        '{"server": "a", "event": "Started"}'
+    )[:5]
+    assert ("a", "event", "Error", "boom", None) == parse_event(
         '{"server": "a", "event": "Error", "data": "boom"}'
-    )
-    assert ("a", "event", "Error", None) == parse_event('{"event": "Error", "server": "a"}')
-    assert ("a", "status", "ready", None) == parse_event('{"server": "a", "status": "ready"}')
+    )[:5]
+    assert ("a", "event", "Error", None) == parse_event('{"event": "Error", "server": "a"}')[:4]
+    assert ("a", "status", "ready", None) == parse_event('{"server": "a", "status": "ready"}')[:4]
     assert ("a", "status", "failed", "x") == parse_event(
         '{"server": "a", "status": "failed", "data": "x"}'
-    )
+    )[:4]
     assert ("a", "event", "Ready", None) == parse_event(
         '{"server": "a", "event": "Ready", "data": null}'
+    )[:4]
+
+
+def test_parse_event_takes_every_error_form_lightd_documents() -> None:
+    # Lightd's documentation: "failed", "timeout", custom messages; "data" optional.
+    assert AgentLine("a", "error", "timeout") == parse_event('{"server": "a", "error": "timeout"}')
+    assert AgentLine("a", "error", "failed", "x") == parse_event(
+        '{"server": "a", "error": "failed", "data": "x"}'
     )
+    assert AgentLine("a", "error", "disk full") == parse_event(
+        '{"server": "a", "error": "disk full", "data": null}'
+    )
+    assert AgentLine("a", "event", "Error", "x", "timeout") == parse_event(
+        '{"server": "a", "event": "Error", "error": "timeout", "data": "x"}'
+    )
+    assert AgentLine("a", "status", "failed", None, "timeout") == parse_event(
+        '{"server": "a", "status": "failed", "error": "timeout"}'
+    )
+    # The body as the protocol carries it, piped from elsewhere.
+    assert AgentLine("a", "error", "timeout") == parse_event(
+        '{"event": "update", "server": "a", "error": "timeout"}'
+    )
+    assert AgentLine("a", "status", "ready") == parse_event(
+        '{"event": "update", "server": "a", "status": "ready"}'
+    )
+
+
+BILLING = (
+    '"memory_gb": 0.5, "cpu_vcpus": 0.25, "storage_gb": 2, "egress_gb": 0.01, '
+    '"duration_hours": 1, "estimated_cost": 0.0123'
+)
+
+
+def test_parse_event_takes_billing_events() -> None:
+    line = parse_event(f'{{"event": "billing", "server": "a", {BILLING}, "timestamp": 1767225600}}')
+    assert ("a", "billing") == (line.server, line.kind)
+    assert {
+        "memory_gb": 0.5,
+        "cpu_vcpus": 0.25,
+        "storage_gb": 2,
+        "egress_gb": 0.01,
+        "duration_hours": 1,
+        "estimated_cost": 0.0123,
+        "timestamp": 1767225600,
+    } == line.billing
+    assert line.billing is not None
+    assert "timestamp" not in parse_event(f'{{"event": "billing", "server": "a", {BILLING}}}')[5]
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ('{"server": "a", "error": ""}', "error must not be empty"),
+        ('{"server": "a", "error": 3}', "error must be a str, not int"),
+        ('{"server": "a", "error": "' + "x" * 9000 + '"}', "error is 9000 characters long"),
+        ('{"server": "a", "error": "timeout", "status": "failed", "event": "Error"}',
+         "exactly one of"),
+        ('{"server": "a", "event": "Ready", "error": "timeout"}',
+         '"error" goes only with event Error'),
+        ('{"server": "a", "status": "ready", "error": "timeout"}',
+         '"error" goes only with status failed'),
+        ('{"event": "update", "server": "a"}', '"event": "update" needs "status" or "error"'),
+        ('{"event": "billing", "server": "a"}', "memory_gb: missing"),
+        ('{"event": "billing", "server": "a", ' + BILLING.replace("0.5", "-1") + "}",
+         "memory_gb: must not be negative"),
+        ('{"event": "billing", "server": "a", ' + BILLING.replace("0.25", '"1"') + "}",
+         "cpu_vcpus: must be a number, not str"),
+        ('{"event": "billing", "server": "a", ' + BILLING.replace("0.0123", "true") + "}",
+         "estimated_cost: must be a number, not bool"),
+        ('{"event": "billing", "server": "a", ' + BILLING + ', "timestamp": 1.5}',
+         "timestamp: must be whole seconds"),
+        ('{"event": "billing", "server": "a", ' + BILLING + ', "status": "ready"}',
+         "unknown key 'status' in a billing event"),
+        ('{"event": "billing", ' + BILLING + "}", "no server id"),
+        ('{"event": "billing", "server": "a", ' + BILLING.replace("0.5", "1e400") + "}",
+         "memory_gb: must be a finite number"),
+        ('{"event": "billing", "server": "a", ' + BILLING.replace("0.5", "1" + "0" * 400) + "}",
+         "memory_gb: must be a finite number"),
+        ('{"event": "billing", "server": "a", ' + BILLING.replace("0.5", "1" + "0" * 5000) + "}",
+         "not JSON"),
+        ('{"event": "billing", "server": "a", ' + BILLING + ', "timestamp": -1}',
+         "timestamp: must be from 0"),
+        ('{"event": "billing", "server": "a", "server": "b", ' + BILLING + "}",
+         "duplicate key 'server'"),
+    ],
+)  # fmt: skip
+def test_parse_event_says_what_is_wrong_with_error_and_billing_forms(line: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        parse_event(line)
+
+
+def test_error_forms_and_billing_lines_reach_the_remote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightd_sync.testing import LightdRemote
+
+    billing = (
+        '"memory_gb": 0.5, "cpu_vcpus": 0.25, "storage_gb": 2, "egress_gb": 0.01, '
+        '"duration_hours": 1, "estimated_cost": 0.0123'
+    )
+    lines = [
+        '{"server": "e1", "error": "timeout"}',
+        '{"server": "e2", "error": "disk full", "data": "/var at 100%"}',
+        '{"server": "e3", "event": "Error", "error": "timeout", "data": "pull took 10 min"}',
+        '{"server": "e4", "event": "Error", "data": "image not found"}',
+        '{"server": "e5", "status": "failed", "error": "oom"}',
+        f'{{"event": "billing", "server": "e1", {billing}, "timestamp": 1767225600}}',
+        f'{{"event": "billing", "server": "e2", {billing}}}',
+        '{"event": "billing", "server": "e3", "memory_gb": -1}',
+    ]
+    with LightdRemote() as remote:
+        config = tmp_path / "config.json"
+        write_config(config, remote.url)
+        config.write_text(config.read_text().replace(TOKEN, remote.token))
+        monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{line}\n" for line in lines)))
+        for var in ("LIGHTD_REMOTE_ENABLED", "LIGHTD_REMOTE_URL", "LIGHTD_REMOTE_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv("LIGHTD_API_TOKEN", raising=False)
+        before = int(time.time())
+        assert 0 == main(["agent", "--config", str(config), "--listen", "127.0.0.1:0"])
+        err = capsys.readouterr().err
+        assert "stdin:8: skipped a malformed line: memory_gb: must not be negative" in err
+        assert "8 lines read, 1 skipped" in err
+        assert sorted(
+            [
+                {"event": "update", "server": "e1", "error": "timeout"},
+                {"event": "update", "server": "e2", "error": "disk full", "data": "/var at 100%"},
+                {"event": "update", "server": "e3", "error": "timeout", "data": "pull took 10 min"},
+                {"event": "update", "server": "e4", "error": "failed", "data": "image not found"},
+                {"event": "update", "server": "e5", "error": "oom"},
+            ],
+            key=str,
+        ) == sorted(remote.updates, key=str)
+        billed = {b["server"]: b for b in remote.billing}
+        assert 1767225600 == billed["e1"]["timestamp"]
+        assert before <= billed["e2"]["timestamp"] <= int(time.time())
+        assert ["event", "server", "memory_gb", "cpu_vcpus", "storage_gb", "egress_gb",
+                "duration_hours", "estimated_cost", "timestamp"] == list(billed["e2"])  # fmt: skip
 
 
 def test_parse_listen() -> None:

@@ -28,6 +28,7 @@ SECRETS = (TOKEN, API_TOKEN, NEW_TOKEN)
 ROUTES = [
     ("GET", "/remote/config"),
     ("POST", "/remote/reload"),
+    ("POST", "/remote/config/reload"),
     ("GET", "/remote/health"),
     ("GET", "/remote/stats"),
     ("GET", "/metrics"),
@@ -249,6 +250,62 @@ def test_reload_route_is_409_without_a_file_or_once_closed(config_path: Path) ->
                 assert 200 == c.request("GET", "/remote/config")[0]
     finally:
         engines[0].close()
+
+
+def test_lightd_reload_route_answers_in_lightd_s_shapes(
+    client: Client, engine: SyncEngine, config_path: Path, remote: Remote
+) -> None:
+    # Lightd: 200 {"message": "Configuration reloaded successfully"}, else {"error": "..."}.
+    write_config(config_path, {"enabled": True, "url": remote.url, "token": TOKEN, "workers": 3})
+    status, _, doc = client.json("POST", "/remote/config/reload", headers={"Accept": "*/*"})
+    assert (200, {"message": "Configuration reloaded successfully"}) == (status, doc)
+    assert 3 == engine.config.workers
+    config_path.write_text('{"remote": {"enabled": true, "workers": "two"}}')
+    status, _, doc = client.json("POST", "/remote/config/reload")
+    assert 400 == status
+    assert ["error"] == list(doc)
+    assert doc["error"].startswith("remote.workers: expected a whole number")
+    assert 3 == engine.config.workers
+    # The extension's route is unchanged beside it.
+    status, _, doc = client.json("POST", "/remote/reload")
+    assert (400, False) == (status, doc["success"])
+    status, headers, doc = client.json("GET", "/remote/config/reload")
+    assert (405, "POST") == (status, headers["allow"])
+
+
+def test_lightd_reload_route_is_409_with_only_an_error_without_a_file() -> None:
+    with SyncEngine(RemoteConfig()) as eng, serve(create_app(eng, token=API_TOKEN)) as server:
+        status, _, doc = Client(server).json("POST", "/remote/config/reload")
+    assert (409, ["error"]) == (status, list(doc))
+    assert "not built from a file" in doc["error"]
+
+
+def _pasted_answers() -> dict[str, Any]:
+    """The JSON answers docs/local-api.md shows after each ``curl ... ROUTE``, by route."""
+    text = (Path(__file__).parent.parent / "docs" / "local-api.md").read_text(encoding="utf-8")
+    found: dict[str, Any] = {}
+    for block in re.findall(r"```console\n(.*?)```", text, re.S):
+        lines = block.splitlines()
+        for command, answer in zip(lines, lines[1:]):
+            match = re.match(r"\$ curl .* http://127\.0\.0\.1:\d+(/\S+)$", command)
+            if match:
+                found[match.group(1)] = json.loads(answer)
+    return found
+
+
+def test_the_answers_pasted_in_local_api_md_have_every_key_the_code_gives() -> None:
+    from lightd_sync import HealthState, SyncStats
+
+    answers = _pasted_answers()
+    assert {"/remote/stats", "/remote/health", "/remote/reload"} <= set(answers)
+    assert list(SyncStats().to_dict()) == list(answers["/remote/stats"])
+    assert list(HealthState().to_dict()) == list(answers["/remote/health"])
+    pasted = answers["/remote/reload"]["config"]
+    # The same keys in the same order, and the values a config of these values shows.
+    values = {k: v for k, v in pasted.items() if k != "token"}
+    token = "lightd_ad2f7fc49ed640429c450e14ed07c8d5"  # the token of docs/cli.md's config.json
+    assert RemoteConfig(**values, token=token).redacted() == pasted
+    assert list(RemoteConfig().redacted()) == list(pasted)
 
 
 # -- /metrics --------------------------------------------------------------------

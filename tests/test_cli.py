@@ -23,7 +23,17 @@ import lightd_sync
 from lightd_sync.__main__ import main
 
 from .conftest import TOKEN
-from .servers import refused_url
+from .servers import ScriptedRemote, refused_url
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+BILLING = {
+    "memory_gb": 0.5,
+    "cpu_vcpus": 0.25,
+    "storage_gb": 2,
+    "egress_gb": 0.01,
+    "duration_hours": 1,
+    "estimated_cost": 0.0123,
+}
 
 #: A token the receivers in these tests never accept.
 WRONG_TOKEN = "lightd_00000000000000000000000000000bad"
@@ -306,6 +316,19 @@ def test_send_refused_by_the_remote_exits_1(receiver: Any, tmp_path: Path) -> No
     assert_no_secret(proc, TOKEN, WRONG_TOKEN)
 
 
+def test_send_answered_404_names_the_url_and_the_base_url(receiver: Any, tmp_path: Path) -> None:
+    for url, hint in [
+        (receiver.url + "/update", f"without /update or /health: try {receiver.url}"),
+        (receiver.url + "/api", "/update and /health are appended to it"),
+    ]:
+        proc = run_cli("send", "--config", write_config(tmp_path / "c.json", url), "s1", "ready")
+        assert proc.returncode == 1
+        assert f"POST {url}/update answered HTTP 404" in proc.stderr
+        assert hint in proc.stderr
+        assert proc.stderr.count("lightd-sync: error:") == 1
+        assert_no_secret(proc)
+
+
 def test_send_to_an_unreachable_remote_exits_1(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.json", refused_url())
     proc = run_cli("send", "--config", config, "my-server-001", "ready")
@@ -314,16 +337,130 @@ def test_send_to_an_unreachable_remote_exits_1(tmp_path: Path) -> None:
     assert_no_secret(proc)
 
 
+def test_send_carries_an_event_id_and_takes_every_error_form(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "config.json", remote.url)
+    cases = [
+        (["s1", "ready"], {"event": "update", "server": "s1", "status": "ready"}),
+        (["s1", "--error", "timeout"], {"event": "update", "server": "s1", "error": "timeout"}),
+        (
+            ["s1", "failed", "--error", "disk full", "--data", "/var at 100%"],
+            {"event": "update", "server": "s1", "error": "disk full", "data": "/var at 100%"},
+        ),
+        (
+            ["s1", "failed", "--data", "no image"],
+            {"event": "update", "server": "s1", "error": "failed", "data": "no image"},
+        ),
+    ]
+    for args, body in cases:
+        proc = run_cli("send", "--config", config, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert json.dumps(body, separators=(",", ":")) in proc.stdout
+    posts = remote.posts()
+    assert [body for _, body in cases] == [p.json() for p in posts]
+    ids = [p.headers.get("X-Lightd-Event-Id", "") for p in posts]
+    assert all(UUID.fullmatch(i) for i in ids), ids
+    assert len(set(ids)) == len(ids)
+
+
+def test_send_a_billing_event_in_lightd_s_field_order(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "config.json", remote.url)
+    before = int(time.time())
+    proc = run_cli("send", "--config", config, "s1", "--billing", json.dumps(BILLING))
+    assert proc.returncode == 0, proc.stderr
+    (post,) = remote.posts()
+    assert post.path == "/update"
+    body = post.json()
+    assert list(body) == ["event", "server", *BILLING, "timestamp"]
+    assert {"event": "billing", "server": "s1", **BILLING}.items() <= body.items()
+    assert before <= body["timestamp"] <= int(time.time())
+    assert UUID.fullmatch(post.headers["X-Lightd-Event-Id"])
+    stamped = dict(BILLING, timestamp=1767225600)
+    proc = run_cli("send", "--config", config, "s2", "--billing", json.dumps(stamped))
+    assert proc.returncode == 0, proc.stderr
+    assert 1767225600 == remote.posts()[1].json()["timestamp"]
+
+
+def test_send_needs_no_config_file_when_the_variables_give_the_config(
+    remote: ScriptedRemote,
+) -> None:
+    env = cli_env(LIGHTD_REMOTE_URL=remote.url, LIGHTD_REMOTE_TOKEN=TOKEN)
+    proc = run_cli("send", "my-server-001", "ready", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "✓ accepted" in proc.stdout
+    (post,) = remote.posts()
+    assert f"Bearer {TOKEN}" == post.headers["Authorization"]
+    assert_no_secret(proc)
+    # Half a config: it names the variable that is missing.
+    proc = run_cli("send", "s1", "ready", env=cli_env(LIGHTD_REMOTE_URL=remote.url))
+    assert proc.returncode == 2
+    assert "remote.token: missing" in proc.stderr
+    assert "set LIGHTD_REMOTE_TOKEN or LIGHTD_REMOTE_TOKEN_FILE" in proc.stderr
+    proc = run_cli("send", "s1", "ready")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("lightd-sync: error: no config: give Lightd's config.json")
+    off = cli_env(LIGHTD_REMOTE_URL=remote.url, LIGHTD_REMOTE_TOKEN=TOKEN)
+    off["LIGHTD_REMOTE_ENABLED"] = "false"
+    proc = run_cli("send", "s1", "ready", env=off)
+    assert proc.returncode == 2
+    assert "LIGHTD_REMOTE_ENABLED turns sync off" in proc.stderr
+    assert 1 == len(remote.posts())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["my-server-001", "done"], "unknown status 'done'"),
+        (["my-server-001"], "give a STATUS (installing, ready, failed), --error VALUE"),
+        (["s1", "ready", "--error", "timeout"], "--error is only sent with status 'failed'"),
+        (["s1", "--error", ""], "--error: error must not be empty"),
+        (["s1", "--billing", "{"], "--billing: not JSON"),
+        (["s1", "--billing", "[]"], "--billing: expected a JSON object, got list"),
+        (
+            ["s1", "--billing", json.dumps({**BILLING, "memory_gb": -1})],
+            "--billing: memory_gb: must not be negative",
+        ),
+        (
+            ["s1", "--billing", json.dumps({k: v for k, v in BILLING.items() if k != "egress_gb"})],
+            "--billing: egress_gb: missing",
+        ),
+        (
+            ["s1", "--billing", json.dumps({**BILLING, "server": "s2"})],
+            '--billing: "event" and "server", if given, must be "billing" and SERVER',
+        ),
+        (
+            ["s1", "ready", "--billing", json.dumps(BILLING)],
+            "--billing sends a billing event: STATUS goes with a status update",
+        ),
+        (
+            ["s1", "--data", "x", "--billing", json.dumps(BILLING)],
+            "--billing sends a billing event: --data goes with a status update",
+        ),
         (["", "ready"], "server id must not be empty"),
         (["bad\x1bid", "ready"], "control or non-printable characters"),
         (["x" * 256, "ready"], "at most 255"),
         (["my-server-001", "ready", "--data", "x"], "--data is only sent with status 'failed'"),
     ],
-    ids=["status", "empty-server", "control-chars", "long-server", "data-without-failed"],
+    ids=[
+        "status",
+        "no-status",
+        "error-with-ready",
+        "empty-error",
+        "billing-not-json",
+        "billing-list",
+        "billing-negative",
+        "billing-missing",
+        "billing-other-server",
+        "billing-with-status",
+        "billing-with-data",
+        "empty-server",
+        "control-chars",
+        "long-server",
+        "data-without-failed",
+    ],
 )
 def test_send_bad_arguments_exit_2(
     args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -412,6 +549,105 @@ def test_tail_follow_sees_appended_lines_and_stops_on_sigterm(tmp_path: Path) ->
         code = tail.stop(signal.SIGTERM)
     assert code == 0
     assert tail.stderr_text == ""
+
+
+def test_tail_shows_every_error_form_and_billing_events(tmp_path: Path) -> None:
+    from lightd_sync import BillingEvent, Status, Update
+    from lightd_sync._transports.file import FileTransport
+
+    log = tmp_path / "updates.jsonl"
+    with FileTransport(log) as transport:
+        transport.send(Update("s1", Status.FAILED, error="timeout"))
+        transport.send(Update("s1", Status.FAILED, "no image"))
+        transport.send(Update("s1", Status.FAILED, "/var full", error="disk"))
+        transport.send(BillingEvent("s1", **BILLING, timestamp=1767225600))
+    proc = run_cli("tail", str(log))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert [line.split(None, 2)[2] for line in proc.stdout.splitlines()] == [
+        "timeout",
+        "failed: no image",
+        "disk: /var full",
+        "billing: memory 0.5 GB, 0.25 vCPU, storage 2 GB, egress 0.01 GB, 1 h, cost 0.0123",
+    ]
+
+
+def test_tail_of_a_file_that_is_no_file_transport_log_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from lightd_sync._server.http import serve
+    from lightd_sync.receiver import create_app
+
+    audit = tmp_path / "audit.jsonl"
+    with create_app(TOKEN, audit=str(audit)) as app, serve(app) as server:
+        for path in ("/health", "/update", "/servers"):
+            request = urllib.request.Request(
+                server.url + path, headers={"Authorization": f"Bearer {WRONG_TOKEN}"}
+            )
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=5)
+    assert audit.read_text(encoding="utf-8").count("\n") == 3
+    for args in ([str(audit)], ["-f", str(audit)], ["-n", "1", str(audit)]):
+        proc = run_cli("tail", *args)
+        assert proc.returncode == 1, args
+        assert proc.stdout == ""
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(
+            f"lightd-sync: error: {audit} is not a file-transport log: tail reads the lines "
+            'the file transport writes to remote.path ({"ts": ..., "body": {...}}), and none '
+            "of its 3 lines is one; it looks like a receiver's audit log"
+        ), proc.stderr
+        assert_no_secret(proc, TOKEN, WRONG_TOKEN)
+    # One good record among them: the others are only skipped lines.
+    with audit.open("a", encoding="utf-8") as fh:
+        fh.write(record("s1", "ready"))
+    proc = run_cli("tail", str(audit))
+    assert proc.returncode == 0
+    assert proc.stdout.split()[-2:] == ["s1", "ready"]
+    assert proc.stderr.count("skipped a malformed line") == 3
+
+
+def test_tail_follow_with_n_0_shows_only_the_lines_to_come(tmp_path: Path) -> None:
+    log = tmp_path / "updates.jsonl"
+    log.write_text(record("old-server", "installing"), encoding="utf-8")
+    tail = Streaming("tail", "-f", "-n", "0", "--interval", "0.05", str(log))
+    try:
+        # Nothing is printed to wait on: wait until tail has read to the end of the file.
+        size = log.stat().st_size
+        deadline = time.monotonic() + 10
+        while not _has_read(tail.proc.pid, log, size) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(record("new-server", "ready"))
+        tail.wait_for("new-server +ready")
+    finally:
+        code = tail.stop(signal.SIGINT)  # Ctrl-C: the normal way to stop -f, exit 0
+    assert code == 0
+    assert tail.stderr_text == ""
+    assert "old-server" not in tail.stdout_text
+    assert run_cli("tail", "-n", "0", str(log)).stdout == ""
+    proc = run_cli("tail", "-n", "-1", str(log))
+    assert proc.returncode == 2
+    assert "expected a whole number >= 0, got '-1'" in proc.stderr
+
+
+def _has_read(pid: int, path: Path, size: int) -> bool:
+    """Whether process *pid* has read *path* up to *size* (Linux /proc; elsewhere after 1 s)."""
+    fds = Path(f"/proc/{pid}/fd")
+    if not fds.is_dir():
+        time.sleep(1)
+        return True
+    try:
+        for fd in fds.iterdir():
+            if os.path.realpath(fd) == str(path.resolve()):
+                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+                return f"pos:\t{size}\n" in info
+    except OSError:
+        pass
+    return False
 
 
 # -- receiver -----------------------------------------------------------------
@@ -555,7 +791,9 @@ EXIT_CODE_TESTS = {
     ("send", 2): ["test_send_bad_arguments_exit_2", "test_send_with_a_bad_config_exits_2"],
     ("tail", 0): ["test_tail_prints_one_line_per_update_and_skips_malformed_ones",
                   "test_tail_follow_sees_appended_lines_and_stops_on_sigterm"],
+    ("tail", 1): ["test_tail_of_a_file_that_is_no_file_transport_log_says_so_in_one_line"],
     ("tail", 2): ["test_tail_of_a_missing_file_exits_2"],
+    ("tail", 130): ["test_ctrl_c_exits_130_quietly"],
     ("receiver", 0): ["test_receiver_serves_until_sigterm"],
     ("receiver", 1): ["test_receiver_that_cannot_listen_exits_1"],
     ("receiver", 2): ["test_receiver_without_a_token_exits_2"],

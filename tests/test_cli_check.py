@@ -284,6 +284,54 @@ def test_a_plugin_that_says_it_talks_http_is_checked_like_http(
     assert_no_secret(proc)
 
 
+@pytest.mark.parametrize("suffix", ["/update", "/health", "/update/", "/api"])
+def test_a_404_names_the_full_url_and_the_base_url_that_answers(
+    suffix: str, receiver: Any, tmp_path: Path
+) -> None:
+    url = receiver.url + suffix
+    proc = run_cli("check", "--config", write_config(tmp_path / "c.json", url))
+    assert proc.returncode == 1
+    line = step_line(proc.stdout, "health")
+    assert f"GET {url.rstrip('/')}/health answered HTTP 404" in line
+    assert (
+        f"fix: set remote.url to {receiver.url}: GET {receiver.url}/health answers as a "
+        "Lightd remote"
+    ) in proc.stdout
+    assert_no_secret(proc)
+
+
+def test_a_404_without_a_base_url_that_answers_says_what_is_appended(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    remote.script = lambda request: Reply(status=404, body=b"not here")
+    for url, fix in [
+        (
+            remote.url + "/v1/update",
+            f"remote.url is the base URL, without /update or /health: try {remote.url}/v1",
+        ),
+        (remote.url, f"{remote.url}/health must be the remote's health endpoint"),
+    ]:
+        proc = run_cli("check", "--config", write_config(tmp_path / "c.json", url))
+        assert proc.returncode == 1
+        assert f"GET {url}/health answered HTTP 404" in step_line(proc.stdout, "health")
+        assert fix in proc.stdout
+
+
+def test_plain_http_to_another_host_is_warned_about_once(
+    remote: ScriptedRemote, tmp_path: Path
+) -> None:
+    """Through a proxy on 127.0.0.1 (the proxy resolves the name): no traffic leaves the host."""
+    config = write_config(tmp_path / "c.json", "http://remote.invalid/api", proxy=remote.url)
+    proc = run_cli("check", "--config", config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert marks(proc.stdout)["url"] == "!"
+    assert (proc.stdout + proc.stderr).count("plain HTTP to another machine") == 1
+    assert "plain http://" not in proc.stderr
+    sent = run_cli("send", "--config", config, "s1", "ready")
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stderr.count("plain http:// to another machine") == 1
+
+
 # -- proxies ----------------------------------------------------------------------
 
 
@@ -301,7 +349,11 @@ def test_the_proxy_is_used_as_delivery_uses_it(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{remote.url} (from {where})" in step_line(proc.stdout, "proxy")
     assert f"connected to the proxy at 127.0.0.1:{remote.port}" in step_line(proc.stdout, "tcp")
-    assert remote.requests[0].path == "http://remote.invalid/api/health"
+    # The absolute form, with or without the default port (urllib3 names it).
+    assert remote.requests[0].path in (
+        "http://remote.invalid/api/health",
+        "http://remote.invalid:80/api/health",
+    )
     assert_no_secret(proc)
 
 
@@ -380,6 +432,7 @@ def test_verify_false_never_claims_a_verified_certificate(
     assert "certificate was NOT verified (remote.verify is false)" in proc.stdout
     assert "verified:" not in proc.stdout
     assert "hint: set remote.verify to true" in proc.stdout
+    assert "VERIFICATION IS OFF" not in proc.stderr  # said once, by the tls step
     assert_no_secret(proc)
 
 
@@ -391,14 +444,18 @@ def test_a_plain_http_port_behind_https_fails_at_tls(tmp_path: Path) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
-    listener.settimeout(10)
+    listener.settimeout(0.1)  # to see the stop soon: closing does not wake accept()
+    stop = threading.Event()
 
     def answer_in_plain_http() -> None:
-        while True:  # the tcp step's connection, then the TLS one
+        while not stop.is_set():  # the tcp step's connection, then the TLS ones
             try:
                 conn, _ = listener.accept()
+            except socket.timeout:
+                continue
             except OSError:
                 return
+            conn.settimeout(5)
             with conn:
                 if conn.recv(4096):
                     conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
@@ -411,12 +468,50 @@ def test_a_plain_http_port_behind_https_fails_at_tls(tmp_path: Path) -> None:
             "check", "--config", write_config(tmp_path / "c.json", url), "--timeout", "3"
         )
     finally:
-        listener.close()
+        stop.set()
         thread.join(5)
+        listener.close()
     assert proc.returncode == 1
     assert marks(proc.stdout)["tls"] == "✗"
-    assert "TLS handshake with 127.0.0.1 failed" in proc.stdout
-    assert "https:// vs http://" in proc.stdout
+    assert "TLS handshake with 127.0.0.1" in proc.stdout
+    assert "the remote may speak plain HTTP on this port" in proc.stdout
+    assert "use http:// in remote.url if it is meant to" in proc.stdout
+    assert "overloaded" not in proc.stdout
+
+
+def test_https_to_a_plain_http_remote_that_waits_says_so_in_the_tls_step_fast(
+    receiver: Any, tmp_path: Path
+) -> None:
+    """waitress waits for a request line that a TLS hello never ends: no answer at all."""
+    url = receiver.url.replace("http://", "https://")
+    started = time.monotonic()
+    proc = run_cli("check", "--config", write_config(tmp_path / "c.json", url))  # timeout 10 s
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1
+    assert marks(proc.stdout)["tls"] == "✗"
+    assert "health" not in marks(proc.stdout)
+    line = step_line(proc.stdout, "tls")
+    assert "no TLS answer to the TLS hello" in line
+    assert "answered HTTP 401: the remote speaks plain HTTP on this port" in line
+    assert "overloaded" not in proc.stdout
+    assert elapsed < 8, elapsed  # the probe waits 2 s, not remote.timeout's 10 s
+    assert_no_secret(proc)
+
+
+def test_plain_http_to_a_tls_port_says_the_port_speaks_tls(
+    tls_remote: tuple[ScriptedRemote, Path], tmp_path: Path
+) -> None:
+    remote, _ = tls_remote
+    url = remote.url.replace("https://", "http://")
+    started = time.monotonic()
+    proc = run_cli("check", "--config", write_config(tmp_path / "c.json", url))
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1
+    assert marks(proc.stdout)["health"] == "✗"
+    assert "the port completes a TLS handshake" in step_line(proc.stdout, "health")
+    assert "fix: the port speaks TLS: use https:// in remote.url" in proc.stdout
+    assert elapsed < 8, elapsed
+    assert_no_secret(proc)
 
 
 def test_the_token_never_appears_even_when_the_remote_echoes_it(

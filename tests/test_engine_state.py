@@ -13,7 +13,7 @@ import attrs
 import pytest
 
 from lightd_sync import ConfigError, RemoteConfig, SyncEngine
-from lightd_sync._state_file import summary
+from lightd_sync._engine.state_file import summary
 from lightd_sync.testing import RecordingTransport
 
 from .conftest import TOKEN, LogCapture, http_config

@@ -92,3 +92,31 @@ def test_a_fork_while_a_send_holds_the_lock_leaves_the_child_able_to_write(
     assert 0 == os.waitstatus_to_exitcode(status)
     t.close()
     assert "child" in path.read_text(encoding="utf-8")
+
+
+def test_every_error_form_and_billing_events_are_logged_as_sent(tmp_path: pathlib.Path) -> None:
+    """The file transport logs body(): each form as the HTTP transport would POST it."""
+    from lightd_sync import BillingEvent, Status
+    from lightd_sync.testing import read_events
+
+    path = tmp_path / "updates.jsonl"
+    billing: dict[str, float] = {
+        "memory_gb": 0.5,
+        "cpu_vcpus": 0.25,
+        "storage_gb": 2.0,
+        "egress_gb": 0.01,
+        "duration_hours": 1.0,
+        "estimated_cost": 0.0123,
+    }
+    with FileTransport(path) as t:
+        t.send(Update("s1", Status.FAILED, error="timeout"))
+        t.send(Update("s1", Status.FAILED, "x", error="disk full"))
+        t.send(BillingEvent("s1", **billing, timestamp=1767225600))
+        assert [None, None] == t.send_many([Update("s2", "ready"), Update("s3", "installing")])
+    assert [
+        {"event": "update", "server": "s1", "error": "timeout"},
+        {"event": "update", "server": "s1", "error": "disk full", "data": "x"},
+        {"event": "billing", "server": "s1", **billing, "timestamp": 1767225600},
+        {"event": "update", "server": "s2", "status": "ready"},
+        {"event": "update", "server": "s3", "status": "installing"},
+    ] == read_events(path)

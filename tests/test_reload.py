@@ -136,7 +136,7 @@ def test_reload_applies_queue_size_and_health_interval(remote: ScriptedRemote) -
         assert wait_until(
             lambda: len([r for r in remote.requests if r.method == "GET"]) >= checks + 5
         )
-        assert 7 == engine._ledger.queue_size
+        assert 7 == engine.config.queue_size  # the bound itself: tests/test_outbox.py
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX only")

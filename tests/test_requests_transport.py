@@ -59,11 +59,11 @@ def test_keep_alive_reuses_connections(
     for _ in range(20):
         transport.send(Update("s", "ready"))
     assert 20 == len(remote.posts())
-    assert 1 == len(transport._state[2].lightd_sockets())
+    assert 1 == len(transport._guard.connections())
 
 
 def _local_ports(t: RequestsTransport) -> set[int]:
-    return {sock.getsockname()[1] for sock in t._state[2].lightd_sockets()}
+    return {c.sock.getsockname()[1] for c in t._guard.connections()}
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lightd_sync import ConfigError, Status
-from lightd_sync._state import CLOSE_GRACE, StateStore, StoredUpdate
+from lightd_sync._engine.state import CLOSE_GRACE, StateStore, StoredUpdate
 
 from .conftest import LogCapture
 from .servers import lightd_threads, wait_until
@@ -274,7 +274,7 @@ def test_a_second_store_on_the_file_in_one_process_is_refused(tmp_path: Path) ->
 
 HOLDER = """
 import sys, time
-from lightd_sync._state import StateStore
+from lightd_sync._engine.state import StateStore
 store = StateStore(sys.argv[1], max_servers=10)
 store.open()
 print("held", flush=True)
@@ -318,6 +318,7 @@ def test_a_forked_child_never_writes_the_parents_file(tmp_path: Path) -> None:
         code = 1
         try:
             os.close(read)
+            store.forget_in_child()  # what the engine's one fork path does for its store
             ok = not store.active
             store.accepted("child", "failed", "from the child", "c1")
             store.acknowledged("parent-1", "p1")
@@ -458,7 +459,7 @@ def test_a_missing_folder_is_not_created(tmp_path: Path, logs: LogCapture) -> No
 UNWRITABLE = """
 import logging, os, sys
 logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s %(message)s")
-from lightd_sync._state import StateStore
+from lightd_sync._engine.state import StateStore
 store = StateStore(sys.argv[1], max_servers=10)
 rows = store.open()
 store.accepted("a", "ready", None, "e")
@@ -502,7 +503,7 @@ def test_an_unwritable_path_runs_on_memory(tmp_path: Path, what: str) -> None:
 DISK_FULL = """
 import logging, resource, signal, sys
 logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s %(message)s")
-from lightd_sync._state import StateStore
+from lightd_sync._engine.state import StateStore
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 store = StateStore(sys.argv[1], max_servers=100_000, flush_interval=0.01)
 store.open()
@@ -644,7 +645,7 @@ def test_the_lock_errors_docs_quote_are_what_open_raises(tmp_path: Path) -> None
 
 
 def test_summary_reads_rows_and_unacknowledged_while_the_store_runs(tmp_path: Path) -> None:
-    from lightd_sync._state_file import summary
+    from lightd_sync._engine.state_file import summary
 
     path = tmp_path / "odd ?#% name.db"  # quoted into the read-only URI
     store, _ = opened(path)
@@ -660,7 +661,7 @@ def test_summary_reads_rows_and_unacknowledged_while_the_store_runs(tmp_path: Pa
 
 def test_rows_stay_bounded_when_new_servers_arrive_in_small_batches(tmp_path: Path) -> None:
     """Batches of new servers, each under max_servers, never add up past it."""
-    from lightd_sync._state_file import summary
+    from lightd_sync._engine.state_file import summary
 
     path = tmp_path / "state.db"
     store = StateStore(str(path), max_servers=50)

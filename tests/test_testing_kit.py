@@ -8,7 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any, Optional
 
 import pytest
 
@@ -21,7 +24,7 @@ from lightd_sync import (
     Update,
 )
 from lightd_sync._transports.requests_transport import RequestsTransport
-from lightd_sync.testing import LightdRemote, read_events
+from lightd_sync.testing import LightdRemote, read_events, set_testing
 
 PLUGIN_MODULE = "lightd_sync._pytest_plugin"
 
@@ -168,25 +171,228 @@ def test_an_update_resent_with_its_event_id_is_listed_once(lightd_remote: Lightd
     assert 2 == len(lightd_remote.app.store.history("s1"))
 
 
-def test_many_threads_at_once_keep_each_servers_order(lightd_remote: LightdRemote) -> None:
+@pytest.mark.parametrize("batch_max", [None, 5, 100])
+def test_many_threads_at_once_keep_each_servers_order(batch_max: Optional[int]) -> None:
     servers, per_server = 8, 25
-    with SyncEngine(lightd_remote.config(workers=4)) as engine:
+    with set_testing(), LightdRemote(batch_max=batch_max) as lightd_remote:
+        with SyncEngine(lightd_remote.config(workers=4)) as engine:
 
-        def produce(server: str) -> None:
-            for i in range(per_server):
-                assert engine.error(server, str(i))
+            def produce(server: str) -> None:
+                for i in range(per_server):
+                    assert engine.error(server, str(i))
 
-        threads = [threading.Thread(target=produce, args=(f"s{n}",)) for n in range(servers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(5)
-        assert engine.flush(10)
-    updates = lightd_remote.updates
+            threads = [threading.Thread(target=produce, args=(f"s{n}",)) for n in range(servers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(5)
+            assert engine.flush(10)
+        updates = lightd_remote.updates
+        sizes = lightd_remote.batch_sizes
     assert servers * per_server == len(updates)
+    assert all(size <= (batch_max or 0) for size in sizes), sizes  # never beyond the offer
     for n in range(servers):
         data = [u["data"] for u in updates if u["server"] == f"s{n}"]
         assert [str(i) for i in range(per_server)] == data
+
+
+BILLING = {
+    "memory_gb": 0.5,
+    "cpu_vcpus": 0.25,
+    "storage_gb": 2.0,
+    "egress_gb": 0.01,
+    "duration_hours": 1.0,
+    "estimated_cost": 0.0123,
+}
+
+
+def test_error_forms_and_billing_events_are_recorded_apart(lightd_remote: LightdRemote) -> None:
+    with SyncEngine(lightd_remote.config()) as engine:
+        engine.error("s1", error="timeout")
+        engine.error("s2", "/var full", error="disk full")
+        engine.billing("s1", **BILLING, timestamp=1767225600)
+        assert {"event": "update", "server": "s1", "error": "timeout"} == (
+            lightd_remote.wait_for("s1", "failed")
+        )
+        billed = lightd_remote.wait_for_billing("s1")
+        lightd_remote.wait_for("s2", "failed")
+    assert {"event": "billing", "server": "s1", **BILLING, "timestamp": 1767225600} == billed
+    assert [billed] == lightd_remote.billing
+    assert [
+        {"event": "update", "server": "s1", "error": "timeout"},
+        {"event": "update", "server": "s2", "error": "disk full", "data": "/var full"},
+    ] == sorted(lightd_remote.updates, key=lambda u: u["server"])
+
+
+def test_wait_for_billing_fails_in_time_and_says_what_arrived(
+    lightd_remote: LightdRemote,
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match="no billing event of 's1' arrived") as info:
+        lightd_remote.wait_for_billing("s1", timeout=0.2)
+    assert time.monotonic() - started < 2
+    assert "nothing" in str(info.value)
+
+
+def _health(remote: LightdRemote) -> dict[str, Any]:
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            remote.url + "/health", headers={"Authorization": f"Bearer {remote.token}"}
+        ),
+        timeout=5,
+    ) as answer:
+        doc: dict[str, Any] = json.loads(answer.read())
+    return doc
+
+
+def _post_batch(remote: LightdRemote, items: list[dict[str, Any]]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        remote.url + "/updates",
+        data=json.dumps({"updates": items}).encode(),
+        headers={"Authorization": f"Bearer {remote.token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_batch_switches_offer_withdraw_and_refuse() -> None:
+    with LightdRemote(batch_max=3) as remote:
+        assert {"max": 3} == _health(remote)["batch"]
+        assert {"status": 200, "endpoint": "active"}.items() <= _health(remote).items()
+        items = [
+            {"event": "update", "server": "a", "status": "ready", "event_id": "id-1"},
+            {"event": "update", "server": "b", "error": "timeout", "event_id": "id-2"},
+            {"event": "billing", "server": "a", **BILLING, "timestamp": 1, "event_id": "id-3"},
+        ]
+        status, doc = _post_batch(remote, items)
+        assert (200, True) == (status, doc["success"])
+        assert [
+            {"event": "update", "server": "a", "status": "ready"},
+            {"event": "update", "server": "b", "error": "timeout"},
+        ] == remote.updates
+        assert [{"event": "billing", "server": "a", **BILLING, "timestamp": 1}] == remote.billing
+        assert [3] == remote.batch_sizes
+        # A refused item is not recorded; a re-sent one is recorded once.
+        status, doc = _post_batch(
+            remote,
+            [
+                {"event": "update", "server": "a", "status": "ready", "event_id": "id-1"},
+                {"event": "update", "server": "c", "status": "done", "event_id": "id-4"},
+            ],
+        )
+        assert 200 == status
+        assert [True, False] == [r["success"] for r in doc["results"]]
+        assert 2 == len(remote.updates)
+        remote.withdraw_batches()
+        assert "batch" not in _health(remote)
+        remote.refuse_batches()
+        remote.offer_batches(10)
+        assert {"max": 10} == _health(remote)["batch"]
+        assert 404 == _post_batch(remote, items[:1])[0]
+        remote.refuse_batches(501)
+        assert 501 == _post_batch(remote, items[:1])[0]
+        remote.refuse_batches(None)
+        remote.fail_next(1, status=503)
+        assert 503 == _post_batch(remote, items[:1])[0]  # fail_next covers batches too
+        assert 200 == _post_batch(remote, items[:1])[0]
+        assert [3, 2, 1] == remote.batch_sizes
+        for bad in (0, 10_001, 1.5, True):
+            with pytest.raises(ValueError, match="batch_max must be a whole number"):
+                remote.offer_batches(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="status must be one of 404, 405, 415, 501"):
+            remote.refuse_batches(500)
+        # More than ever offered: the client is wrong, 413 (nothing stored).
+        many = [{"event": "update", "server": f"m{n}", "status": "ready"} for n in range(11)]
+        status, doc = _post_batch(remote, many)
+        assert 413 == status
+        assert "never offered more than 10" in doc["error"]
+        assert not any(u["server"].startswith("m") for u in remote.updates)
+    with pytest.raises(ValueError, match="batch_max must be"):
+        LightdRemote(batch_max=0)
+
+
+def test_the_default_remote_offers_no_batches_as_lightd_s_own_remotes(
+    lightd_remote: LightdRemote,
+) -> None:
+    assert {"status": 200, "endpoint": "active"} == _health(lightd_remote)
+    item = {"event": "update", "server": "a", "status": "ready"}
+    assert 404 == _post_batch(lightd_remote, [item])[0]
+    assert [] == lightd_remote.updates
+
+
+def test_an_engine_batches_to_a_remote_that_offers_them_and_falls_back_when_refused() -> None:
+    with LightdRemote(batch_max=50) as remote:
+        with SyncEngine(remote.config(health_interval=0.05)) as engine:
+            for n in range(20):
+                engine.update(f"s{n}", "installing")
+            assert engine.flush(10)
+            assert remote.batch_sizes, "the engine sent no batch to a remote that offers them"
+            sent_in_batches = sum(remote.batch_sizes)
+            remote.refuse_batches()
+            for n in range(20):
+                engine.update(f"s{n}", "ready")
+            assert engine.flush(10)
+            stats = engine.stats()
+        assert (40, 0) == (stats.delivered, stats.failed)
+        assert 40 == len(remote.updates)
+        assert sent_in_batches == sum(remote.batch_sizes)  # refused batches store nothing
+        for n in range(20):
+            assert ["installing", "ready"] == [
+                u["status"] for u in remote.updates if u["server"] == f"s{n}"
+            ]
+
+
+@pytest.mark.lightd_remote(batch_max=25)
+def test_the_marker_builds_the_fixture_with_its_arguments(lightd_remote: LightdRemote) -> None:
+    assert {"max": 25} == _health(lightd_remote)["batch"]
+
+
+def test_recording_transport_takes_batches_as_it_is_told() -> None:
+    from lightd_sync import DeliveryError
+    from lightd_sync.testing import RecordingTransport
+
+    def refuse_b(update: Any) -> None:
+        if update.server == "b":
+            raise DeliveryError("refused")
+
+    transport = RecordingTransport(refuse_b, batch=3)
+    assert 3 == transport.max_batch()
+    events = [Update("a", "ready"), Update("b", "ready"), Update("c", "ready")]
+    results = transport.send_many(events)
+    assert [None, DeliveryError, None] == [r if r is None else type(r) for r in results]
+    assert [events] == transport.batches
+    assert events == transport.sent
+    transport.batch = 1
+    assert 1 == transport.max_batch()
+    transport.clear()
+    assert ([], []) == (transport.sent, transport.batches)
+    with pytest.raises(ValueError, match="batch must be"):
+        RecordingTransport(batch=0)
+
+
+def test_an_engine_hands_a_recording_transport_batches_up_to_its_batch() -> None:
+    from lightd_sync import RemoteConfig
+    from lightd_sync.testing import RecordingTransport
+
+    gate = threading.Event()
+
+    def remote(update: Any) -> None:
+        gate.wait(10)  # the first call holds the worker: the rest queue up behind it
+
+    transport = RecordingTransport(remote, batch=10)
+    with SyncEngine(RemoteConfig(workers=1), transport=transport) as engine:
+        for n in range(41):
+            engine.update(f"s{n}", "ready")
+        gate.set()
+        assert engine.flush(10)
+        assert 41 == engine.stats().delivered
+    sizes = [len(batch) for batch in transport.batches]
+    assert 41 == len(transport.sent)  # a lone event may go through send() instead
+    assert max(sizes) == 10, sizes  # full batches once the queue had them
+    assert all(len({u.server for u in batch}) == len(batch) for batch in transport.batches)
 
 
 def test_fault_switches_check_their_arguments(lightd_remote: LightdRemote) -> None:

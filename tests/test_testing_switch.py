@@ -17,8 +17,8 @@ from lightd_sync import (
     RemoteRejectedError,
     SyncEngine,
     Update,
-    _policy,
 )
+from lightd_sync._engine import policy as _policy
 from lightd_sync.testing import RecordingTransport, set_testing
 
 from .conftest import TOKEN, LogCapture

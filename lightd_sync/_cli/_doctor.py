@@ -10,7 +10,9 @@ check sees is what delivery sees. Printing is the command's
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -53,6 +55,26 @@ _AUTH_FIX = (
     "the tokens do not match on both sides: give the remote and this node the same "
     "token (remote.token in config.json, or LIGHTD_REMOTE_TOKEN)"
 )
+#: How long a probe of the scheme waits: a TLS server answers a hello within a round trip.
+_PROBE_WAIT = 2.0
+#: OpenSSL's reasons when the answer to a TLS hello is not TLS (plain HTTP, most often).
+_NOT_TLS_REASONS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "HTTP_REQUEST",
+        "UNKNOWN_PROTOCOL",
+        "PACKET_LENGTH_TOO_LONG",
+        "RECORD_LAYER_FAILURE",
+        "UNEXPECTED_RECORD",
+        "RECORD_TOO_LARGE",
+    }
+)
+_PLAIN_FIX = (
+    "the remote seems to serve plain HTTP on this port: use http:// in remote.url if it "
+    "is meant to (then the token crosses the network readable), else correct the port of "
+    "its HTTPS"
+)
+_TLS_FIX = "the port speaks TLS: use https:// in remote.url"
 _CA_FIX = (
     "the remote needs a certificate valid for {host} from a CA this machine trusts "
     "(for a private CA, set remote.ca_bundle to its PEM file)"
@@ -184,7 +206,7 @@ class Doctor:
         """Report the state file (remote.state_path): rows, and how many the remote never acked."""
         import sqlite3
 
-        from .._state_file import summary
+        from .._engine.state_file import summary
 
         path = self.config.state_path
         if path is None:
@@ -219,7 +241,8 @@ class Doctor:
         name = self.config.transport
         config = attrs.evolve(self.config, timeout=self.timeout, workers=1)
         try:
-            self._transport = make_transport(config)
+            with _held_back_warnings():
+                self._transport = make_transport(config)
         except ConfigError as exc:
             self.unusable_config = True
             return self.add(
@@ -409,6 +432,14 @@ class Doctor:
                 f"the certificate of {host} was rejected: {found.verify_message}",
                 _CA_FIX.format(host=host),
             )
+        elif str(found.reason or "").upper().replace(" ", "_") in _NOT_TLS_REASONS:
+            self.add(
+                "tls",
+                FAIL,
+                f"TLS handshake with {host} failed: the answer to the TLS hello is not TLS "
+                f"({found.reason}); the remote may speak plain HTTP on this port",
+                _PLAIN_FIX,
+            )
         else:
             self.add(
                 "tls",
@@ -417,6 +448,57 @@ class Doctor:
                 "is the remote serving HTTPS on this port? (https:// vs http:// in remote.url)",
             )
         return True
+
+    def scheme_probe_target(self) -> Optional[tuple[str, int]]:
+        """Where to probe the scheme: the remote itself; None through a proxy."""
+        if self._proxy is not None:
+            return None
+        parts = urlsplit(self.config.url or "")
+        try:
+            port = parts.port
+        except ValueError:
+            return None
+        return parts.hostname or "", port or (443 if parts.scheme == "https" else 80)
+
+    def probe_wait(self) -> float:
+        return min(self.timeout, _PROBE_WAIT)
+
+    def wrong_scheme_before_tls(self) -> bool:
+        """For https://: fail the tls step at once if the port does not speak TLS."""
+        target = self.scheme_probe_target()
+        if urlsplit(self.config.url or "").scheme != "https" or target is None:
+            return False
+        host, port = target
+        wait = self.probe_wait()
+        verdict, reason = _probe_tls(host, port, wait)
+        if verdict == "plain":
+            return not self.add(
+                "tls",
+                FAIL,
+                f"TLS handshake with {host}:{port} failed: the answer to the TLS hello is not "
+                f"TLS ({reason}); the remote may speak plain HTTP on this port",
+                _PLAIN_FIX,
+            )
+        if verdict in ("silent", "unknown"):
+            status = _probe_plain(host, port, urlsplit(self.config.url or "").path, wait)
+            if status is not None:
+                return not self.add(
+                    "tls",
+                    FAIL,
+                    f"no TLS answer to the TLS hello from {host}:{port} "
+                    f"({f'none within {wait:g} s' if verdict == 'silent' else reason}), but a "
+                    f"plain HTTP GET /health (without the token) was answered HTTP {status}: "
+                    "the remote speaks plain HTTP on this port",
+                    _PLAIN_FIX,
+                )
+        return False
+
+    def speaks_tls(self) -> bool:
+        """For http://: whether the remote's port completes a TLS handshake."""
+        target = self.scheme_probe_target()
+        if urlsplit(self.config.url or "").scheme != "http" or target is None:
+            return False
+        return _probe_tls(*target, self.probe_wait())[0] == "tls"
 
     def check_health_and_token(self) -> bool:
         from .._config import redact_token
@@ -428,6 +510,8 @@ class Doctor:
         )
 
         self.current = "tls" if urlsplit(self.config.url or "").scheme == "https" else "health"
+        if self.wrong_scheme_before_tls():
+            return False
         started = time.monotonic()
         try:
             self.transport.check_health()
@@ -447,6 +531,14 @@ class Doctor:
                 _AUTH_FIX,
             )
         except RemoteTimeoutError:
+            if self.speaks_tls():
+                return self.add(
+                    "health",
+                    FAIL,
+                    f"GET {self.health_url()}: no HTTP answer within {self.timeout:g} s, and "
+                    "the port completes a TLS handshake: the remote speaks HTTPS there",
+                    _TLS_FIX,
+                )
             return self.add(
                 "health",
                 FAIL,
@@ -456,10 +548,32 @@ class Doctor:
             )
         except RemoteRejectedError as exc:
             self.tls_verified()
+            if exc.status == 404:
+                return self.add(
+                    "health",
+                    FAIL,
+                    f"GET {self.health_url()} answered HTTP 404: no such endpoint at that address",
+                    self.base_path_fix(),
+                )
+            if exc.status == 400 and self.speaks_tls():
+                return self.add(
+                    "health",
+                    FAIL,
+                    f"{exc.message}; the port completes a TLS handshake: it expects HTTPS",
+                    _TLS_FIX,
+                )
             return self.add("health", FAIL, exc.message, _rejected_fix(exc.status, exc.message))
         except DeliveryError as exc:
             if self.tls_failed(exc):
                 return False
+            if self.speaks_tls():
+                return self.add(
+                    "health",
+                    FAIL,
+                    f"{exc.message}; the port completes a TLS handshake: it expects HTTPS, "
+                    "not plain HTTP",
+                    _TLS_FIX,
+                )
             return self.add(
                 "health",
                 FAIL,
@@ -479,6 +593,49 @@ class Doctor:
             f'GET /health answered 200 {{"status": 200, "endpoint": "active"}} in {elapsed:.0f} ms',
         )
         return self.add("token", OK, "accepted (GET /health with it answered 200)")
+
+    def health_url(self) -> str:
+        return f"{(self.config.url or '').rstrip('/')}/health"
+
+    def base_path_fix(self) -> str:
+        """Name the base URL to use: a parent of remote.url that answers /health, if one does."""
+        url = (self.config.url or "").rstrip("/")
+        candidates = base_candidates(url)
+        for candidate in candidates:
+            if self.answers_health(candidate):
+                return (
+                    f"set remote.url to {candidate}: GET {candidate}/health answers as a "
+                    "Lightd remote (remote.url is the base URL; /health and /update are "
+                    "appended to it)"
+                )
+        if candidates and url.endswith(("/update", "/health")):
+            return (
+                f"remote.url is the base URL, without /update or /health: try {candidates[0]} "
+                "(/health and /update are appended to it)"
+            )
+        return (
+            f"check the path in remote.url: /health and /update are appended to it, so "
+            f"{url}/health must be the remote's health endpoint"
+        )
+
+    def answers_health(self, url: str) -> bool:
+        """Whether GET {url}/health, through a transport like the real one, answers healthy."""
+        from .._exceptions import ConfigError, DeliveryError
+        from .._transports.registry import make_transport
+
+        config = attrs.evolve(self.config, url=url, timeout=self.probe_wait(), workers=1)
+        try:
+            with _held_back_warnings():
+                transport = make_transport(config)
+        except ConfigError:
+            return False
+        try:
+            transport.check_health()
+        except DeliveryError:
+            return False
+        finally:
+            transport.close()
+        return True
 
     def check_latency(self) -> None:
         from .._exceptions import DeliveryError
@@ -514,11 +671,113 @@ class Doctor:
             self._transport.close()
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """*exc* and every exception it wraps (cause, context, arguments, ``reason``), outer first."""
+    seen: set[int] = set()
+    found: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        linked += list(current.args)
+        todo.extend(e for e in linked if isinstance(e, BaseException))
+    return found
+
+
+def base_candidates(url: str) -> list[str]:
+    """The base URLs to try after a 404: without a trailing /update or /health, else the parents."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    origin = f"{parts.scheme}://{parts.netloc}"
+    for suffix in ("/update", "/health"):
+        if path.endswith(suffix):
+            return [origin + path[: -len(suffix)]]
+    found = []
+    while path:
+        path = path.rpartition("/")[0]
+        found.append(origin + path)
+    return found[:3]
+
+
+def _probe_tls(host: str, port: int, wait: float) -> tuple[str, str]:
+    """
+    Say what a TLS hello to *host*:*port* meets: ``tls``, ``plain`` (a non-TLS answer),
+    ``silent`` (no answer within *wait*) or ``unknown`` (closed, refused...); and the reason.
+
+    The certificate is not verified here: the question is only whether the port speaks TLS.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=wait) as sock,
+            context.wrap_socket(sock, server_hostname=host or None),
+        ):
+            return "tls", "handshake completed"
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or exc)
+        if reason.upper().replace(" ", "_") in _NOT_TLS_REASONS:
+            return "plain", reason
+        if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return "unknown", reason
+        return "tls", reason  # an alert: a TLS server that refused this hello
+    except socket.timeout:
+        return "silent", "no answer"
+    except OSError as exc:
+        return "unknown", str(exc.strerror or exc)
+
+
+def _probe_plain(host: str, port: int, base_path: str, wait: float) -> Optional[int]:
+    """The status a plain HTTP ``GET {path}/health`` (no token) gets, or None if no HTTP answer."""
+    conn = http.client.HTTPConnection(host, port, timeout=wait)
+    try:
+        conn.request("GET", f"{base_path.rstrip('/')}/health")
+        answer = conn.getresponse()
+        if b"HTTPS port" in answer.read(4096):  # nginx: "plain HTTP request was sent to HTTPS port"
+            return None
+        return answer.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+class _HoldBack(logging.Filter):
+    """
+    Drop the transport's warnings that a step of check says already.
+
+    Plain HTTP to another machine is the url step's warning, certificates not
+    verified the tls step's; a plain-HTTP proxy on another machine has no step
+    of its own, so that warning still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (
+            record.levelno == logging.WARNING
+            and ("plain http:// to another machine" in text or "VERIFICATION IS OFF" in text)
+        )
+
+
+class _held_back_warnings:  # noqa: N801 - used as a context manager, like a function
+    """While a transport is made for check, its plain-HTTP and verify-off warnings are dropped."""
+
+    def __enter__(self) -> None:
+        self._filter = _HoldBack()
+        logging.getLogger("lightd_sync.transport").addFilter(self._filter)
+
+    def __exit__(self, *exc_info: object) -> None:
+        logging.getLogger("lightd_sync.transport").removeFilter(self._filter)
+
+
 def _ssl_error(exc: BaseException) -> Optional[ssl.SSLError]:
     """The TLS error behind *exc*, if a TLS failure caused it."""
-    from .._transports._errors import causes
-
-    errors = [e for e in causes(exc) if isinstance(e, ssl.SSLError)]
+    errors = [e for e in _chain(exc) if isinstance(e, ssl.SSLError)]
     verify = [e for e in errors if isinstance(e, ssl.SSLCertVerificationError)]
     return (verify or errors or [None])[0]
 

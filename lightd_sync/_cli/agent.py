@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 from ._common import (
     EXIT_FAILED,
@@ -44,17 +44,41 @@ if TYPE_CHECKING:
     from .._engine import SyncEngine
     from .._server.http import WsgiServer
 
-__all__ = ["DEFAULT_LISTEN", "MAX_LINE", "add_parser", "parse_event", "parse_listen", "run"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "MAX_LINE",
+    "AgentLine",
+    "add_parser",
+    "parse_event",
+    "parse_listen",
+    "run",
+]
 
 #: Where the routes are served unless ``--listen`` says otherwise.
 DEFAULT_LISTEN = "127.0.0.1:8071"
 #: The longest stdin line read, in bytes; longer ones are reported and skipped.
 MAX_LINE = 65536
 _MIN_TOKEN = 20
-_KEYS = ("server", "event", "status", "data")
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
-_Event = tuple[str, str, str, Optional[str]]
+
+class AgentLine(NamedTuple):
+    """
+    One stdin line, parsed: what to send for which server.
+
+    *kind* is ``event`` (a lifecycle event; *value* its name), ``status``
+    (*value* the status), ``error`` (the error form; *value* the error value)
+    or ``billing`` (*value* ``"billing"``, *billing* the numbers and maybe
+    ``timestamp``). *error* is an error value given with ``event: Error`` or
+    ``status: failed``.
+    """
+
+    server: str
+    kind: str
+    value: str
+    data: Optional[str] = None
+    error: Optional[str] = None
+    billing: Optional[dict[str, Any]] = None
 
 
 def add_parser(subparsers: Any) -> None:
@@ -65,10 +89,14 @@ def add_parser(subparsers: Any) -> None:
         summary="run as a sidecar: lifecycle events as JSON lines on stdin, local API over HTTP",
         description="Run a sync engine from config.json for a daemon that is not written in "
         "Python. Read one lifecycle event per line on stdin: "
-        '{"server": ID, "event": "Started"}, {"server": ID, "event": "Error", "data": MESSAGE} '
-        'or {"server": ID, "status": "ready"} (with "status": "failed", "data" sends the '
-        "error form). A malformed line is reported on stderr with its line number and "
-        "skipped. Serve the local API (GET /remote/config, POST /remote/reload, "
+        '{"server": ID, "event": "Started"}, {"server": ID, "event": "Error", "data": MESSAGE}, '
+        '{"server": ID, "status": "ready"} (with "status": "failed", "data" sends the '
+        'error form), {"server": ID, "error": "timeout"} (any error value, "data" optional) '
+        'or a billing event {"event": "billing", "server": ID, "memory_gb": N, "cpu_vcpus": N, '
+        '"storage_gb": N, "egress_gb": N, "duration_hours": N, "estimated_cost": N} '
+        '("timestamp" optional: now). A malformed line is reported on stderr with its line '
+        "number and skipped. Serve the local API (GET /remote/config, POST /remote/reload, "
+        "POST /remote/config/reload, "
         "GET /remote/health, GET /remote/stats, GET /metrics) behind "
         "Authorization: Bearer <API token>: authorization.token of config.json "
         "(or $LIGHTD_API_TOKEN), or the variable --api-token-env names; without a token the "
@@ -145,58 +173,132 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_event(line: str) -> _Event:
-    """
-    Parse one stdin line into ``(server, kind, value, data)``; *kind* is ``event`` or ``status``.
+_UPDATE_KEYS = ("server", "event", "status", "error", "data")
 
-    Raises:
-        ValueError: The line is not one of the accepted forms; the message says why.
-    """
-    from .._model import Lifecycle, Status, parse_lifecycle, parse_status, server_id_problem
 
+def _load(line: str) -> dict[str, Any]:
     try:
         doc = json.loads(line, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
-    except RecursionError:
-        raise ValueError("not JSON (nested too deeply)") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep; an int of 5000 digits
+        raise ValueError(f"not JSON ({clean(str(exc)[:80])})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
-    unknown = [key for key in doc if key not in _KEYS]
-    if unknown:
-        raise ValueError(f"unknown key {_show(unknown[0])}; expected server, event or status, data")
+    return doc
+
+
+def _server(doc: dict[str, Any]) -> str:
+    from .._model import server_id_problem
+
     problem = server_id_problem(doc.get("server"))
     if problem is not None:
         raise ValueError("no server id" if "server" not in doc else problem)
-    if ("event" in doc) == ("status" in doc):
-        raise ValueError('expected exactly one of "event" and "status"')
+    return str(doc["server"])
+
+
+def _parse_billing(doc: dict[str, Any]) -> AgentLine:
+    from .._model import BILLING_FIELDS, billing_number_problem, timestamp_problem
+
+    unknown = [key for key in doc if key not in ("event", "server", *BILLING_FIELDS, "timestamp")]
+    if unknown:
+        raise ValueError(
+            f"unknown key {_show(unknown[0])} in a billing event; expected server, "
+            f"{', '.join(BILLING_FIELDS)} and optionally timestamp"
+        )
+    server = _server(doc)
+    numbers: dict[str, Any] = {}
+    for name in BILLING_FIELDS:
+        if name not in doc:
+            raise ValueError(f"{name}: missing (a billing event needs {', '.join(BILLING_FIELDS)})")
+        problem = billing_number_problem(name, doc[name])
+        if problem is not None:
+            raise ValueError(problem)
+        numbers[name] = doc[name]
+    if doc.get("timestamp") is not None:
+        problem = timestamp_problem(doc["timestamp"])
+        if problem is not None:
+            raise ValueError(problem)
+        numbers["timestamp"] = doc["timestamp"]
+    return AgentLine(server, "billing", "billing", billing=numbers)
+
+
+def parse_event(line: str) -> AgentLine:
+    """
+    Parse one stdin line into an :class:`AgentLine`.
+
+    The forms: ``{"server", "event": LIFECYCLE}`` (``Error`` may have
+    ``data`` and ``error``), ``{"server", "status": STATUS}`` (``failed`` may
+    have ``data`` and ``error``), ``{"server", "error": VALUE}`` with optional
+    ``data`` (the protocol's error form; ``"event": "update"`` may come with it,
+    as with ``status``), and ``{"event": "billing", "server", memory_gb,
+    cpu_vcpus, storage_gb, egress_gb, duration_hours, estimated_cost}`` with
+    an optional ``timestamp``. ``null`` counts as absent for ``data`` and ``error``.
+
+    Raises:
+        ValueError: The line is not one of the accepted forms; the message says why.
+    """
+    from .._model import Lifecycle, Status, error_value_problem, parse_lifecycle, parse_status
+
+    doc = _load(line)
+    if doc.get("event") == "billing":
+        return _parse_billing(doc)
+    unknown = [key for key in doc if key not in _UPDATE_KEYS]
+    if unknown:
+        raise ValueError(
+            f"unknown key {_show(unknown[0])}; expected server, event or status or error, data"
+        )
+    server = _server(doc)
+    if doc.get("event") == "update":  # the body as the protocol sends it
+        del doc["event"]
+        if "status" not in doc and doc.get("error") is None:
+            raise ValueError('"event": "update" needs "status" or "error"')
     data = doc.get("data")
     if data is not None and not isinstance(data, str):
         raise ValueError(f"data: expected a string, got {type(data).__name__}")
-    kind = "event" if "event" in doc else "status"
+    error = doc.get("error")
+    if error is not None:
+        problem = error_value_problem(error)
+        if problem is not None:
+            raise ValueError(clean(problem))
+    kinds = [key for key in ("event", "status") if key in doc]
+    if len(kinds) > 1 or (not kinds and error is None):
+        raise ValueError('expected exactly one of "event", "status" and "error"')
+    if not kinds:
+        assert error is not None
+        return AgentLine(server, "error", error, data)
+    kind = kinds[0]
     value = doc[kind]
     if not isinstance(value, str):
         raise ValueError(f"{kind}: expected a string, got {type(value).__name__}")
     try:
         if kind == "event":
             event = parse_lifecycle(value)
-            if data is not None and event is not Lifecycle.ERROR:
-                raise ValueError(f'"data" goes only with event Error, not with {event.value}')
-        elif parse_status(value) is not Status.FAILED and data is not None:
-            raise ValueError(f'"data" goes only with status failed, not with {value}')
+            if event is not Lifecycle.ERROR:
+                extra = "data" if data is not None else "error" if error is not None else None
+                if extra:
+                    raise ValueError(f'"{extra}" goes only with event Error, not with {value}')
+        elif parse_status(value) is not Status.FAILED:
+            extra = "data" if data is not None else "error" if error is not None else None
+            if extra:
+                raise ValueError(f'"{extra}" goes only with status failed, not with {value}')
     except ValueError as exc:
         raise ValueError(clean(str(exc)[:200])) from None
-    return doc["server"], kind, value, data
+    return AgentLine(server, kind, value, data, error)
 
 
-def _submit(engine: SyncEngine, event: _Event) -> None:
-    server, kind, value, data = event
-    if kind == "event":
-        engine.lifecycle(server, value, data)
-    elif data is not None:
-        engine.error(server, data)
+def _submit(engine: SyncEngine, line: AgentLine) -> None:
+    if line.kind == "billing":
+        assert line.billing is not None
+        engine.billing(line.server, **line.billing)
+    elif line.kind == "error" or line.error is not None:
+        engine.error(line.server, line.data, error=line.error or line.value)
+    elif line.kind == "event":
+        engine.lifecycle(line.server, line.value, line.data)
+    elif line.data is not None:
+        engine.error(line.server, line.data)
     else:
-        engine.update(server, value)
+        engine.update(line.server, line.value)
 
 
 class _Wakeup:

@@ -11,13 +11,13 @@ import sys
 from typing import IO, Any, Optional
 
 from ._common import (
+    EXIT_FAILED,
     EXIT_OK,
     CliError,
     StopFlag,
     add_command,
     clean,
     positive_float,
-    positive_int,
     print_warning,
     stop_on_signals,
 )
@@ -25,6 +25,25 @@ from ._common import (
 __all__ = ["add_parser", "format_record_line", "parse_record", "run"]
 
 _MIN_SERVER_WIDTH = 16
+_BILLING_SHOWN = (
+    ("memory_gb", "memory {} GB"),
+    ("cpu_vcpus", "{} vCPU"),
+    ("storage_gb", "storage {} GB"),
+    ("egress_gb", "egress {} GB"),
+    ("duration_hours", "{} h"),
+    ("estimated_cost", "cost {}"),
+)
+
+
+def _lines_count(text: str) -> int:
+    """argparse type: a whole number >= 0 (``-n 0``: none of the lines already there)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,9 +54,13 @@ def add_parser(subparsers: Any) -> None:
         summary="show a file-transport log, one line per update",
         description="Read the log the file transport writes "
         '({"ts": ..., "body": {...}} per line) and print one line per update: '
-        "time, server, status (or `failed: message` for an error update). "
-        "Malformed lines are reported on stderr with their line number and skipped.",
-        epilog="examples:\n  lightd-sync tail updates.jsonl\n  lightd-sync tail -f updates.jsonl",
+        "time, server, status (for an error update its error value and data, e.g. "
+        "`failed: image not found`; for a billing event `billing: ...`). Malformed lines "
+        "are reported on stderr with their line number and skipped; a file none of whose "
+        "lines is such a record (a receiver's audit log, say) is refused in one line, "
+        "exit 1.",
+        epilog="examples:\n  lightd-sync tail updates.jsonl\n  lightd-sync tail -f updates.jsonl\n"
+        "  lightd-sync tail -f -n 0 updates.jsonl     # only the updates still to come",
     )
     parser.add_argument("file", metavar="FILE", help="the file-transport log (remote.path)")
     parser.add_argument(
@@ -49,9 +72,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "-n",
         "--lines",
-        type=positive_int,
+        type=_lines_count,
         metavar="N",
-        help="start with the last N updates already in the file (default: all)",
+        help="start with the last N updates already in the file (default: all; "
+        "0 with -f: only new ones)",
     )
     parser.add_argument(
         "--interval",
@@ -66,7 +90,9 @@ def parse_record(line: str) -> tuple[str, str, str]:
     """
     Parse one file-transport line into ``(ts, server, what)``.
 
-    ``what`` is the status, or ``failed: <data>`` for an error update.
+    ``what`` is the status; for an error update its error value and ``data``
+    (``failed: <data>``, or the value alone without data); for a billing event
+    ``billing:`` and its numbers.
 
     Raises:
         ValueError: The line is not a file-transport record; the message says why.
@@ -87,15 +113,27 @@ def parse_record(line: str) -> tuple[str, str, str]:
     server = body.get("server")
     if not isinstance(server, str) or not server:
         raise ValueError('the body has no "server"')
+    if body.get("event") == "billing":
+        return ts, server, _billing_what(body)
     if "error" in body:
         error, data = body.get("error"), body.get("data")
-        if not isinstance(error, str) or not isinstance(data, str):
-            raise ValueError('an error body needs "error" and "data" strings')
-        return ts, server, f"{error}: {data}"
+        if not isinstance(error, str) or not (data is None or isinstance(data, str)):
+            raise ValueError('an error body needs an "error" string ("data", if any, a string)')
+        return ts, server, error if data is None else f"{error}: {data}"
     status = body.get("status")
     if not isinstance(status, str):
         raise ValueError('the body has neither "status" nor "error"')
     return ts, server, status
+
+
+def _billing_what(body: dict[str, Any]) -> str:
+    parts = []
+    for key, shown in _BILLING_SHOWN:
+        value = body.get(key)
+        if type(value) not in (int, float):
+            raise ValueError(f'a billing body needs a number "{key}"')
+        parts.append(shown.format(f"{value:g}"))
+    return "billing: " + ", ".join(parts)
 
 
 def format_record_line(ts: str, server: str, what: str, server_width: int) -> str:
@@ -153,16 +191,45 @@ class _Tail:
 
     def parse(self, lineno: int, raw: bytes) -> Optional[tuple[str, str, str]]:
         """Parse one line; report it on stderr and return None if malformed."""
+        record, why = self.try_parse(raw)
+        if why is not None:
+            print_warning(f"{self.path}:{lineno}: skipped a malformed line: {clean(why)}")
+        return record
+
+    @staticmethod
+    def try_parse(raw: bytes) -> tuple[Optional[tuple[str, str, str]], Optional[str]]:
+        """Parse one line: ``(record, None)``, ``(None, why)``, or ``(None, None)`` if blank."""
         if not raw.strip():
-            return None
+            return None, None
         try:
-            return parse_record(raw.decode("utf-8"))
+            return parse_record(raw.decode("utf-8")), None
         except UnicodeDecodeError:
-            why = "not UTF-8 text"
+            return None, "not UTF-8 text"
         except ValueError as exc:
-            why = str(exc)
-        print_warning(f"{self.path}:{lineno}: skipped a malformed line: {clean(why)}")
-        return None
+            return None, str(exc)
+
+    def first(self, lines: list[tuple[int, bytes]]) -> list[tuple[str, str, str]]:
+        """
+        Parse what the file held at the start; refuse it if none of its lines is a record.
+
+        Raises:
+            CliError: Lines there are, but not one is a file-transport record (exit 1).
+        """
+        parsed = [(lineno, raw, *self.try_parse(raw)) for lineno, raw in lines]
+        malformed = [(lineno, raw, why) for lineno, raw, _, why in parsed if why is not None]
+        records = [record for _, _, record, _ in parsed if record is not None]
+        if malformed and not records:
+            lineno, raw, why = malformed[0]
+            raise CliError(
+                f"{self.path} is not a file-transport log: tail reads the lines the file "
+                'transport writes to remote.path ({"ts": ..., "body": {...}}), and none of '
+                f"its {len(malformed)} lines is one{_looks_like(raw)} "
+                f"(line {lineno}: {clean(why)[:80]})",
+                EXIT_FAILED,
+            )
+        for lineno, _, why in malformed:
+            print_warning(f"{self.path}:{lineno}: skipped a malformed line: {clean(why)}")
+        return records
 
     def show(self, record: tuple[str, str, str]) -> None:
         ts, server, what = record
@@ -192,6 +259,19 @@ class _Tail:
         self.partial = b""
 
 
+def _looks_like(raw: bytes) -> str:
+    """Say what a line looks like, when it is something lightd-sync writes elsewhere."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return ""
+    if isinstance(doc, dict) and {"method", "path", "outcome"} <= set(doc):
+        return "; it looks like a receiver's audit log"
+    if isinstance(doc, dict) and "event" in doc and "server" in doc:
+        return "; it looks like bare update bodies (agent input?)"
+    return ""
+
+
 def _follow(tail: _Tail, stop: StopFlag, interval: float) -> None:
     while not stop.is_set():
         for lineno, raw in tail.lines():
@@ -213,8 +293,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with signals as stop:
             first = tail.lines() if args.follow else tail.lines() + tail.rest()
-            records = (tail.parse(lineno, raw) for lineno, raw in first)
-            kept = collections.deque((r for r in records if r is not None), maxlen=args.lines)
+            kept = collections.deque(tail.first(first), maxlen=args.lines)
             for record in kept:
                 tail.show(record)
             sys.stdout.flush()

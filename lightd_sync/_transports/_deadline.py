@@ -1,53 +1,69 @@
 """
-One deadline per request, and a bounded answer: the rules every HTTP transport keeps.
+One deadline per request, a cut-off at close(), and a bounded, doubted answer.
 
-``remote.timeout`` is the time a whole request may take: connecting, sending,
-and every byte of the answer. A socket's own timeout only bounds one system
-call, so a remote that trickles its answer a byte at a time would hold a lane
-for ever; here each read gets what is left of the deadline, and
-:class:`Watchdog` cuts off requests whose sockets the transport cannot reach
-between reads (those made by ``requests``). An answer's body is read up to
-:data:`MAX_ANSWER` bytes; a larger one is refused, never held in memory.
+Shared by both HTTP transports (urllib3's pool and ``requests``), so that the
+promises are kept once:
+
+- ``remote.timeout`` is the time a whole request may take: connecting,
+  sending, and every byte of the answer. urllib3's timeouts bound one system
+  call each, so a remote that trickles its answer a byte at a time would hold
+  a lane for ever: a :class:`Watchdog` shuts down the sockets of a request
+  whose deadline passed, which ends any read or write blocked on them.
+- :meth:`Guard.close` shuts down every connection, waking requests blocked
+  on a silent remote (waiting for the answer, or in the TLS handshake).
+- The connections are urllib3's public classes with two hooks (``connect``
+  and ``request``): they attach themselves to the calling thread's request,
+  and :class:`Guard` knows them all.
+- An answer's body is read up to :data:`MAX_ANSWER` bytes; a larger one is
+  refused, never held in memory. An answer whose framing is doubtful (a 1xx
+  interim answer taken as final, bytes after the answer) fails its request,
+  and its connection is closed, never reused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
-import http.client
-import io
 import itertools
+import os
+import select
 import socket
 import ssl
-import struct
-import sys
 import threading
 import time
+import weakref
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Optional, cast
+from typing import Any, NamedTuple, Optional
 
-from .._forksafe import after_fork_in_child
-from ._quick import quick_answer
+import urllib3
 
 __all__ = [
     "MAX_ANSWER",
     "Answer",
     "AnswerTooLargeError",
+    "ClosedError",
     "DeadlineExceededError",
-    "DeadlineReader",
+    "DoubtfulAnswerError",
+    "Guard",
     "Ticket",
     "Watchdog",
     "read_answer",
-    "set_timeout_near",
 ]
 
 #: The most bytes of an answer's body a transport reads (64 KiB).
 MAX_ANSWER = 64 * 1024
-_BUFFER = 16 * 1024
+_CHUNK = 16 * 1024
+#: How long close() waits for a connection in progress to store its socket.
+_STORE_WAIT = 0.2
 
 
 class DeadlineExceededError(socket.timeout):
     """The request's deadline passed (a ``socket.timeout``, so it maps as one)."""
+
+
+class ClosedError(ConnectionAbortedError):
+    """The transport was closed: its connections refuse to carry requests."""
 
 
 class AnswerTooLargeError(Exception):
@@ -60,6 +76,15 @@ class AnswerTooLargeError(Exception):
         self.declared = declared
 
 
+class DoubtfulAnswerError(Exception):
+    """The answer's framing is doubtful: it cannot be trusted to be this request's answer."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+
+
 class Answer(NamedTuple):
     """What the remote answered: enough for the protocol's verdicts."""
 
@@ -68,203 +93,31 @@ class Answer(NamedTuple):
     headers: Mapping[str, str]
 
 
-#: How much earlier than its deadline a socket operation may time out, at most:
-#: the timeout already set is kept while it is within this of what is left.
-DEADLINE_SLACK = 0.05
-
-
-def set_timeout_near(sock: socket.socket, left: float) -> None:
-    """
-    Make *sock*'s timeout *left* seconds, give or take :data:`DEADLINE_SLACK`.
-
-    ``settimeout`` is a system call that releases the GIL, and beside a busy
-    Python thread each release may cost up to the 5 ms switch interval: on a
-    kept-alive connection the timeout already set is nearly always close
-    enough, so most requests make no such call at all.
-    """
-    current = sock.gettimeout()
-    if current is None or not left - DEADLINE_SLACK <= current <= left:
-        sock.settimeout(left)
-
-
-#: Whether a plain TCP socket may be made blocking with the kernel's own timeouts
-#: (``SO_RCVTIMEO``/``SO_SNDTIMEO``, a ``struct timeval`` whose layout is known here).
-KERNEL_TIMEOUTS = sys.platform.startswith("linux")
-
-
-def _timeval(seconds: float) -> bytes:
-    """*seconds* as a ``struct timeval``, never zero (which would mean no timeout at all)."""
-    micros = max(1, round(seconds * 1_000_000))
-    return struct.pack("@ll", micros // 1_000_000, micros % 1_000_000)
-
-
-class DeadlineReader(io.RawIOBase):
-    """
-    A socket's reading end where each ``recv_into`` gets what is left of *deadline*.
-
-    Wrapped in :class:`io.BufferedReader`, it is what ``http.client`` reads an
-    answer from. ``received`` counts the bytes read since :meth:`arm`: zero
-    means the remote sent nothing at all for this request.
-
-    With *kernel* (plain TCP on Linux), the socket is made blocking and each
-    call is bounded by the kernel's ``SO_RCVTIMEO``/``SO_SNDTIMEO`` instead
-    of Python's socket timeout. Python implements its timeout with a
-    ``poll()`` before each ``send``/``recv``, and the ``poll`` releases the
-    GIL too: beside a busy host thread every release may cost up to the 5 ms
-    switch interval and forces a switch away from the host, so a blocking
-    socket halves the releases per request. ``setsockopt`` does not release
-    the GIL. (A signal that interrupts a blocked call restarts the kernel's
-    timer; the deadline is checked again after every call, so the only case
-    it stretches is a storm of signals, each interrupting this very thread,
-    faster than the timeout: the kernel gives process signals to the main
-    thread first.)
-    """
-
-    def __init__(self, sock: socket.socket, *, kernel: bool = False) -> None:
-        super().__init__()
-        self.sock = sock
-        self.deadline = 0.0
-        self.received = 0
-        # The SO_RCVTIMEO/SO_SNDTIMEO in force (kernel mode), else None.
-        self._kernel: Optional[float] = None
-        if kernel and KERNEL_TIMEOUTS and not isinstance(sock, ssl.SSLSocket):
-            sock.settimeout(None)  # blocking: once per connection
-            self._kernel = -1.0  # none set yet: the first limit() sets it
-        #: The one buffer answers are parsed from, for the connection's life: the
-        #: answers to pipelined requests arrive together and must not be lost.
-        self.file = _Buffer(self, _BUFFER)
-
-    def arm(self, deadline: float) -> None:
-        """Start a new request that must be answered by *deadline* (``time.monotonic()``)."""
-        self.deadline = deadline
-        self.received = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """Nothing to close: the connection owns the socket (and reads the next answer here)."""
-
-    def limit(self, left: float) -> None:
-        """Bound the socket's next calls to *left* seconds, give or take :data:`DEADLINE_SLACK`."""
-        current = self._kernel
-        if current is None:
-            set_timeout_near(self.sock, left)
-        elif not left - DEADLINE_SLACK <= current <= left:
-            value = _timeval(left)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-            self._kernel = left
-
-    def send(self, data: bytes, deadline: float) -> None:
-        """Send all of *data* by *deadline* (``time.monotonic()``)."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise DeadlineExceededError("the request's deadline passed")
-        self.limit(left)
-        try:
-            self.sock.sendall(data)
-        except (socket.timeout, BlockingIOError):  # BlockingIOError: the kernel's timeout
-            raise DeadlineExceededError("the request's deadline passed") from None
-
-    def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise DeadlineExceededError("the request's deadline passed")
-        self.limit(left)
-        try:
-            n = self.sock.recv_into(buffer)
-        except (socket.timeout, BlockingIOError):  # BlockingIOError: the kernel's timeout
-            raise DeadlineExceededError("the request's deadline passed") from None
-        self.received += n
-        return n
-
-
-class _Buffer(io.BufferedReader):
-    """A connection's read buffer: ``http.client`` closes it after each answer; it stays open."""
-
-    def close(self) -> None:
-        """Keep the buffer: the next answer on the connection is read from it."""
-
-
-class _Source:
-    """What ``http.client.HTTPResponse`` takes for a socket: an object with ``makefile()``."""
-
-    __slots__ = ("_file",)
-
-    def __init__(self, file: io.BufferedReader) -> None:
-        self._file = file
-
-    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return self._file
-
-
-def read_answer(reader: DeadlineReader, method: str) -> tuple[Answer, bool]:
-    """
-    Read one answer from *reader*: the status, the headers and at most MAX_ANSWER bytes of body.
-
-    Returns:
-        The answer, and whether the connection may carry another request.
-
-    Raises:
-        AnswerTooLargeError: The body is (or is declared) larger than MAX_ANSWER.
-        DeadlineExceededError: The deadline passed before the answer was complete.
-        http.client.HTTPException, OSError: The answer is malformed or the connection broke.
-    """
-    quick = quick_answer(reader.file, method, MAX_ANSWER)
-    if quick is not None:
-        status, data, headers, reusable, too_large = quick
-        if too_large is not None:
-            raise AnswerTooLargeError(status, too_large)
-        return Answer(status, data, headers), reusable
-    response = http.client.HTTPResponse(cast(socket.socket, _Source(reader.file)), method=method)
-    try:
-        response.begin()
-        length = response.length
-        if length is not None:
-            if length > MAX_ANSWER:
-                raise AnswerTooLargeError(response.status, length)
-            data = response.read()
-        else:  # chunked or delimited by the close: it may keep coming
-            data = response.read(MAX_ANSWER + 1)
-            if len(data) > MAX_ANSWER:
-                raise AnswerTooLargeError(response.status, None)
-        reusable = not response.will_close and response.isclosed()
-        # HTTPMessage: a case-insensitive .get(), all the verdicts use.
-        return Answer(response.status, data, cast("Mapping[str, str]", response.headers)), reusable
-    finally:
-        response.close()
-
-
 class Ticket:
     """One request watched by a :class:`Watchdog`: its deadline and its connections."""
 
-    __slots__ = ("conns", "deadline", "done", "expired")
+    __slots__ = ("conns", "deadline", "done", "expired", "reused")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.conns: list[Any] = []  # objects with a .sock (urllib3 connections)
         self.done = False
         self.expired = False
+        #: Whether the request went out on a connection that had carried one before.
+        self.reused = False
 
 
 class Watchdog:
     """
     One thread per transport that shuts down the sockets of requests past their deadline.
 
-    For clients (``requests``) whose reads the transport cannot reach: each
-    request takes a :class:`Ticket`, its connections are attached to it as
-    they are used, and at the deadline the watchdog shuts their sockets down,
-    which ends any read or write blocked on them. The thread starts with the
-    first request and ends at :meth:`close`.
+    Each request takes a :class:`Ticket`; its connections are attached to it
+    as they are used, and at the deadline the watchdog shuts their sockets
+    down. The thread starts with the first request and ends at :meth:`close`.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._reset()
-        after_fork_in_child(self._reset)
-
-    def _reset(self) -> None:
         # Guards _heap, _thread, _closed and every Ticket's conns, done and expired.
         # A socket is shut down under it (a system call that never blocks), so that
         # a request that finished can never have its next request's socket cut.
@@ -300,7 +153,8 @@ class Watchdog:
                 return
             ticket.conns.append(conn)
             if ticket.expired:
-                _shut(conn)
+                for sock in _socks(conn):
+                    _shut(sock)
 
     def finish(self, ticket: Ticket) -> None:
         """The request is over: none of its connections will be cut from now on."""
@@ -316,6 +170,15 @@ class Watchdog:
             self._wake.notify()
         if thread is not None and thread is not threading.current_thread():
             thread.join(1.0)
+
+    def abandon(self) -> None:
+        """Stop without waiting for the lock (a forked child's copy: its thread is the parent's)."""
+        self._closed = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._wake.notify()
+            finally:
+                self._lock.release()
 
     def _run(self) -> None:
         with self._lock:
@@ -333,11 +196,288 @@ class Watchdog:
                 ticket = heapq.heappop(heap)[2]
                 ticket.expired = True
                 for conn in ticket.conns:
-                    _shut(conn)
+                    for sock in _socks(conn):
+                        _shut(sock)
 
 
-def _shut(conn: Any) -> None:
-    sock = getattr(conn, "sock", None)
+def _shut(sock: Optional[socket.socket]) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # already closed by its own thread
             sock.shutdown(socket.SHUT_RDWR)
+
+
+#: The connection the calling thread is connecting, for :class:`GuardedSSLSocket`.
+_connecting = threading.local()
+
+
+class GuardedSSLSocket(ssl.SSLSocket):
+    """
+    An ``SSLSocket`` that its connection can shut down while the TLS handshake runs.
+
+    urllib3 stores a TLS connection's socket only after the handshake; a
+    transport's own ``SSLContext`` returns this class (``sslsocket_class``,
+    public since Python 3.7), which hands itself to its connection as the
+    handshake starts, so that :meth:`Guard.close` and the deadline can cut it.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        conn = getattr(_connecting, "conn", None)
+        if conn is not None:
+            conn.lightd_tls = self
+            conn.lightd_guard.watch(conn)
+            if conn.lightd_guard.closed:
+                raise ClosedError(errno.ECONNABORTED, "the transport was closed")
+        super().do_handshake(block)
+
+
+def _socks(conn: Any) -> list[socket.socket]:
+    """The sockets of *conn* that may carry its bytes: the stored one, the one in a handshake."""
+    return [s for s in (getattr(conn, "sock", None), getattr(conn, "lightd_tls", None)) if s]
+
+
+class Guard:
+    """
+    The deadline and the cut-off of one transport's requests, over urllib3's connection classes.
+
+    :attr:`pool_classes` are urllib3 pool classes (public ``ConnectionCls``)
+    whose connections report to this guard; a transport wraps each request in
+    :meth:`begin` and :meth:`end`. A guard belongs to one process: a forked
+    child makes a new one (the transports check the pid in one place) and
+    calls :meth:`forget` on the parent's.
+
+    Args:
+        name: The watchdog thread's name.
+        verify: Whether TLS certificates are verified (else urllib3's
+            per-request ``InsecureRequestWarning`` is not raised: the
+            transport warned once when it was created).
+    """
+
+    def __init__(self, name: str, *, verify: bool = True) -> None:
+        self.pid = os.getpid()
+        # Guards _closed and _conns against close() walking them.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._conns: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._local = threading.local()  # .ticket: the calling thread's request
+        self.watchdog = Watchdog(name)
+        self.pool_classes = self._classes(verify)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def begin(self, timeout: float) -> Ticket:
+        """Start the calling thread's request, which must be over within *timeout* seconds."""
+        ticket = self.watchdog.start(timeout)
+        self._local.ticket = ticket
+        return ticket
+
+    def end(self, ticket: Ticket) -> None:
+        """End the calling thread's request: its connections are no longer cut at its deadline."""
+        self._local.ticket = None
+        self.watchdog.finish(ticket)
+
+    def watch(self, conn: Any, *, request: bool = False) -> None:
+        """Attach *conn* to the calling thread's request (cut at its deadline)."""
+        ticket: Optional[Ticket] = getattr(self._local, "ticket", None)
+        if ticket is None:
+            return
+        if request:
+            ticket.reused = conn.lightd_uses > 1
+        self.watchdog.attach(ticket, conn)
+
+    def track(self, conn: Any) -> None:
+        """Remember *conn*; shut it down at once (and refuse it) if the guard was closed."""
+        with self._lock:
+            self._conns.add(conn)
+            closed = self._closed
+        if closed:
+            for sock in _socks(conn):
+                _shut(sock)
+            raise ClosedError(errno.ECONNABORTED, "the transport was closed")
+
+    def close(self) -> None:
+        """Shut down every connection, waking the threads blocked on them; stop the watchdog."""
+        with self._lock:
+            self._closed = True
+            conns = list(self._conns)
+        for conn in conns:
+            for sock in _socks(conn):
+                _shut(sock)
+        # urllib3 stores a new connection's socket only once its TCP connect
+        # returned: a connection caught in between has no socket to shut down
+        # yet. Wait a moment for it; one that connects later refuses itself (track).
+        deadline = time.monotonic() + _STORE_WAIT
+        waiting = [c for c in conns if c.lightd_connecting and getattr(c, "sock", None) is None]
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.002)
+            for conn in list(waiting):
+                stored: Optional[socket.socket] = getattr(conn, "sock", None)
+                if stored is not None or not conn.lightd_connecting:
+                    _shut(stored)
+                    waiting.remove(conn)
+        self.watchdog.close()
+
+    def connections(self) -> list[Any]:
+        """The connections made so far that hold an open socket (for tests and ``check``)."""
+        with self._lock:
+            conns = list(self._conns)
+        return [c for c in conns if getattr(c, "sock", None) is not None and c.sock.fileno() != -1]
+
+    def forget(self) -> None:
+        """
+        In a forked child: close this process's copies of the parent's sockets, never shutdown.
+
+        No lock: the child has one thread, and a parent's thread may have held it at fork.
+        """
+        self._closed = True
+        self.watchdog.abandon()
+        for conn in list(self._conns):
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _classes(self, verify: bool) -> dict[str, Any]:
+        guard = self
+
+        class Tracked:
+            """Connection mixin: watched by the request's deadline, known to close()."""
+
+            lightd_connecting = False
+            lightd_uses = 0
+            lightd_guard = guard
+            lightd_tls: Optional[ssl.SSLSocket] = None  # the socket of a handshake in progress
+
+            def connect(self) -> None:
+                guard.watch(self)
+                self.lightd_connecting = True  # close() waits a moment for its socket
+                _connecting.conn = self  # a GuardedSSLSocket hands itself over
+                try:
+                    guard.track(self)  # before: close() may cut the TLS handshake
+                    super().connect()  # type: ignore[misc]
+                finally:
+                    _connecting.conn = None
+                    self.lightd_connecting = False
+                    self.lightd_tls = None
+                guard.track(self)  # and after: a close() that came meanwhile
+
+            def request(self, *args: Any, **kwargs: Any) -> Any:
+                self.lightd_uses += 1
+                guard.watch(self, request=True)  # a kept-alive connection: no connect() now
+                if guard.closed:
+                    raise ClosedError(errno.ECONNABORTED, "the transport was closed")
+                return super().request(*args, **kwargs)  # type: ignore[misc]
+
+        class Conn(Tracked, urllib3.connection.HTTPConnection):
+            pass
+
+        class TLSConn(Tracked, urllib3.connection.HTTPSConnection):
+            pass
+
+        class QuietTLSConn(TLSConn):
+            """
+            For ``verify: false``: no ``InsecureRequestWarning`` on every request.
+
+            The transport logged one loud WARNING when it was created; urllib3
+            would add a Python warning per request (an error under ``-W error``),
+            and silencing it otherwise changes process-wide state. urllib3 reads
+            ``is_verified`` only to decide about that warning.
+            """
+
+            @property
+            def is_verified(self) -> bool:
+                return True
+
+            @is_verified.setter
+            def is_verified(self, value: bool) -> None:
+                pass
+
+        class Pool(urllib3.HTTPConnectionPool):
+            ConnectionCls = Conn
+
+        class TLSPool(urllib3.HTTPSConnectionPool):
+            ConnectionCls = TLSConn if verify else QuietTLSConn
+
+        return {"http": Pool, "https": TLSPool}
+
+
+def read_answer(response: Any, ticket: Ticket) -> Answer:
+    """
+    Read urllib3 *response*'s body, up to MAX_ANSWER bytes and by *ticket*'s deadline.
+
+    The connection goes back to its pool only if the answer was read whole; if
+    bytes follow the answer, the request fails (and urllib3, which checks a
+    pooled connection before it reuses it, closes that one); an answer not read
+    whole closes its connection.
+
+    Raises:
+        AnswerTooLargeError: The body is (or is declared) larger than MAX_ANSWER.
+        DoubtfulAnswerError: A 1xx answer where the final one belongs, or bytes after the answer.
+        DeadlineExceededError: The deadline passed before the answer was complete.
+        OSError, urllib3.exceptions.HTTPError: The connection broke.
+    """
+    clean = False
+    # urllib3 gives the connection back to its pool by itself once the answer is
+    # read whole: keep it to look at what follows (look only: it is no longer ours).
+    conn = response.connection
+    try:
+        status = response.status
+        if 100 <= status < 200:  # http.client waits out 100 only: a 103 would end here
+            raise DoubtfulAnswerError(
+                status, f"an interim answer (HTTP {status}) came where the final one belongs"
+            )
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and len(declared) < 20 and int(declared) > MAX_ANSWER:
+            raise AnswerTooLargeError(status, int(declared))
+        chunks: list[bytes] = []
+        size = 0
+        length = int(declared) if declared.isdigit() and len(declared) < 20 else -1
+        while size != length:  # a declared length read whole needs no read for the end
+            if time.monotonic() >= ticket.deadline:
+                raise DeadlineExceededError("the request's deadline passed")
+            chunk = response.read(_CHUNK, decode_content=False)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_ANSWER:
+                raise AnswerTooLargeError(status, None)
+            chunks.append(chunk)
+        if ticket.expired:  # the watchdog cut the socket: what was read may be short
+            raise DeadlineExceededError("the request's deadline passed")
+        chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+        if declared.isdigit() and not chunked and int(declared) != size:
+            # urllib3 1.26 (as requests uses it) does not enforce the length itself
+            raise DoubtfulAnswerError(
+                status, f"the body has {size} bytes where Content-Length says {int(declared)}"
+            )
+        after = _after_the_answer(getattr(conn, "sock", None))
+        if after == "bytes":
+            raise DoubtfulAnswerError(status, "bytes came after the answer")
+        clean = after == "nothing"
+        return Answer(status, b"".join(chunks), response.headers)
+    finally:
+        if not clean:
+            response.close()  # closes the connection too: it is never reused
+        response.release_conn()
+
+
+def _after_the_answer(sock: Optional[socket.socket]) -> str:
+    """What the socket holds after a whole answer: ``nothing``, ``bytes`` or ``closed``."""
+    if sock is None:
+        return "closed"  # the answer ended the connection (Connection: close)
+    try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return "bytes"
+        socks: list[socket.socket] = [sock]
+        readable, _, _ = select.select(socks, [], [], 0)  # one poll, never waits
+        if not readable:
+            return "nothing"
+        if isinstance(sock, ssl.SSLSocket):
+            return "closed"  # a TLS record (a close_notify?): cannot peek; never reused
+        # Readable: a peek returns at once (data, or b"" for the remote's close).
+        data = sock.recv(1, socket.MSG_PEEK)
+    except (OSError, ValueError):
+        return "closed"
+    return "bytes" if data else "closed"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from .._exceptions import DeliveryError
 from .._model import Event
+from .._secrets import Secrets
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = ["Transport"]
 
@@ -36,6 +40,14 @@ class Transport:
     A transport raises :class:`~lightd_sync.DeliveryError` (or a subclass) for
     every failure it can explain; anything else it raises is logged by the
     engine as a bug in the transport and counted as a failed delivery.
+
+    **Secrets.** Whatever a subclass's :meth:`send`, :meth:`send_many` and
+    :meth:`check_health` raise or return passes through one rule on its way
+    out: the secrets of the config (the token, the proxy's password and its
+    ``Proxy-Authorization`` form) are replaced by ``<token>`` in the error's
+    message, arguments and text attributes, and an exception chain that shows
+    one is dropped. A transport built from a config by name (``transport`` in
+    ``config.json``, plugins included) gets it without writing it again.
     """
 
     #: Short name used in logs and in ``config.json``'s ``transport`` key.
@@ -48,6 +60,16 @@ class Transport:
     #:
     #: .. versionadded:: 0.2.0
     talks_http = False
+
+    #: The secrets no error of this transport may show (set from the config).
+    _lightd_secrets: Secrets = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("send", "send_many", "check_health"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_lightd_guarded", False):
+                setattr(cls, name, _guarded(method))
 
     def send(self, update: Event) -> None:
         """
@@ -115,3 +137,31 @@ class Transport:
         tb: Optional[TracebackType],
     ) -> None:
         self.close()
+
+
+def _guarded(method: _F) -> _F:
+    """*method* with the secrets rule applied to what it raises and returns."""
+
+    @functools.wraps(method)
+    def guarded(self: Transport, *args: Any, **kwargs: Any) -> Any:
+        secrets = self._lightd_secrets
+        if not secrets:
+            return method(self, *args, **kwargs)
+        from ._errors import clean_error  # imports urllib3: only once a secret is known
+
+        try:
+            result = method(self, *args, **kwargs)
+        except DeliveryError as exc:
+            err = clean_error(exc, secrets)
+            if err is exc:
+                raise
+        else:
+            if isinstance(result, list):
+                return [
+                    clean_error(r, secrets) if isinstance(r, DeliveryError) else r for r in result
+                ]
+            return result
+        raise err  # outside the except block: no __context__ that may hold a secret
+
+    guarded._lightd_guarded = True  # type: ignore[attr-defined]
+    return guarded  # type: ignore[return-value]

@@ -1,42 +1,59 @@
-"""The HTTP transport: one keep-alive connection per lane, one deadline per request."""
+"""The HTTP transport: urllib3's connection pool, one deadline per request, batches when offered."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
 import logging
+import os
 import ssl
+import threading
 import time
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import quote, urlsplit
+
+import urllib3
 
 from .._config import RemoteConfig
 from .._exceptions import ConfigError, DeliveryError, RemoteUnreachableError
 from .._logutil import get_logger, safe_log
 from .._model import Event
-from ._conn import ClosedError, ConnectionBook, Route
-from ._deadline import Answer, AnswerTooLargeError, DeadlineExceededError
-from ._errors import delivery_error
+from .._secrets import Secrets, secrets_of
+from ._deadline import (
+    Answer,
+    AnswerTooLargeError,
+    ClosedError,
+    DoubtfulAnswerError,
+    Guard,
+    GuardedSSLSocket,
+    read_answer,
+)
+from ._errors import causes, delivery_error
 from ._pools import Proxy, choose_proxy, tls_context
 from .base import Transport
 from .protocol import (
+    BATCH_CAP,
+    encode_batch,
     encode_body,
     health_verdict,
     judge,
+    judge_batch,
+    parse_offer,
     request_headers,
     update_verdict,
     warn_about_security,
+    with_event_ids,
 )
 
 __all__ = ["HttpTransport"]
 
 log = get_logger("transport")
 
-# Errors that mean a kept-alive connection was already closed by the remote
-# when the request went out on it (RemoteDisconnected is a ConnectionResetError).
-#: The most requests one send_many() writes at once on a connection.
-MAX_PIPELINE = 32
-
+# What a request that went out on a kept-alive connection the remote had closed
+# while idle fails with, before any byte of an answer (RemoteDisconnected is a
+# ConnectionResetError).
 _IDLE_CLOSE = (
     ConnectionResetError,
     BrokenPipeError,
@@ -44,11 +61,19 @@ _IDLE_CLOSE = (
     ssl.SSLEOFError,
     ssl.SSLZeroReturnError,
 )
-# Everything the connection code raises for a failed exchange (ValueError: a
-# malformed answer that http.client does not wrap; UnicodeError: an encoding).
-_FAILURES = (OSError, http.client.HTTPException, ValueError, AnswerTooLargeError)
+# Everything a failed exchange raises (ValueError: a malformed answer that
+# http.client does not wrap; UnicodeError: an encoding).
+_FAILURES = (
+    OSError,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    ValueError,
+    AnswerTooLargeError,
+    DoubtfulAnswerError,
+)
 # In a URL's path: keep what is already ASCII and legal, percent-encode the rest.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_IDENTITY = {"Accept-Encoding": "identity"}  # a compressed answer could outgrow 64 KiB decoded
 
 
 def _host_for_the_wire(host: str) -> str:
@@ -60,29 +85,45 @@ def _host_for_the_wire(host: str) -> str:
         raise ConfigError("remote.url: the host name cannot be written in ASCII (IDNA)") from None
 
 
-def _authority(host: str, port: Optional[int]) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"{shown}:{port}" if port else shown
+def _proxy_secrets(proxy: Optional[Proxy]) -> tuple[str, ...]:
+    """The ``Proxy-Authorization`` value of *proxy* (config or environment), and its password."""
+    value = proxy.headers.get("Proxy-Authorization", "") if proxy is not None else ""
+    if not value:
+        return ()
+    encoded = value.split(" ", 1)[-1]
+    try:
+        password = base64.b64decode(encoded).decode("utf-8", "replace").split(":", 1)[-1]
+    except (binascii.Error, ValueError):
+        password = ""
+    return tuple(s for s in (encoded, password) if s)
 
 
-def _head(request_line: str, host: str, headers: dict[str, str]) -> bytes:
-    lines = [request_line, f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+def _idle_close(exc: BaseException) -> bool:
+    return any(isinstance(e, _IDLE_CLOSE) and not isinstance(e, ClosedError) for e in causes(exc))
 
 
 class HttpTransport(Transport):
     """
-    Send updates with ``POST {url}/update`` and check ``GET {url}/health``.
+    Send updates with ``POST {url}/update`` (or ``/updates``) and check ``GET {url}/health``.
 
-    Each thread that sends (each lane, the health thread) keeps one
-    keep-alive connection of its own; each request is written in one
-    ``sendall`` and its answer parsed by ``http.client``. ``timeout`` is the
-    time the whole request may take: connecting, sending and every byte of
-    the answer. An answer's body is read up to 64 KiB; a larger one is a
-    failed delivery (``reason="too_large"``). Every failure becomes a
+    Runs on urllib3's connection pool (one kept-alive connection per sending
+    thread at most, ``workers + 1`` in all). ``timeout`` is the time the
+    whole request may take: connecting, sending and every byte of the answer.
+    An answer's body is read up to 64 KiB; a larger one is a failed delivery
+    (``reason="too_large"``). An answer whose framing is doubtful (a ``1xx``
+    interim answer where the final one belongs, bytes after the answer) fails
+    its request, and its connection is closed: nothing of it can be taken for
+    the next request's answer. Every failure becomes a
     :class:`~lightd_sync.DeliveryError`, with one retry: a request that went
     out on a kept-alive connection the remote had closed while idle (nothing
     of an answer came back) is sent again at once, on a new connection.
+
+    **Batches.** When the latest health answer offers them (``"batch":
+    {"max": N}``), :meth:`max_batch` is ``min(N, 500)`` and :meth:`send_many`
+    sends its events as one ``POST {url}/updates``, judged item by item; a
+    remote that answers it 404, 405, 415 or 501 gets the same items one
+    ``POST /update`` each at once (same event ids), and no batch until a later
+    health answer offers them again.
 
     TLS certificates are verified (``ca_bundle`` adds a private CA,
     ``client_cert``/``client_key`` give mutual TLS); ``verify: false`` is
@@ -90,13 +131,14 @@ class HttpTransport(Transport):
     Redirects are never followed: they would carry the token elsewhere.
     ``remote.proxy``, else ``HTTPS_PROXY``/``HTTP_PROXY`` minus ``NO_PROXY``,
     selects a proxy (``CONNECT`` for an ``https://`` remote). :meth:`close`
-    cuts off every request in flight, connecting included; only a DNS lookup
-    cannot be cut short (it ends within ``timeout``). A forked child never
-    uses the parent's connections: it makes its own.
+    cuts off every request in flight, the TLS handshake included; a TCP
+    connect still in progress ends by its timeout, and the connection is
+    then refused. A forked child never uses the parent's connections: it
+    makes its own pool.
 
     Args:
-        config: The remote config; ``url``, ``token``, ``timeout`` and the TLS
-            and proxy keys are used.
+        config: The remote config; ``url``, ``token``, ``timeout``, ``workers``
+            and the TLS and proxy keys are used.
 
     Raises:
         ConfigError: ``url`` or ``token`` is missing, or ``ca_bundle``,
@@ -104,7 +146,7 @@ class HttpTransport(Transport):
 
     .. versionadded:: 0.1.0 TLS options, proxies, the idle-connection retry and fork safety.
     .. versionchanged:: 0.2.0 ``timeout`` bounds the whole request; answers are
-       read up to 64 KiB; connections are one per thread, made by the transport.
+       read up to 64 KiB, and doubted; batches when the remote offers them.
     """
 
     name = "http"
@@ -123,30 +165,50 @@ class HttpTransport(Transport):
             port = parts.port
         except ValueError:
             raise ConfigError("remote.url: the port is not a number from 0 to 65535") from None
+        self._scheme = parts.scheme
+        self._host = _host_for_the_wire(parts.hostname)
+        self._port = port or (443 if parts.scheme == "https" else 80)
         self._timeout = config.timeout
-        self._token = config.token
-        self._base_path = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
-        host = _host_for_the_wire(parts.hostname)
-        authority = _authority(host, port)
+        self._verify = config.verify
+        self._maxsize = config.workers + 1
+        base = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
         proxy = choose_proxy(config)
         if isinstance(proxy, str):
             safe_log(log, logging.WARNING, "ignoring the proxy: %s; connecting directly", proxy)
             proxy = None
         self.proxy: Optional[Proxy] = proxy
-        self._route, prefix = self._plan(config, parts.scheme, host, port, authority)
-        post = request_headers(config.token, post=True)
-        get = request_headers(config.token, post=False)
-        if proxy is not None and parts.scheme == "http":  # absolute-form, credentials to the proxy
-            post.update(proxy.headers)
-            get.update(proxy.headers)
-        self._post_head = _head(f"POST {prefix}{self._base_path}/update HTTP/1.1", authority, post)
-        self._get_message = (
-            _head(f"GET {prefix}{self._base_path}/health HTTP/1.1", authority, get) + b"\r\n"
+        self._lightd_secrets: Secrets = tuple(
+            sorted(
+                set(secrets_of(config.token, config.proxy)) | set(_proxy_secrets(proxy)),
+                key=len,
+                reverse=True,
+            )
         )
-        self._book = ConnectionBook(self._route)
-        # Whether send_many() pipelines: False for good once the remote closed a
-        # pipelined connection early. One bool, written once: no lock needed.
-        self._pipelining = True
+        # Through a proxy, requests name the whole URL (absolute form); else the path.
+        shown = f"[{self._host}]" if ":" in self._host else self._host
+        authority = f"{shown}:{port}" if port else shown
+        prefix = f"{parts.scheme}://{authority}" if proxy is not None else ""
+        self._targets = {p: f"{prefix}{base}/{p}" for p in ("update", "updates", "health")}
+        self._tls = tls_context(config) if parts.scheme == "https" else None
+        if self._tls is not None:
+            # urllib3 (1.26 and 2.x) matches the certificate's name itself when the
+            # context does not: 1.26 sends no server_hostname for an IP address.
+            self._tls.check_hostname = False
+            self._tls.sslsocket_class = GuardedSSLSocket  # close() cuts a handshake too
+        self._proxy_tls = (
+            tls_context(config) if proxy is not None and proxy.url.startswith("https:") else None
+        )
+        if self._proxy_tls is not None:
+            self._proxy_tls.sslsocket_class = GuardedSSLSocket
+        self._post_headers = {**request_headers(config.token, post=True), **_IDENTITY}
+        self._get_headers = {**request_headers(config.token, post=False), **_IDENTITY}
+        #: The latest health answer's batch offer (batch.max; 0: none). One int,
+        #: replaced whole by the health thread or a lane: no lock needed.
+        self._offer = 0
+        self._closed = False
+        # (pid, guard, pool): swapped whole, so a request reads a matching set.
+        self._state: tuple[int, Guard, Any] = self._build()
+        self._state_lock = threading.Lock()  # guards replacing _state in a forked child
         warn_about_security(
             self.url,
             unverified=None if config.verify else "remote.verify is false",
@@ -154,149 +216,185 @@ class HttpTransport(Transport):
             proxy_url=self.proxy.url if self.proxy is not None else None,
         )
 
-    def _plan(
-        self, config: RemoteConfig, scheme: str, host: str, port: Optional[int], authority: str
-    ) -> tuple[Route, str]:
-        """The route to the remote, and the prefix of request targets (absolute via a proxy)."""
-        port = port or (443 if scheme == "https" else 80)
-        tls = tls_context(config) if scheme == "https" else None
-        proxy = self.proxy
-        if proxy is None:
-            return Route(host, port, tls=tls, server_hostname=host if tls else None), ""
-        pparts = urlsplit(proxy.url)
-        assert pparts.hostname is not None  # _parse_proxy checked
-        proxy_https = pparts.scheme == "https"
-        pport = pparts.port or (443 if proxy_https else 80)
-        proxy_tls = tls_context(config) if proxy_https else None
-        if scheme == "http":  # absolute-form requests to the proxy
-            return Route(
-                pparts.hostname,
-                pport,
-                proxy_tls=proxy_tls,
-                proxy_hostname=pparts.hostname if proxy_https else None,
-            ), f"http://{authority}"
-        if proxy_https:
-            raise ConfigError(
-                f"remote.proxy: an https:// proxy ({proxy.url}) for an https:// remote "
-                "(TLS inside TLS) is not supported; use the proxy's http:// port: the "
-                "tunnel to the remote is encrypted end to end anyway"
-            )
-        target = f"{_authority(host, None)}:{port}"
-        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
-        lines += [f"{k}: {v}" for k, v in proxy.headers.items()]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        route = Route(
-            pparts.hostname,
-            pport,
-            tls=tls,
-            server_hostname=host,
-            tunnel=target,
-            tunnel_head=head,
-        )
-        return route, ""
-
     def __repr__(self) -> str:
         via = f", proxy={self.proxy.url!r}" if self.proxy is not None else ""
         return f"HttpTransport(url={self.url!r}{via})"
 
-    # -- requests -----------------------------------------------------------
+    # -- the pool ------------------------------------------------------------
 
-    def _exchange(self, method: str, path: str, message: bytes) -> Answer:
-        what = f"{method} {self.url}{path}"
-        book = self._book
-        if book.closed:
-            raise RemoteUnreachableError(f"{what}: the transport is closed", reason="closed")
-        deadline = time.monotonic() + self._timeout
-        try:
-            conn = book.mine()
-            try:
-                return conn.exchange(message, method, deadline)
-            except _IDLE_CLOSE:
-                # The remote had closed that kept-alive connection while it was idle?
-                if book.closed or not conn.reused or not conn.answered_nothing():
-                    raise
-            return conn.exchange(message, method, deadline)
-        except _FAILURES as exc:
-            err = delivery_error(
-                exc,
-                what,
-                token=self._token,
-                timeout=self._timeout,
-                closed=book.closed,
-                proxy=self.proxy.url if self.proxy is not None else None,
-            )
-        raise err  # outside the except block: no __context__ that may hold the token
-
-    def _post_message(self, update: Event) -> bytes:
-        body = encode_body(update)
-        event_id = update.event_id
-        extra = b"X-Lightd-Event-Id: " + event_id.encode("ascii") + b"\r\n" if event_id else b""
-        return b"".join(
-            (self._post_head, extra, b"Content-Length: ", b"%d\r\n\r\n" % len(body), body)
+    def _build(self) -> tuple[int, Guard, Any]:
+        """A guard and a pool (or proxy manager) for this process."""
+        guard = Guard("lightd-sync-deadline", verify=self._verify)
+        kw: dict[str, Any] = {
+            "maxsize": self._maxsize,
+            "block": False,
+            "retries": False,
+            "timeout": urllib3.Timeout(connect=self._timeout, read=self._timeout),
+        }
+        tls: dict[str, Any] = {}
+        if self._tls is not None:
+            tls = {
+                "ssl_context": self._tls,
+                "cert_reqs": "CERT_REQUIRED" if self._verify else "CERT_NONE",
+            }
+            if not self._verify:
+                tls["assert_hostname"] = False
+        proxy = self.proxy
+        if proxy is None:
+            pool_class = guard.pool_classes[self._scheme]
+            return os.getpid(), guard, pool_class(self._host, self._port, **kw, **tls)
+        manager = urllib3.ProxyManager(
+            proxy.url,
+            num_pools=2,
+            proxy_headers=dict(proxy.headers),
+            proxy_ssl_context=self._proxy_tls,
+            **kw,
+            **tls,
         )
+        manager.pool_classes_by_scheme = dict(guard.pool_classes)
+        return os.getpid(), guard, manager
+
+    def _current(self) -> tuple[int, Guard, Any]:
+        """This process's pool: a forked child replaces the parent's (the one fork check)."""
+        state = self._state
+        if state[0] == os.getpid():
+            return state
+        self._state_lock = threading.Lock()  # the parent may have held it at fork time
+        with self._state_lock:
+            if self._state[0] != os.getpid():
+                self._state[1].forget()  # close our copies of the parent's sockets, never shut
+                self._state = self._build()
+                if self._closed:
+                    self._state[1].close()
+            return self._state
+
+    @property
+    def _guard(self) -> Guard:
+        return self._current()[1]
+
+    # -- requests ------------------------------------------------------------
+
+    def _exchange(
+        self, method: str, which: str, body: Optional[bytes], headers: dict[str, str]
+    ) -> Answer:
+        what = f"{method} {self.url.rstrip('/')}/{which}"
+        _, guard, pool = self._current()
+        if self._closed or guard.closed:
+            raise RemoteUnreachableError(f"{what}: the transport is closed", reason="closed")
+        target = self._targets[which]
+        deadline = time.monotonic() + self._timeout
+        for attempt in (1, 2):
+            ticket = guard.begin(deadline - time.monotonic())
+            try:
+                try:
+                    left = max(ticket.deadline - time.monotonic(), 0.001)
+                    response = pool.urlopen(
+                        method,
+                        target,
+                        body=body,
+                        headers=headers,
+                        retries=False,
+                        redirect=False,
+                        assert_same_host=False,
+                        timeout=urllib3.Timeout(connect=left, read=left),
+                        preload_content=False,
+                        release_conn=False,
+                        decode_content=False,
+                        enforce_content_length=True,
+                    )
+                    return read_answer(response, ticket)
+                finally:
+                    guard.end(ticket)
+            except _FAILURES as exc:
+                closed = self._closed or guard.closed
+                if (
+                    attempt == 1
+                    and ticket.reused
+                    and not closed
+                    and not ticket.expired
+                    and _idle_close(exc)
+                ):
+                    continue  # the remote had closed that kept-alive connection while idle
+                err = delivery_error(
+                    exc,
+                    what,
+                    secrets=self._lightd_secrets,
+                    timeout=self._timeout,
+                    closed=closed,
+                    timed_out=ticket.expired,
+                    proxy=self.proxy.url if self.proxy is not None else None,
+                )
+            raise err  # outside the except block: no __context__ that may hold a secret
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def send(self, update: Event) -> None:
         """POST *update* to ``{url}/update``; raise a DeliveryError unless accepted."""
-        answer = self._exchange("POST", "/update", self._post_message(update))
-        judge(update_verdict, "POST /update", answer, self._token)
+        headers = self._post_headers
+        if update.event_id:
+            headers = {**headers, "X-Lightd-Event-Id": update.event_id}
+        answer = self._exchange("POST", "update", encode_body(update), headers)
+        judge(update_verdict, "POST /update", answer, self._lightd_secrets)
+
+    def max_batch(self) -> int:
+        """``min(batch.max, 500)`` while the latest health answer offers batches, else 1."""
+        offer = self._offer
+        return min(offer, BATCH_CAP) if offer > 1 else 1
 
     def send_many(self, updates: Sequence[Event]) -> list[Optional[DeliveryError]]:
         """
-        POST several updates, pipelined on this thread's kept-alive connection.
+        Send *updates* as one ``POST {url}/updates`` while the remote offers batches.
 
-        Pipelining (HTTP/1.1: the requests in one write, the answers read in
-        order) starts only on a connection that has already carried a request
-        and stayed open: the remote has shown it keeps connections alive.
-        A remote that closes a pipelined connection before answering every
-        request is sent one request at a time from then on, by this
-        transport, for good; what it left unanswered is sent again at once,
-        one by one, with the same event ids (a remote that de-duplicates
-        sees a retry).
+        Without an offer (or with one event), one ``POST /update`` each. The
+        answer is judged per the spec's table; 404, 405, 415 or 501 withdraw
+        the offer and the same events go out one ``POST /update`` each, at once,
+        with the same event ids (an event without one is given one first).
 
         .. versionadded:: 0.2.0
         """
-        if len(updates) <= 1 or not self._pipelining or self._book.closed:
+        limit = self.max_batch()
+        if len(updates) <= 1 or limit <= 1:
             return super().send_many(updates)
+        events = with_event_ids(updates)
         results: list[Optional[DeliveryError]] = []
+        for start in range(0, len(events), limit):  # the offer may have shrunk meanwhile
+            chunk = events[start : start + limit]
+            results += self._send_batch(chunk) if len(chunk) > 1 else super().send_many(chunk)
+        return results
+
+    def _send_batch(self, events: list[Event]) -> list[Optional[DeliveryError]]:
         try:
-            conn = self._book.mine()
-        except ClosedError:
-            return super().send_many(updates)
-        rest = list(updates)
-        if conn.sock is None:  # no kept-alive connection: the first request opens one
-            results += super().send_many(rest[:1])
-            rest = rest[1:]
-            if conn.sock is None:
-                return results + super().send_many(rest)
-        rest = rest[:MAX_PIPELINE]
-        answers, error = conn.pipeline([self._post_message(u) for u in rest], "POST", self._timeout)
-        for answer in answers:
-            try:
-                judge(update_verdict, "POST /update", answer, self._token)
-            except DeliveryError as exc:
-                results.append(exc)
-            else:
-                results.append(None)
-        unanswered = rest[len(answers) :]
-        if unanswered and not self._book.closed and not isinstance(error, DeadlineExceededError):
-            self._pipelining = False
-            safe_log(
-                log,
-                logging.INFO,
-                "%s closed a pipelined connection with %d of %d requests unanswered; "
-                "sending one request at a time from now on",
-                self.url,
-                len(unanswered),
-                len(rest),
-            )
-        results += super().send_many(unanswered)
-        return results + super().send_many(list(updates)[len(results) :])
+            answer = self._exchange("POST", "updates", encode_batch(events), self._post_headers)
+        except DeliveryError as exc:
+            return [exc] * len(events)
+        verdict = judge_batch(answer, len(events), self._lightd_secrets)
+        if verdict is not None:
+            return verdict
+        self._offer = 0
+        safe_log(
+            log,
+            logging.INFO,
+            "%s answered POST /updates with HTTP %d: it takes no batches after all; sending "
+            "one update per request until a health answer offers batches again",
+            self.url,
+            answer.status,
+        )
+        return super().send_many(events)
 
     def check_health(self) -> None:
         """GET ``{url}/health``; raise a DeliveryError unless it answers as active."""
-        answer = self._exchange("GET", "/health", self._get_message)
-        judge(health_verdict, "GET /health", answer, self._token)
+        answer = self._exchange("GET", "health", None, self._get_headers)
+        self._offer = parse_offer(answer.status, answer.data)  # each answer replaces the offer
+        judge(health_verdict, "GET /health", answer, self._lightd_secrets)
 
     def close(self) -> None:
-        """Close every connection, cutting off every request in flight (connecting included)."""
-        self._book.cut_off()
+        """Close every connection, cutting off every request in flight (the TLS handshake too)."""
+        self._closed = True
+        pid, guard, pool = self._state
+        if pid != os.getpid():
+            guard.forget()  # a child never shuts down its parent's sockets
+            return
+        guard.close()
+        if isinstance(pool, urllib3.PoolManager):
+            pool.clear()
+        else:
+            pool.close()

@@ -14,8 +14,10 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, Protocol, Union
+
+import attrs
 
 from .._config import is_loopback_url
 from .._exceptions import (
@@ -23,14 +25,22 @@ from .._exceptions import (
     DeliveryError,
     RemoteRejectedError,
 )
+from .._ids import new_event_id
 from .._logutil import get_logger, safe_log
 from .._model import Event
-from .._secrets import scrub
+from .._secrets import Secrets, scrub_all
 from .._version import version
 
 __all__ = [
+    "BATCH_CAP",
+    "BATCH_FALLBACK_STATUSES",
     "RETRYABLE_STATUSES",
+    "BatchVerdict",
+    "encode_batch",
     "encode_body",
+    "judge_batch",
+    "parse_offer",
+    "with_event_ids",
     "health_verdict",
     "parse_retry_after",
     "request_headers",
@@ -102,35 +112,47 @@ def parse_retry_after(value: Optional[str], *, now: Optional[float] = None) -> O
     return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
-def _remote_says(body: bytes) -> str:
-    """A short, printable excerpt of the remote's own error text, if it gave one."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return ""
+def _remote_says(body: Union[bytes, Any], secrets: Secrets = ()) -> str:
+    """
+    A short, printable excerpt of the remote's own error text, if it gave one.
+
+    *body* is the answer's bytes or an already parsed item. The secrets are
+    scrubbed from the whole text **before** it is cut to length.
+    """
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return ""
+    else:
+        doc = body
     text = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(text, str) or not text:
         return ""
+    text = scrub_all(text, secrets)
     clean = "".join(ch if ch.isprintable() else "?" for ch in text[:_SNIPPET])
     return f": {clean}"
 
 
-def _shown_location(value: Optional[str]) -> str:
+def _shown_location(value: Optional[str], secrets: Secrets = ()) -> str:
     if not value:
         return ""
     if "@" in value or not value.isprintable():
         return " to a URL not shown here (it may hold a password)"
+    value = scrub_all(value, secrets)  # before the cut: no piece of a secret survives it
     return f" to {value[:_LOCATION_SHOWN]!r}"
 
 
-def _status_error(what: str, status: int, body: bytes, headers: Mapping[str, str]) -> DeliveryError:
+def _status_error(
+    what: str, status: int, body: bytes, headers: Mapping[str, str], secrets: Secrets = ()
+) -> DeliveryError:
     if status in (401, 403):
         return AuthRejectedError(
             f"{what}: the remote rejected the token (HTTP {status}); {_AUTH_HINT}",
             status=status,
         )
     if 300 <= status < 400:
-        to = _shown_location(headers.get("Location"))
+        to = _shown_location(headers.get("Location"), secrets)
         return RemoteRejectedError(
             f"{what}: the remote answered HTTP {status}, a redirect{to}: remote.url is "
             "misconfigured (set it to the final URL); redirects are never followed since "
@@ -140,7 +162,7 @@ def _status_error(what: str, status: int, body: bytes, headers: Mapping[str, str
         )
     retry_after = parse_retry_after(headers.get("Retry-After"))
     return RemoteRejectedError(
-        f"{what}: the remote answered HTTP {status}{_remote_says(body)}",
+        f"{what}: the remote answered HTTP {status}{_remote_says(body, secrets)}",
         status=status,
         retryable=status in RETRYABLE_STATUSES,
         retry_after=retry_after,
@@ -163,7 +185,13 @@ def _json_object(what: str, status: int, body: bytes) -> dict[str, Any]:
     return doc
 
 
-def update_verdict(status: int, body: bytes, headers: Mapping[str, str]) -> None:
+# The answers nearly every remote gives: judged without parsing them.
+_ACCEPTED = frozenset({b'{"success": true}', b'{"success":true}', b'{"success": true}\n'})
+
+
+def update_verdict(
+    status: int, body: bytes, headers: Mapping[str, str], secrets: Secrets = ()
+) -> None:
     """
     Judge the answer to ``POST /update``: return if delivered, raise otherwise.
 
@@ -171,23 +199,25 @@ def update_verdict(status: int, body: bytes, headers: Mapping[str, str]) -> None
     """
     what = "POST /update"
     if not 200 <= status < 300:
-        raise _status_error(what, status, body, headers)
-    if not body.strip():
+        raise _status_error(what, status, body, headers, secrets)
+    if not body.strip() or body in _ACCEPTED:
         return
     doc = _json_object(what, status, body)
     if "success" in doc and doc["success"] is not True:
         raise RemoteRejectedError(
             f'{what}: the remote answered "success": {json.dumps(doc["success"])}'
-            f"{_remote_says(body)}",
+            f"{_remote_says(body, secrets)}",
             status=status,
         )
 
 
-def health_verdict(status: int, body: bytes, headers: Mapping[str, str]) -> None:
+def health_verdict(
+    status: int, body: bytes, headers: Mapping[str, str], secrets: Secrets = ()
+) -> None:
     """Judge the answer to ``GET /health``: healthy only on 200 with ``"endpoint": "active"``."""
     what = "GET /health"
     if status != 200:
-        raise _status_error(what, status, body, headers)
+        raise _status_error(what, status, body, headers, secrets)
     doc = _json_object(what, status, body)
     if doc.get("endpoint") != "active":
         raise RemoteRejectedError(
@@ -195,12 +225,13 @@ def health_verdict(status: int, body: bytes, headers: Mapping[str, str]) -> None
         )
 
 
-def scrubbed(exc: DeliveryError, token: str) -> DeliveryError:
-    """Return *exc* with *token* removed from its message (a remote may echo anything)."""
-    if token not in exc.message:
+def scrubbed(exc: DeliveryError, secrets: Secrets) -> DeliveryError:
+    """Return *exc* with *secrets* removed from its message (a remote may echo anything)."""
+    message = scrub_all(exc.message, secrets)
+    if message == exc.message:
         return exc
     return type(exc)(
-        scrub(exc.message, token),
+        message,
         status=exc.status,
         retryable=exc.retryable,
         retry_after=exc.retry_after,
@@ -217,24 +248,130 @@ class _Answer(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
 
-Verdict = Callable[[int, bytes, Mapping[str, str]], None]
+Verdict = Callable[[int, bytes, Mapping[str, str], Secrets], None]
 
 
-def judge(verdict: Verdict, what: str, answer: _Answer, token: str) -> None:
+def judge(verdict: Verdict, what: str, answer: _Answer, secrets: Secrets) -> None:
     """
-    Apply *verdict* to *answer*; raise its DeliveryError with the token scrubbed.
+    Apply *verdict* to *answer*; raise its DeliveryError with the secrets scrubbed.
 
     The error is raised outside the ``except`` block, so that its ``__context__``
     is not the unscrubbed one.
     """
     try:
-        verdict(answer.status, answer.data, answer.headers)
+        verdict(answer.status, answer.data, answer.headers, secrets)
     except DeliveryError as exc:
-        err = scrubbed(exc, token)
+        err = scrubbed(exc, secrets)
         err.__cause__ = None
     else:
         return
     raise err
+
+
+# -- the batch extension (spec: "Extension: several updates in one request") -------
+
+#: The most items one ``POST /updates`` carries, whatever the remote offers.
+BATCH_CAP = 500
+#: The most the spec lets a remote offer.
+_OFFER_MAX = 10_000
+#: Answers to ``POST /updates`` that mean the remote takes no batches after all.
+BATCH_FALLBACK_STATUSES = frozenset({404, 405, 415, 501})
+
+
+def parse_offer(status: int, body: bytes) -> int:
+    """
+    The batch offer of a health answer: ``batch.max``, or 0 when it offers nothing.
+
+    Only a 200 answer whose JSON object has ``"batch": {"max": N}``, N an
+    integer (not a boolean, not a float) from 1 to 10,000, offers batches.
+    """
+    if status != 200 or b'"batch"' not in body:
+        return 0
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return 0
+    batch = doc.get("batch") if isinstance(doc, dict) else None
+    size = batch.get("max") if isinstance(batch, dict) else None
+    if type(size) is not int or not 1 <= size <= _OFFER_MAX:
+        return 0
+    return size
+
+
+def with_event_ids(events: Sequence[Event]) -> list[Event]:
+    """*events*, each with an event id (a new one for those without: kept for re-sends)."""
+    return [e if e.event_id else attrs.evolve(e, event_id=new_event_id()) for e in events]
+
+
+def encode_batch(events: Sequence[Event]) -> bytes:
+    """The body of ``POST /updates``: each event's body plus its ``event_id`` (compact, ASCII)."""
+    items = [{**event.body(), "event_id": event.event_id} for event in events]
+    return json.dumps({"updates": items}, separators=(",", ":")).encode("ascii")
+
+
+#: What an answer to ``POST /updates`` means: one outcome per item, or "send them singly".
+BatchVerdict = Union[list[Optional[DeliveryError]], None]
+
+
+def judge_batch(answer: _Answer, count: int, secrets: Secrets) -> BatchVerdict:
+    """
+    Judge the answer to a ``POST /updates`` of *count* items (the spec's answer table).
+
+    Returns:
+        ``None`` when the remote does not take batches after all (404, 405,
+        415, 501): the caller sends the items one ``POST /update`` each.
+        Otherwise one entry per item: ``None`` accepted, else its error (a
+        refused item fails as a 4xx to its own ``POST /update`` would; a status
+        or a broken answer applies to every item).
+    """
+    what = "POST /updates"
+    status, body = answer.status, answer.data
+    if status in BATCH_FALLBACK_STATUSES:
+        return None
+    if not 200 <= status < 300:
+        err = scrubbed(_status_error(what, status, body, answer.headers, secrets), secrets)
+        return [err] * count
+    broken = _broken_batch_answer(status, body, count)
+    if isinstance(broken, str):
+        err = RemoteRejectedError(
+            f"{what}: the remote answered HTTP {status} {broken}", status=status
+        )
+        return [err] * count
+    if broken is None:
+        return [None] * count
+    results: list[Optional[DeliveryError]] = []
+    for item in broken:
+        if isinstance(item, dict) and item.get("success") is True:
+            results.append(None)
+            continue
+        results.append(
+            RemoteRejectedError(
+                f"{what}: the remote refused this update (HTTP {status}, "
+                f'"success": false){_remote_says(item, secrets)}',
+                status=422 if status < 300 else status,
+                reason="http_4xx",
+            )
+        )
+    return results
+
+
+def _broken_batch_answer(status: int, body: bytes, count: int) -> Union[str, list[Any], None]:
+    """Why a 2xx batch answer is broken (a string), its ``results`` (a list), or None: all taken."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return "with a body that is not valid JSON: the whole batch failed"
+    if not isinstance(doc, dict):
+        return "with JSON that is not an object: the whole batch failed"
+    if doc.get("success") is not True:
+        return 'without "success": true: the whole batch failed'
+    if "results" not in doc:
+        return None
+    results = doc["results"]
+    if not isinstance(results, list) or len(results) != count:
+        n = len(results) if isinstance(results, list) else "not a list of"
+        return f"with {n} results for {count} updates: the whole batch failed"
+    return results
 
 
 _log = get_logger("transport")

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from .._config import RemoteConfig
 from .._exceptions import ConfigError
+from .._secrets import secrets_of
 from .base import Transport
 
 __all__ = ["ENTRY_POINT_GROUP", "available_transports", "make_transport"]
@@ -91,4 +92,6 @@ def make_transport(config: RemoteConfig) -> Transport:
             f"remote.transport: the factory of {name!r} returned "
             f"{type(transport).__name__}, not a Transport"
         )
+    if not transport._lightd_secrets:  # the one secrets rule (base.py), for plugins too
+        transport._lightd_secrets = secrets_of(config.token, config.proxy)
     return transport

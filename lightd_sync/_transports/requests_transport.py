@@ -10,38 +10,40 @@ is built, never when this module is.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
+import logging
 import os
-import socket
 import threading
-import time
-import weakref
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .._config import RemoteConfig
-from .._exceptions import ConfigError, RemoteUnreachableError
-from .._forksafe import after_fork_in_child
-from .._logutil import get_logger
+from .._exceptions import ConfigError, DeliveryError, RemoteUnreachableError
+from .._logutil import get_logger, safe_log
 from .._model import Event
+from .._secrets import secrets_of
 from ._deadline import (
     MAX_ANSWER,
     Answer,
     AnswerTooLargeError,
-    DeadlineExceededError,
-    Ticket,
-    Watchdog,
+    DoubtfulAnswerError,
+    Guard,
+    read_answer,
 )
 from ._errors import Kinds, delivery_error
 from .base import Transport
 from .protocol import (
+    BATCH_CAP,
+    encode_batch,
     encode_body,
     health_verdict,
     judge,
+    judge_batch,
+    parse_offer,
     request_headers,
     update_verdict,
     warn_about_security,
+    with_event_ids,
 )
 
 if TYPE_CHECKING:
@@ -92,82 +94,17 @@ def _own_adapter_class() -> Any:
     """
     The adapter of a session the transport builds itself (defined on first use: it needs requests).
 
-    Its connections (classes of urllib3's public API) attach themselves to the
-    request's :class:`~._deadline.Ticket`, so that the transport's watchdog
-    can cut off a request at its deadline, and are remembered, so that
-    :meth:`RequestsTransport.close` can shut them down and so wake a request
-    blocked on a silent remote (in the TLS handshake or waiting for the
-    answer), as the urllib3 transport's ``close`` does.
+    Its pools are the :class:`~._deadline.Guard`'s: urllib3's public connection
+    classes that attach themselves to the request's deadline and are known to
+    :meth:`RequestsTransport.close`, exactly as the urllib3 transport's are.
     """
     base: Any = _requests().adapters.HTTPAdapter
-    import urllib3
 
     class OwnAdapter(base):  # type: ignore[misc]
-        def __init__(self, *, maxsize: int, verify: bool, watch: Callable[[Any], None]) -> None:
-            self._lightd_reset()
-            self._lightd_pools = self._pool_classes(verify, watch)
+        def __init__(self, *, maxsize: int, guard: Guard) -> None:
+            self._lightd_pools = dict(guard.pool_classes)
             # max_retries=0: urllib3 retries nothing; the engine decides about retries.
             super().__init__(pool_maxsize=maxsize, max_retries=0, pool_block=False)
-
-        def _lightd_reset(self) -> None:
-            # Guards _lightd_closed and _lightd_conns against close() walking them.
-            self._lightd_lock = threading.Lock()
-            self._lightd_closed = False
-            self._lightd_conns: weakref.WeakSet[Any] = weakref.WeakSet()
-
-        def _pool_classes(self, verify: bool, watch: Callable[[Any], None]) -> dict[str, Any]:
-            adapter = self
-
-            class Tracked:
-                """Connection mixin: watched by the request's deadline, known to close()."""
-
-                lightd_connecting = False
-
-                def connect(self) -> None:
-                    watch(self)
-                    self.lightd_connecting = True  # close() waits a moment for its socket
-                    try:
-                        adapter.lightd_track(self)  # before: close() may cut the TLS handshake
-                        super().connect()  # type: ignore[misc]
-                    finally:
-                        self.lightd_connecting = False
-                    adapter.lightd_track(self)  # and after: a close() that came meanwhile
-
-                def request(self, *args: Any, **kwargs: Any) -> Any:
-                    watch(self)  # a kept-alive connection: no connect() this time
-                    return super().request(*args, **kwargs)  # type: ignore[misc]
-
-            class Conn(Tracked, urllib3.connection.HTTPConnection):
-                pass
-
-            class TLSConn(Tracked, urllib3.connection.HTTPSConnection):
-                pass
-
-            class QuietTLSConn(TLSConn):
-                """
-                For ``verify: false``: no ``InsecureRequestWarning`` on every request.
-
-                The transport logged one loud WARNING when it was created; urllib3
-                would add a Python warning per request (an error under ``-W error``),
-                and silencing it otherwise changes process-wide state. urllib3 reads
-                ``is_verified`` only to decide about that warning.
-                """
-
-                @property
-                def is_verified(self) -> bool:
-                    return True
-
-                @is_verified.setter
-                def is_verified(self, value: bool) -> None:
-                    pass
-
-            class Pool(urllib3.HTTPConnectionPool):
-                ConnectionCls = Conn
-
-            class TLSPool(urllib3.HTTPSConnectionPool):
-                ConnectionCls = TLSConn if verify else QuietTLSConn
-
-            return {"http": Pool, "https": TLSPool}
 
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             super().init_poolmanager(*args, **kwargs)
@@ -179,76 +116,15 @@ def _own_adapter_class() -> Any:
                 manager.pool_classes_by_scheme = dict(self._lightd_pools)
             return manager
 
-        def lightd_track(self, conn: Any) -> None:
-            """Remember *conn*; shut it down at once if the adapter was closed meanwhile."""
-            with self._lightd_lock:
-                self._lightd_conns.add(conn)
-                closed = self._lightd_closed
-            if closed:
-                _shut(conn.sock)
-                raise ConnectionAbortedError(errno.ECONNABORTED, "the transport was closed")
-
-        def lightd_sockets(self) -> list[socket.socket]:
-            """The sockets of this adapter's connections that are still open."""
-            with self._lightd_lock:
-                conns = list(self._lightd_conns)
-            socks = [getattr(conn, "sock", None) for conn in conns]
-            return [sock for sock in socks if sock is not None and sock.fileno() != -1]
-
-        def lightd_close(self, *, shutdown: bool) -> None:
-            """
-            Close every connection: with *shutdown*, wake the threads blocked on them.
-
-            Without, only this process's copies of the sockets are closed (a
-            forked child's, whose parent still talks on them).
-            """
-            with self._lightd_lock:
-                self._lightd_closed = True
-                conns = list(self._lightd_conns)
-            for conn in conns:
-                sock = getattr(conn, "sock", None)
-                if shutdown:
-                    _shut(sock)
-                elif sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.close()
-            if not shutdown:
-                return
-            # urllib3 stores a new connection's socket only once its TCP connect
-            # returned, just before the TLS handshake: a connection caught in
-            # between has no socket to shut down yet. Wait a moment for it.
-            deadline = time.monotonic() + _STORE_WAIT
-            waiting = [c for c in conns if c.lightd_connecting and getattr(c, "sock", None) is None]
-            while waiting and time.monotonic() < deadline:
-                time.sleep(0.002)
-                for conn in list(waiting):
-                    sock = getattr(conn, "sock", None)
-                    if sock is not None or not conn.lightd_connecting:
-                        _shut(sock)
-                        waiting.remove(conn)
-
-        def lightd_after_fork_in_child(self) -> None:
-            """In a forked child: forget the parent's connections (closing only our copies)."""
-            conns = list(self._lightd_conns)
-            self._lightd_reset()  # the parent may have held the lock
-            self._lightd_closed = True
-            for conn in conns:
-                sock = getattr(conn, "sock", None)
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.close()
-
     return OwnAdapter
 
 
-#: How long close() waits for a connection in progress to store its socket.
-_STORE_WAIT = 0.2
-
-
-def _shut(sock: Optional[socket.socket]) -> None:
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed by its own thread
-            sock.shutdown(socket.SHUT_RDWR)
+def _without_password(url: Optional[str]) -> Optional[str]:
+    """*url* as shown: no ``user:password@``."""
+    if url is None or "@" not in url:
+        return url
+    scheme, sep, rest = url.rpartition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 class RequestsTransport(Transport):
@@ -312,7 +188,7 @@ class RequestsTransport(Transport):
 
             tls_context(config)  # a missing, broken or encrypted file is a ConfigError now
         self.url = config.url
-        self._token = config.token
+        self._base = config.url.rstrip("/")
         self._timeout = config.timeout
         self._auth = _BearerAuth(config.token)
         # identity: a compressed answer could grow far past MAX_ANSWER once decoded.
@@ -330,15 +206,14 @@ class RequestsTransport(Transport):
         self._owned = session is None
         self._maxsize = config.workers + 1
         self._verify = config.verify
-        self._watchdog = Watchdog("lightd-sync-deadline")
-        self._local = threading.local()  # .ticket: the calling thread's request, for its conns
-        # (pid, session, own adapter or None): swapped whole, so a request reads a matching set.
-        self._state: tuple[int, requests.Session, Any] = (
-            (os.getpid(), session, None) if session is not None else self._build()
-        )
+        #: The latest health answer's batch offer (0: none); one int, replaced whole.
+        self._offer = 0
         self._close_lock = threading.Lock()  # one close at a time; guards setting _closed
         self._closed = False
-        after_fork_in_child(self._after_fork_in_child)
+        # (pid, session, guard): swapped whole, so a request reads a matching set.
+        self._state: tuple[int, requests.Session, Guard] = self._build(session)
+        self._state_lock = threading.Lock()  # guards replacing _state in a forked child
+        self._lightd_secrets = secrets_of(config.token, self._proxy_url())
         self._warn_at_creation(config, session)
 
     def _kinds(self) -> Kinds:
@@ -347,25 +222,12 @@ class RequestsTransport(Transport):
 
         x, u3 = lib.exceptions, urllib3.exceptions
         return Kinds(
-            timeout=(x.Timeout, u3.ReadTimeoutError),
+            timeout=(x.Timeout, u3.TimeoutError),
             tls=(x.SSLError, u3.SSLError),
             proxy=(x.ProxyError, u3.ProxyError),
             connect=(u3.NewConnectionError,),
             wrappers=(x.RequestException, u3.HTTPError),
         )
-
-    def _watch(self, conn: Any) -> None:
-        """Attach *conn* to the calling thread's request: cut off at its deadline."""
-        self._watchdog.attach(getattr(self._local, "ticket", None), conn)
-
-    def _after_fork_in_child(self) -> None:
-        self._close_lock = threading.Lock()  # the parent may have held it
-        self._local = threading.local()
-        adapter = self._state[2]
-        if adapter is not None:
-            adapter.lightd_after_fork_in_child()
-        if self._owned and not self._closed:
-            self._state = self._build()
 
     @staticmethod
     def _verify_setting(config: RemoteConfig) -> Union[bool, str, None]:
@@ -379,15 +241,15 @@ class RequestsTransport(Transport):
             return (config.client_cert, config.client_key)
         return config.client_cert
 
-    def _build(self) -> tuple[int, requests.Session, Any]:
-        lib = _requests()
-        session = lib.Session()
-        adapter = _own_adapter_class()(
-            maxsize=self._maxsize, verify=self._verify, watch=self._watch
-        )
+    def _build(self, session: Optional[requests.Session] = None) -> tuple[int, Any, Guard]:
+        guard = Guard("lightd-sync-deadline", verify=self._verify)
+        if session is not None:
+            return os.getpid(), session, guard
+        session = _requests().Session()
+        adapter = _own_adapter_class()(maxsize=self._maxsize, guard=guard)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        return os.getpid(), session, adapter
+        return os.getpid(), session, guard
 
     def _warn_at_creation(self, config: RemoteConfig, session: Optional[requests.Session]) -> None:
         unverified = None
@@ -395,8 +257,12 @@ class RequestsTransport(Transport):
             unverified = "remote.verify is false"
         elif session is not None and session.verify is False:
             unverified = "the session has verify=False"
+        shown = _without_password(self._proxy)
         warn_about_security(
-            self.url, unverified=unverified, proxy=self._proxy, proxy_url=self._proxy_url()
+            self.url,
+            unverified=unverified,
+            proxy=shown,
+            proxy_url=_without_password(self._proxy_url()),
         )
 
     def _proxy_url(self) -> Optional[str]:
@@ -411,7 +277,7 @@ class RequestsTransport(Transport):
         return lib.utils.select_proxy(self.url, proxies)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
-        via = f", proxy={self._proxy!r}" if self._proxy is not None else ""
+        via = f", proxy={_without_password(self._proxy)!r}" if self._proxy is not None else ""
         whose = "own" if self._owned else "given"
         return f"RequestsTransport(url={self.url!r}{via}, session={whose})"
 
@@ -421,67 +287,84 @@ class RequestsTransport(Transport):
     @property
     def session(self) -> requests.Session:
         """The session requests go out on (the given one, or the one built here)."""
-        return self._state[1]
+        return self._current()[1]
+
+    @property
+    def _guard(self) -> Guard:
+        return self._current()[2]
 
     # -- requests -----------------------------------------------------------
 
-    def _current(self) -> tuple[int, requests.Session, Any]:
+    def _current(self) -> tuple[int, requests.Session, Guard]:
+        """This process's session: a forked child replaces the parent's (the one fork check)."""
         state = self._state
-        if state[0] == os.getpid() or not self._owned:
+        if state[0] == os.getpid():
             return state
-        # A forked child whose fork hook did not run (uWSGI): the inherited connections
-        # are the parent's too. Forget them (never shutdown()) and start a pool of our own.
-        fresh = self._build()
-        self._state = fresh
-        if state[2] is not None:
-            state[2].lightd_after_fork_in_child()
-        return fresh
+        self._state_lock = threading.Lock()  # the parent may have held them at fork time
+        self._close_lock = threading.Lock()
+        with self._state_lock:
+            old = self._state
+            if old[0] != os.getpid():
+                # The inherited connections are the parent's too: forget them (never
+                # shutdown()); a session built here is rebuilt, a given one is yours.
+                old[2].forget()
+                self._state = self._build(None if self._owned else old[1])
+                if self._closed:
+                    self._state[2].close()
+            return self._state
 
     def _request(
         self, method: str, path: str, body: Optional[bytes], headers: dict[str, str]
     ) -> Answer:
-        what = f"{method} {self.url}{path}"
+        what = f"{method} {self._base}{path}"
+        _, session, guard = self._current()
         if self._closed:
             raise RemoteUnreachableError(f"{what}: the transport is closed", reason="closed")
         import urllib3
 
-        session = self._current()[1]
-        watchdog = self._watchdog
-        ticket = watchdog.start(self._timeout)
-        self._local.ticket = ticket
+        ticket = guard.begin(self._timeout)
         response = None
         try:
             try:
                 response = session.request(
                     method,
-                    self.url + path,
+                    self._base + path,
                     data=body,
                     headers=headers,
                     auth=self._auth,
                     **self._send_kw,
                 )
                 # A given session's connection too, now that it is known: the body's reads.
-                watchdog.attach(ticket, getattr(response.raw, "connection", None))
-                answer = _read(response, ticket)
+                guard.watchdog.attach(ticket, getattr(response.raw, "connection", None))
+                if response.is_redirect:  # requests itself read the body, looking ahead
+                    content = response.content[:MAX_ANSWER]
+                    answer = Answer(response.status_code, content, response.headers)
+                else:
+                    answer = read_answer(response.raw, ticket)
             finally:
-                self._local.ticket = None
-                watchdog.finish(ticket)
+                guard.end(ticket)
                 if response is not None:
                     response.close()
-        except (OSError, urllib3.exceptions.HTTPError, AnswerTooLargeError) as exc:
+        except (
+            OSError,
+            ValueError,
+            urllib3.exceptions.HTTPError,
+            AnswerTooLargeError,
+            DoubtfulAnswerError,
+        ) as exc:
             err = delivery_error(
                 exc,
                 what,
-                token=self._token,
+                secrets=self._lightd_secrets,
                 timeout=self._timeout,
                 closed=self._closed,
                 timed_out=ticket.expired,
-                proxy=self._proxy,
+                proxy=_without_password(self._proxy),
                 kinds=self._kinds(),
             )
         else:
             return answer
-        raise err  # outside the except block: no __context__ that may hold the token
+        raise err  # outside the except block: no __context__ that may hold a secret
 
     def send(self, update: Event) -> None:
         """POST *update* to ``{url}/update``; raise a DeliveryError unless accepted."""
@@ -489,12 +372,55 @@ class RequestsTransport(Transport):
         if update.event_id is not None:
             headers = {**headers, "X-Lightd-Event-Id": update.event_id}
         answer = self._request("POST", "/update", encode_body(update), headers)
-        judge(update_verdict, "POST /update", answer, self._token)
+        judge(update_verdict, "POST /update", answer, self._lightd_secrets)
+
+    def max_batch(self) -> int:
+        """``min(batch.max, 500)`` while the latest health answer offers batches, else 1."""
+        offer = self._offer
+        return min(offer, BATCH_CAP) if offer > 1 else 1
+
+    def send_many(self, updates: Sequence[Event]) -> list[Optional[DeliveryError]]:
+        """
+        Send *updates* as one ``POST {url}/updates`` while the remote offers batches.
+
+        The same rules as :meth:`HttpTransport.send_many <lightd_sync.HttpTransport.send_many>`.
+
+        .. versionadded:: 0.2.0
+        """
+        limit = self.max_batch()
+        if len(updates) <= 1 or limit <= 1:
+            return super().send_many(updates)
+        events = with_event_ids(updates)
+        results: list[Optional[DeliveryError]] = []
+        for start in range(0, len(events), limit):
+            chunk = events[start : start + limit]
+            results += self._send_batch(chunk) if len(chunk) > 1 else super().send_many(chunk)
+        return results
+
+    def _send_batch(self, events: list[Event]) -> list[Optional[DeliveryError]]:
+        try:
+            answer = self._request("POST", "/updates", encode_batch(events), self._post_headers)
+        except DeliveryError as exc:
+            return [exc] * len(events)
+        verdict = judge_batch(answer, len(events), self._lightd_secrets)
+        if verdict is not None:
+            return verdict
+        self._offer = 0
+        safe_log(
+            log,
+            logging.INFO,
+            "%s answered POST /updates with HTTP %d: it takes no batches after all; sending "
+            "one update per request until a health answer offers batches again",
+            self.url,
+            answer.status,
+        )
+        return super().send_many(events)
 
     def check_health(self) -> None:
         """GET ``{url}/health``; raise a DeliveryError unless it answers as active."""
         answer = self._request("GET", "/health", None, self._get_headers)
-        judge(health_verdict, "GET /health", answer, self._token)
+        self._offer = parse_offer(answer.status, answer.data)  # each answer replaces the offer
+        judge(health_verdict, "GET /health", answer, self._lightd_secrets)
 
     def close(self) -> None:
         """
@@ -502,40 +428,21 @@ class RequestsTransport(Transport):
 
         A given session is left open: it belongs to the caller.
         """
+        if self._state[0] != os.getpid():
+            self._close_lock = threading.Lock()  # a forked child: the parent may have held it
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
-        pid, session, adapter = self._state
-        if adapter is not None:
-            # Never shut down sockets a parent process owns: a child only closes its copies.
-            adapter.lightd_close(shutdown=pid == os.getpid())
+        pid, session, guard = self._state
+        if pid != os.getpid():
+            guard.forget()  # never shut down sockets a parent process owns
+            return
+        if self._owned:
+            guard.close()
             session.close()
-        self._watchdog.close()
+        else:
+            guard.watchdog.close()
 
 
 _IDENTITY = {"Accept-Encoding": "identity"}
-
-
-def _read(response: Any, ticket: Ticket) -> Answer:
-    """Read *response*'s body, up to MAX_ANSWER bytes and by *ticket*'s deadline."""
-    status = response.status_code
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and len(declared) < 20 and int(declared) > MAX_ANSWER:
-        raise AnswerTooLargeError(status, int(declared))
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        if time.monotonic() >= ticket.deadline:
-            raise DeadlineExceededError("the request's deadline passed")
-        chunk = response.raw.read(_CHUNK, decode_content=True)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > MAX_ANSWER:
-            raise AnswerTooLargeError(status, None)
-        chunks.append(chunk)
-    return Answer(status, b"".join(chunks), response.headers)
-
-
-_CHUNK = 16 * 1024

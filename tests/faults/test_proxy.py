@@ -27,7 +27,7 @@ def deliver_one(url: str, **kw: Any) -> HttpTransport:
     with transport:
         transport.send(Update("s-1", "ready"))
         transport.check_health()
-        assert 1 == len(transport._book.connections()), "tracked, and kept alive"
+        assert 1 == len(transport._guard.connections()), "tracked, and kept alive"
     return transport
 
 
@@ -97,7 +97,7 @@ def test_https_remote_goes_through_a_connect_tunnel(
     with transport:
         for _ in range(3):
             transport.send(Update("s-1", "ready"))
-        assert 1 == len(transport._book.connections()), "one tunnel, kept alive"
+        assert 1 == len(transport._guard.connections()), "one tunnel, kept alive"
     [tunnel] = proxy.seen()
     assert ("CONNECT", f"127.0.0.1:{tls_remote.port}") == (tunnel.method, tunnel.target)
     assert 3 == len(tls_remote.posts())

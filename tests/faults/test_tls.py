@@ -40,7 +40,7 @@ def test_a_private_ca_in_ca_bundle_is_trusted(tls_remote: FaultServer, ca_bundle
         for _ in range(3):
             transport.send(Update("s-1", "ready"))
         transport.check_health()
-        assert 1 == len(transport._book.connections()), "TLS connections are kept alive"
+        assert 1 == len(transport._guard.connections()), "TLS connections are kept alive"
     assert 3 == len(tls_remote.posts())
 
 

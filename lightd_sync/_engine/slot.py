@@ -6,9 +6,8 @@ import logging
 import threading
 from typing import Optional
 
-from ._forksafe import after_fork_in_child
-from ._logutil import get_logger, safe_log
-from ._transports.base import Transport
+from .._logutil import get_logger, safe_log
+from .._transports.base import Transport
 
 __all__ = ["TransportSlot", "close_quietly"]
 
@@ -38,10 +37,6 @@ class TransportSlot:
         self._current = transport
         self._users: dict[int, int] = {}  # id(transport) -> requests using it now
         self._retired: list[Transport] = []  # replaced, still in use: closed once idle
-        after_fork_in_child(self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
 
     @property
     def current(self) -> Transport:

@@ -19,8 +19,8 @@ import time
 import urllib.parse
 from typing import Any, Optional
 
-from ._exceptions import ConfigError
-from ._forksafe import after_fork_in_child
+from .._exceptions import ConfigError
+from .._forksafe import after_fork_in_child
 
 __all__ = [
     "APPLICATION_ID",
@@ -36,7 +36,7 @@ __all__ = [
 #: our file from any other SQLite database.
 APPLICATION_ID = 0x4C645379
 #: ``PRAGMA user_version``: the layout of the table below.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLE = "lightd_sync_state"
 _SCHEMA = (
     "CREATE TABLE lightd_sync_state ("
@@ -45,7 +45,8 @@ _SCHEMA = (
     " data TEXT,"
     " event_id TEXT NOT NULL,"
     " acked INTEGER NOT NULL,"
-    " seq INTEGER NOT NULL"
+    " seq INTEGER NOT NULL,"
+    " error TEXT"
     ") WITHOUT ROWID",
     "CREATE INDEX lightd_sync_state_seq ON lightd_sync_state (seq)",
 )
@@ -55,12 +56,13 @@ _OURS = {TABLE, TABLE + "_seq"}
 # row (executemany() of 10,000 rows took 0.1-4.8 s instead of 50 ms while the
 # caller's thread kept the GIL busy).
 _UPSERT = (
-    "INSERT INTO lightd_sync_state (server, status, data, event_id, acked, seq)"
+    "INSERT INTO lightd_sync_state (server, status, data, event_id, acked, seq, error)"
     " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), 0, json_extract(value, '$[4]')"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), 0, json_extract(value, '$[4]'),"
+    " json_extract(value, '$[5]')"
     " FROM json_each(?) WHERE true"  # "WHERE true": an upsert from a SELECT needs a WHERE
     " ON CONFLICT (server) DO UPDATE SET status = excluded.status, data = excluded.data,"
-    " event_id = excluded.event_id, acked = 0, seq = excluded.seq"
+    " event_id = excluded.event_id, acked = 0, seq = excluded.seq, error = excluded.error"
 )
 _ACK = (
     "UPDATE lightd_sync_state SET acked = 1 WHERE (server, event_id) IN"
@@ -78,8 +80,8 @@ CHUNK = 2000
 #: holds on the file, at open and for each batch, before it reports an error.
 BUSY_TIMEOUT = 2.0
 
-#: (server, (status, data, event_id, seq)): one row as the store keeps it.
-Row = tuple[str, tuple[Any, Optional[str], Any, int]]
+#: (server, (status, data, event_id, seq, error)): one row as the writer writes it.
+Row = tuple[str, tuple[Any, Optional[str], Any, int, Optional[str]]]
 
 
 class StateFileError(Exception):
@@ -277,6 +279,12 @@ def _prepare(conn: sqlite3.Connection, ours: bool) -> None:
             conn.execute("COMMIT")
             return
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 1 and TABLE in names:  # 0.2.0-dev: add the error column
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN error TEXT")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+            version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise StateFileError(
                 f"it was written by another version of lightd-sync (layout {version},"
@@ -314,7 +322,8 @@ def load(conn: sqlite3.Connection, max_servers: int) -> tuple[list[tuple[Any, ..
         raise
     top = conn.execute("SELECT max(seq) FROM lightd_sync_state").fetchone()[0] or 0
     rows = conn.execute(
-        "SELECT server, status, data, event_id FROM lightd_sync_state WHERE acked = 0 ORDER BY seq"
+        "SELECT server, status, data, event_id, error FROM lightd_sync_state"
+        " WHERE acked = 0 ORDER BY seq"
     ).fetchall()
     return rows, int(top)
 
@@ -336,7 +345,7 @@ def write_batch(
     try:
         for start in range(0, len(rows), CHUNK):  # chunks: a smaller peak of memory
             chunk = [
-                (server, str(r[0]), r[1], r[2], r[3])
+                (server, str(getattr(r[0], "value", r[0])), r[1], r[2], r[3], r[4])
                 for server, r in rows[start : start + CHUNK]
                 if type(r[2]) is str  # no event id: not a row the engine can re-send
             ]

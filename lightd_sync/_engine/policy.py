@@ -22,8 +22,8 @@ from typing import Optional
 
 import attrs
 
-from ._config import RemoteConfig
-from ._exceptions import DeliveryError
+from .._config import RemoteConfig
+from .._exceptions import DeliveryError
 
 __all__ = [
     "BACKOFF_BASE",

@@ -17,12 +17,16 @@ import threading
 import time
 from typing import Any, Callable, Optional, Union
 
-import attrs
-
-from ._forksafe import after_fork_in_child
-from ._logutil import Throttle, get_logger, safe_log
-from ._model import Status, server_id_problem
-from ._state_file import FileLock, StateFileError, connect, load, move_aside, write_batch
+from .._logutil import Throttle, get_logger, safe_log
+from .state_file import FileLock, StateFileError, connect, load, move_aside
+from .state_rows import (
+    Accepted,
+    Discard,
+    StoredUpdate,
+    own_event_id,
+    parse_rows,
+)
+from .state_writer import Writer
 
 __all__ = ["CLOSE_GRACE", "FLUSH_INTERVAL", "StateStore", "StoredUpdate"]
 
@@ -42,45 +46,7 @@ CLOSE_GRACE = 0.5
 _ORPHANS: list[sqlite3.Connection] = []
 
 
-@attrs.frozen
-class StoredUpdate:
-    """
-    A server's latest update as the state file kept it, not acknowledged by the remote.
-
-    The engine re-sends it as ``Update(server, status, data, event_id=event_id)``.
-
-    .. versionadded:: 0.2.0
-    """
-
-    server: str
-    status: Status
-    data: Optional[str]
-    event_id: str
-
-
-class _Discard(dict):  # type: ignore[type-arg]
-    """What an inactive store stores into: nothing, at the cost of one call."""
-
-    def __setitem__(self, key: object, value: object) -> None:
-        pass
-
-
-def _drain(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
-    """Take every item out of *d* while callers keep storing into it (each pop is atomic)."""
-    out = []
-    for _ in range(len(d)):
-        try:
-            out.append(d.popitem())
-        except KeyError:  # pragma: no cover - only the writer removes
-            break
-    return out
-
-
-def _by_seq(item: tuple[str, tuple[Any, Optional[str], Any, int]]) -> int:
-    return item[1][3]
-
-
-class StateStore:
+class StateStore(Writer):
     """
     The latest update of each server and whether the remote acknowledged it, in one file.
 
@@ -112,7 +78,7 @@ class StateStore:
         # from them, each a single dict operation, atomic in CPython (and in
         # free-threaded builds, where each dict has its own lock). A lock would
         # double the cost of accepted(), and the writer would never hold it anyway.
-        self._pending: dict[str, tuple[Any, Optional[str], Any, int]] = {}  # server -> row
+        self._pending: dict[str, tuple[Any, int]] = {}  # server -> (its latest update, seq)
         self._acks: dict[str, str] = {}  # server -> the event id the remote acknowledged
         self._seq = itertools.count(1)  # orders updates; atomic next() (a C iterator)
         self._init_locks()
@@ -125,7 +91,8 @@ class StateStore:
         self._rows = 0
         self._write_errors = Throttle()
         self._failing = False  # the last batch failed
-        after_fork_in_child(self._after_fork_in_child)
+        #: Gives an update its event id (the outbox's; called by the writer thread).
+        self.event_id_of: Callable[[Any], str] = own_event_id
 
     def _init_locks(self) -> None:
         # _cond's lock guards _durable, _flushes, the _write* timings, _deadline
@@ -161,19 +128,24 @@ class StateStore:
     def accepted(
         self,
         server: str,
-        status: Any,
-        data: Optional[str],
-        event_id: Union[str, Callable[[], str]],
+        update: Any,
+        data: Optional[str] = None,
+        event_id: Union[str, Callable[[], str], None] = None,
+        error: Optional[str] = None,
     ) -> None:
         """
-        Record that this is now *server*'s latest update, not acknowledged.
+        Record that *update* is now *server*'s latest, not acknowledged.
 
-        *status* is a :class:`~lightd_sync.Status` (or its value). *event_id*
-        may be a callable that makes it, called by the writer thread (the
-        engine makes event ids off the caller's thread). Costs one dict
-        store: no I/O, no lock; safe from any thread.
+        *update* has ``status``, ``data``, ``error`` and ``event_id``
+        attributes (the engine's item: an event id it lacks is asked of
+        :attr:`event_id_of` by the writer thread, so the caller's thread never
+        makes one). Or *update* is a status, with *data*, *event_id* (a string
+        or a callable that makes it) and *error*. Costs one dict store: no
+        I/O, no lock; safe from any thread.
         """
-        self._pending[server] = (status, data, event_id, next(self._seq))
+        if event_id is not None:
+            update = Accepted(update, data, event_id, error)
+        self._pending[server] = (update, next(self._seq))
 
     def acknowledged(self, server: str, event_id: str) -> None:
         """The remote acknowledged *event_id*; if it is still *server*'s latest, mark it."""
@@ -273,14 +245,7 @@ class StateStore:
             self._conn = None
             raise StateFileError(f"SQLite cannot read it: {exc}") from None
         self._seq = itertools.count(top + 1)
-        rows, skipped = [], 0
-        for server, status, data, event_id in raw:
-            try:
-                if server_id_problem(server) is not None or not isinstance(event_id, str):
-                    raise ValueError(server)
-                rows.append(StoredUpdate(server, Status(status), data, event_id))
-            except ValueError:
-                skipped += 1
+        rows, skipped = parse_rows(raw)
         if skipped:
             safe_log(
                 log, logging.ERROR,
@@ -298,8 +263,8 @@ class StateStore:
             self.path,
             problem,
         )
-        self._pending = _Discard()
-        self._acks = _Discard()
+        self._pending = Discard()
+        self._acks = Discard()
         return []
 
     def close(self, timeout: float) -> bool:
@@ -337,131 +302,14 @@ class StateStore:
             return False
         return True
 
-    # -- the writer thread --------------------------------------------------------
-
-    def _run(self) -> None:
-        interval = self.flush_interval
-        next_at = time.monotonic() + interval
-        try:
-            while True:
-                stopping = self._stop.wait(max(next_at - time.monotonic(), 0.0))
-                next_at = max(next_at + interval, time.monotonic())
-                if stopping:
-                    self._final_write()
-                    return
-                if not self._write_once():
-                    return
-        finally:
-            self._shutdown()
-
-    def _final_write(self) -> None:
-        """The batch close() asked for: retried until it commits or close's deadline."""
-        while True:
-            mark = self._durable
-            if self._write_once() is False or self._durable > mark:
-                return
-            with self._cond:
-                left = self._deadline - time.monotonic()
-            if left <= 0:
-                safe_log(
-                    log,
-                    logging.ERROR,
-                    "remote.state_path: %s: could not write the last batch before close's"
-                    " deadline; the updates accepted since the previous write are not in it",
-                    self.path,
-                )
-                return
-            time.sleep(min(self.flush_interval, left))
-
-    def _write_once(self) -> bool:
-        """Write one batch. Return False once the file is unusable (the writer then stops)."""
-        mark = next(self._seq)
-        acks = _drain(self._acks)  # before the rows: each ack's row is then in this batch or before
-        taken = _drain(self._pending)
-        taken.sort(key=_by_seq)
-        rows = taken[-self.max_servers :] if len(taken) > self.max_servers else taken
-        rows = [
-            (server, (st, data, eid() if callable(eid) else eid, seq))
-            for server, (st, data, eid, seq) in rows
-        ]
-        ack_rows = acks
-        if rows or ack_rows:
-            assert self._conn is not None
-            started = time.perf_counter()
-            try:
-                self._rows = write_batch(self._conn, rows, ack_rows, self.max_servers, self._rows)
-            except sqlite3.Error as exc:
-                if type(exc) is sqlite3.DatabaseError:  # corrupt, not a database: give up
-                    return self._unusable(exc)
-                # Disk full, I/O error, locked by another program: keep it and retry.
-                self._failing = True
-                for server, row in taken:
-                    self._pending.setdefault(server, row)
-                for server, event_id in acks:
-                    self._acks.setdefault(server, event_id)
-                count = self._write_errors.hit()
-                if count is not None:
-                    safe_log(
-                        log,
-                        logging.ERROR,
-                        "remote.state_path: %s: cannot write (%s; %d times); the state stays"
-                        " in memory and the next batch retries",
-                        self.path,
-                        exc,
-                        count,
-                    )
-                return True
-            if self._failing:
-                self._failing = False
-                self._write_errors.take()
-                self._write_errors.restart()
-                safe_log(log, logging.WARNING, "remote.state_path: %s: writing again", self.path)
-            took = time.perf_counter() - started
-            with self._cond:
-                self._writes += 1
-                self._write_seconds += took
-                self._write_max = max(self._write_max, took)
-        with self._cond:
-            self._durable = mark
-            self._flushes += 1
-            self._cond.notify_all()
-        return True
-
-    def _unusable(self, exc: sqlite3.Error) -> bool:
-        safe_log(
-            log,
-            logging.ERROR,
-            "remote.state_path: %s: it became unusable (%s); running on memory only",
-            self.path,
-            exc,
-        )
-        self._active = False
-        self._pending = _Discard()
-        self._acks = _Discard()
-        return False
-
-    def _shutdown(self) -> None:
-        self._active = False
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()  # the last connection: SQLite checkpoints and removes the -wal
-            except sqlite3.Error as exc:
-                safe_log(log, logging.WARNING, "remote.state_path: %s: %s", self.path, exc)
-        if self._file_lock is not None:
-            self._file_lock.release()
-            self._file_lock = None
-        with self._cond:
-            self._cond.notify_all()
-
-    def _after_fork_in_child(self) -> None:
-        # The writer thread does not exist here; the file is the parent's.
+    def forget_in_child(self) -> None:
+        """In a forked child (the engine calls it): no writer thread; the file is the parent's."""
         self._init_locks()
         self._closed = True
         self._active = False
         self._thread = None
-        self._pending = _Discard()
-        self._acks = _Discard()
+        self._pending = Discard()
+        self._acks = Discard()
         if self._conn is not None:
             _ORPHANS.append(self._conn)
             self._conn = None

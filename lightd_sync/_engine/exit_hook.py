@@ -8,7 +8,7 @@ import time
 import weakref
 from typing import Protocol
 
-from ._forksafe import after_fork_in_child
+from .._forksafe import after_fork_in_child
 
 __all__ = ["close_at_exit", "forget"]
 

@@ -7,12 +7,11 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ._exceptions import DeliveryError
-from ._forksafe import after_fork_in_child
-from ._logutil import get_logger, safe_log
-from ._model import HealthState
-from ._policy import bounded, testing_mode
-from ._secrets import scrub
+from .._exceptions import DeliveryError
+from .._logutil import get_logger, safe_log
+from .._model import HealthState
+from .._secrets import scrub
+from .policy import bounded, testing_mode
 
 __all__ = ["HealthMonitor", "HealthTracker"]
 
@@ -42,12 +41,10 @@ class HealthTracker:
         #: The token, to scrub from what a transport's bug says.
         self.secret: Optional[str] = None
         # Guards _state: checks may run in the timer thread and a caller at once.
-        self._lock = threading.Lock()
+        # Reentrant: check_health() may run in a signal handler that interrupted
+        # check_health() in the main thread.
+        self._lock = threading.RLock()
         self._state = HealthState()
-        after_fork_in_child(self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
 
     @property
     def state(self) -> HealthState:
@@ -126,10 +123,6 @@ class HealthMonitor:
         self._stopped = False
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lightd-sync-health", daemon=True)
-        after_fork_in_child(self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Start the thread."""

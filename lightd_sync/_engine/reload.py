@@ -11,11 +11,10 @@ from typing import Any, Callable, Optional, Union
 
 import attrs
 
-from ._config import RemoteConfig
-from ._exceptions import LightdSyncError
-from ._forksafe import after_fork_in_child
-from ._logutil import get_logger, safe_log
-from ._policy import bounded
+from .._config import RemoteConfig
+from .._exceptions import LightdSyncError
+from .._logutil import get_logger, safe_log
+from .policy import bounded
 
 __all__ = ["TRANSPORT_KEYS", "ReloadResult", "SighupReload"]
 
@@ -90,10 +89,6 @@ class SighupReload:
         self._lock = threading.Lock()
         self._installed = False
         self._thread = threading.Thread(target=self._run, name="lightd-sync-reload", daemon=True)
-        after_fork_in_child(self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
 
     def install(self) -> None:
         """Install the handler and start the thread (call it from the main thread)."""

@@ -1,0 +1,100 @@
+"""What the state store keeps in memory: the rows it reads back, and those it will write."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import attrs
+
+from .._ids import new_event_id
+from .._model import Status, error_value_problem, server_id_problem
+
+__all__ = ["parse_rows", "Accepted", "Discard", "StoredUpdate", "by_seq", "drain", "id_of"]
+
+
+@attrs.frozen
+class StoredUpdate:
+    """
+    A server's latest update as the state file kept it, not acknowledged by the remote.
+
+    The engine re-sends it as ``Update(server, status, data, error=error, event_id=event_id)``.
+
+    .. versionadded:: 0.2.0
+    """
+
+    server: str
+    status: Status
+    data: Optional[str]
+    event_id: str
+    error: Optional[str] = None
+    """The update's ``error`` value (``None``: ``"failed"`` when ``data`` is set).
+
+    .. versionadded:: 0.2.0
+    """
+
+
+def id_of(update: Any, event_id_of: Callable[[Any], str]) -> str:
+    if type(update) is Accepted:
+        return own_event_id(update)
+    return event_id_of(update)
+
+
+class Discard(dict):  # type: ignore[type-arg]
+    """What an inactive store stores into: nothing, at the cost of one call."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+def drain(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
+    """Take every item out of *d* while callers keep storing into it (each pop is atomic)."""
+    out = []
+    for _ in range(len(d)):
+        try:
+            out.append(d.popitem())
+        except KeyError:  # pragma: no cover - only the writer removes
+            break
+    return out
+
+
+def by_seq(item: tuple[str, tuple[Any, int]]) -> int:
+    return item[1][1]
+
+
+def own_event_id(update: Any) -> str:
+    """A store used alone: give an update without one a new event id."""
+    make = getattr(update, "make", None)
+    update.event_id = make() if make is not None else new_event_id()
+    return str(update.event_id)
+
+
+class Accepted:
+    """An update given to :meth:`StateStore.accepted` field by field."""
+
+    __slots__ = ("data", "error", "event_id", "make", "status")
+
+    def __init__(
+        self,
+        status: Any,
+        data: Optional[str],
+        event_id: Union[str, Callable[[], str]],
+        error: Optional[str],
+    ) -> None:
+        self.status, self.data, self.error = status, data, error
+        self.event_id: Optional[str] = event_id if isinstance(event_id, str) else None
+        self.make: Optional[Callable[[], str]] = None if isinstance(event_id, str) else event_id
+
+
+def parse_rows(raw: list[tuple[Any, ...]]) -> tuple[list[StoredUpdate], int]:
+    """The rows read from the file as updates, and how many were skipped as not valid."""
+    rows, skipped = [], 0
+    for server, status, data, event_id, error in raw:
+        try:
+            if server_id_problem(server) is not None or not isinstance(event_id, str):
+                raise ValueError(server)
+            if error is not None and error_value_problem(error) is not None:
+                raise ValueError(server)
+            rows.append(StoredUpdate(server, Status(status), data, event_id, error))
+        except ValueError:
+            skipped += 1
+    return rows, skipped
