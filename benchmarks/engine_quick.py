@@ -1,12 +1,12 @@
 """
-The engine's quick figures (issue #20): caller cost against ``Queue.put_nowait``, and RSS with state_path.
+The engine's quick figures (#20): caller cost against ``Queue.put_nowait``; RSS with state_path.
 
 1. ``update()`` per call, p50 and p99, beside ``queue.Queue.put_nowait`` of the
    same tuples in interleaved blocks (``measures.caller_cost``): the remote
    fast, silent and refusing, the queue full, and fast with ``state_path``
    (the ``+state_path`` conditions).
 2. RSS growth of a process whose engine has ``state_path``, over N updates to
-   10,000 servers (the null transport: the engine's own memory, not a remote's).
+   10,000 servers, the remote silent (as the performance page's figure 3 measures it).
 
 Run alone, in well under a minute::
 
