@@ -144,13 +144,14 @@ class Intake:
             reason = "closed" if self._closed else BILLING_FULL
             return reason, self.counts.drop(reason)
 
-    def _forget_one(self) -> None:
-        """Forget the least recently updated server that has nothing pending (under the lock)."""
+    def _forget_one(self) -> bool:
+        """Forget the least recently updated idle server (of the 8 oldest); False if none."""
         for server, rec in itertools.islice(self._records.items(), 8):
             if rec.idle() and not rec.ready:
                 del self._records[server]
                 self._missed.pop(server, None)
-                return
+                return True
+        return False
 
     def seed(self, item: Item) -> None:
         """Remember *item* (from the state file) as its server's latest, missed by the remote."""

@@ -186,8 +186,10 @@ class Outbox(Intake):
                     self._missed[server] = None
             if result == DELIVERED and self.store is not None and item.event_id is not None:
                 self.store.acknowledged(server, item.event_id)
-            if len(self._records) > self.max_servers:  # a burst of new servers is over
-                self._forget_one()
+            if len(self._records) > self.max_servers and not self._forget_one() and rec.idle():
+                # A burst of new servers: the oldest are still busy, this one is done.
+                del self._records[server]
+                self._missed.pop(server, None)
             return settled
 
     def _count(self, item: Item, result: str, reason: Optional[str], seconds: float) -> Settled:
