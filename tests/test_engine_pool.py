@@ -38,12 +38,14 @@ class Gated(Transport):
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.slow_started = threading.Event()
         # Guards sent: workers append while the test reads.
         self._lock = threading.Lock()
         self.sent: list[str] = []
 
     def send(self, update: Event) -> None:
         if update.server == "slow":
+            self.slow_started.set()
             self.release.wait(30)
         with self._lock:
             self.sent.append(update.server)
@@ -58,8 +60,7 @@ def test_a_slow_server_never_holds_up_quick_ones_with_4_workers() -> None:
     transport = Gated()
     with SyncEngine(RemoteConfig(workers=4), transport=transport) as engine:
         assert engine.update("slow", "installing")
-        assert wait_until(lambda: transport.release is not None, timeout=1)
-        time.sleep(0.05)  # let a worker take "slow" (not a bound on anything)
+        assert transport.slow_started.wait(10)  # a worker is now held by "slow"
         for i in range(40):
             assert engine.update(f"quick-{i % 8}", "ready")
         # Delivered while "slow" is still in flight (it waits up to 30 s).
@@ -109,7 +110,8 @@ def test_idle_workers_do_not_wake_up() -> None:
     with SyncEngine(RemoteConfig(workers=4, health_interval=3600), transport=transport) as engine:
         engine.update("s", "ready")
         assert engine.flush(5)
-        assert wait_until(lambda: transport.asked >= 4, timeout=5)  # every worker is waiting
+        # 4 workers asked once each, and the one that delivered once more: all now wait.
+        assert wait_until(lambda: transport.asked >= 5, timeout=5)
         asked = transport.asked
         time.sleep(0.5)  # a window for wake-ups to show (none may happen)
         assert asked == transport.asked
@@ -337,3 +339,27 @@ def test_a_forked_child_always_delivers_under_load(kind: str, tmp_path: Path) ->
         if server.startswith("child-"):
             children[server] += 1
     assert {f"child-{i}" for i in range(FORKS)} == set(children)
+
+
+def _workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("lightd-sync-worker-")]
+
+
+def test_the_pool_is_workers_daemon_threads_and_a_reload_resizes_it_keeping_order() -> None:
+    transport = RecordingTransport()
+    with SyncEngine(RemoteConfig(workers=4, queue_size=10_000), transport=transport) as engine:
+        assert wait_until(lambda: len(_workers()) == 4, timeout=5)
+        assert all(t.daemon for t in _workers())
+        for i in range(300):
+            engine.error(f"s{i % 7}", str(i))
+            if i == 150:
+                engine.reload(RemoteConfig(workers=2, queue_size=10_000))
+        assert engine.flush(10)
+        assert wait_until(lambda: len(_workers()) == 2, timeout=5), _workers()
+        engine.reload(RemoteConfig(workers=3, queue_size=10_000))
+        assert wait_until(lambda: len(_workers()) == 3, timeout=5), _workers()
+        assert 300 == engine.stats().delivered
+    assert not _workers()
+    for server in {u.server for u in transport.sent}:
+        seq = [int(u.data or "0") for u in transport.sent if u.server == server]
+        assert seq == sorted(seq), server
