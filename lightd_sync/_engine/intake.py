@@ -144,18 +144,29 @@ class Intake:
             reason = "closed" if self._closed else BILLING_FULL
             return reason, self.counts.drop(reason)
 
-    def _trim(self) -> None:
+    def _trim(self, *, past_busy: bool = False) -> None:
         """
         Forget the least recently updated servers beyond ``max_servers`` (under the lock).
 
-        Stops at the first that has something pending: it is forgotten once settled
-        (settle() trims again), so the ones forgotten are always the oldest.
+        By default it stops at the first that has something pending: that one is
+        forgotten once settled (settle() trims again), so the ones forgotten are
+        the oldest, at a cost that does not grow with what is pending (admit()
+        and settle() call it). With *past_busy* (a resync, a reload: once per
+        health check at most) it looks past pending servers among the oldest
+        and forgets the idle ones, so that a server beyond the bound is never
+        re-sent while an older one is still in flight (that one goes as it settles).
         """
         records = self._records
-        while len(records) > self.max_servers:
-            server, rec = next(iter(records.items()))
-            if not rec.idle():
-                return
+        excess = len(records) - self.max_servers
+        if excess <= 0:
+            return
+        forget = []
+        for server, rec in itertools.islice(records.items(), excess):  # the oldest, in order
+            if rec.idle():
+                forget.append(server)
+            elif not past_busy:
+                break
+        for server in forget:
             del records[server]
             self._missed.pop(server, None)
 

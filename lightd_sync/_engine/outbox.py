@@ -220,6 +220,7 @@ class Outbox(Intake):
         with self._lock:
             if self._closed or not self._missed:
                 return 0, len(self._missed)
+            self._trim(past_busy=True)  # what is beyond max_servers is forgotten, not re-sent
             now = time.monotonic()
             room = self.queue_size - self._queued
             sent = 0
@@ -256,7 +257,7 @@ class Outbox(Intake):
                 for server in self._missed:
                     self._records[server].missed = False
                 self._missed.clear()
-            self._trim()
+            self._trim(past_busy=True)
 
     def retire(self, count: int) -> int:
         """
