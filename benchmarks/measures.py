@@ -133,7 +133,15 @@ def caller_cost(p: dict[str, Any]) -> dict[str, Any]:
     items = [(servers[i % 100], STATUSES[(i // 100) & 1]) for i in range(per_block)]
     results: dict[str, Any] = {}
     state_dir = tempfile.mkdtemp(prefix="lightd-bench-state-")
-    for condition in ("fast", "silent", "refused", "full", "fast+state_path"):
+    for condition in (
+        "fast",
+        "silent",
+        "refused",
+        "full",
+        "fast+state_path",
+        "silent+state_path",
+        "refused+state_path",
+    ):
         full = condition == "full"
         with_state = condition.endswith("+state_path")
         url = p["urls"]["silent" if full else condition.split("+")[0]]

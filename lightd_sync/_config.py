@@ -185,7 +185,8 @@ class RemoteConfig:
         timeout: Seconds an HTTP request may wait to connect, and then again
             for each read of the answer (the protocol's 10 seconds).
         health_interval: Seconds between two health checks.
-        workers: Delivery threads (lanes); one server always uses the same one.
+        workers: Delivery threads (`lightd-sync-worker-N`): requests in flight at most; one
+            server has one update in flight at a time.
         queue_size: Updates that may wait at most; beyond, they are dropped and counted.
         retries: Extra attempts for a delivery that may succeed when retried
             (connection errors, timeouts, 429, 502, 503, 504), with exponential

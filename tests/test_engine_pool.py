@@ -38,12 +38,14 @@ class Gated(Transport):
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.slow_started = threading.Event()
         # Guards sent: workers append while the test reads.
         self._lock = threading.Lock()
         self.sent: list[str] = []
 
     def send(self, update: Event) -> None:
         if update.server == "slow":
+            self.slow_started.set()
             self.release.wait(30)
         with self._lock:
             self.sent.append(update.server)
@@ -58,8 +60,7 @@ def test_a_slow_server_never_holds_up_quick_ones_with_4_workers() -> None:
     transport = Gated()
     with SyncEngine(RemoteConfig(workers=4), transport=transport) as engine:
         assert engine.update("slow", "installing")
-        assert wait_until(lambda: transport.release is not None, timeout=1)
-        time.sleep(0.05)  # let a worker take "slow" (not a bound on anything)
+        assert transport.slow_started.wait(10)  # a worker is now held by "slow"
         for i in range(40):
             assert engine.update(f"quick-{i % 8}", "ready")
         # Delivered while "slow" is still in flight (it waits up to 30 s).
@@ -109,7 +110,8 @@ def test_idle_workers_do_not_wake_up() -> None:
     with SyncEngine(RemoteConfig(workers=4, health_interval=3600), transport=transport) as engine:
         engine.update("s", "ready")
         assert engine.flush(5)
-        assert wait_until(lambda: transport.asked >= 4, timeout=5)  # every worker is waiting
+        # 4 workers asked once each, and the one that delivered once more: all now wait.
+        assert wait_until(lambda: transport.asked >= 5, timeout=5)
         asked = transport.asked
         time.sleep(0.5)  # a window for wake-ups to show (none may happen)
         assert asked == transport.asked

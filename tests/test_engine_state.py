@@ -186,3 +186,83 @@ def test_the_file_stays_small_and_bounded_by_max_servers(tmp_path: Path) -> None
             engine.update(f"s{i}", "ready")
         assert engine.flush(10)
     assert (50, 0) == summary(str(path)), "the 50 most recently updated, all acknowledged"
+
+
+# -- the error value (#24) and billing events (#25) -----------------------------------
+
+
+class _Down(RecordingTransport):
+    """Every send fails, as a remote that is down."""
+
+    def send(self, update: object) -> None:
+        from lightd_sync import RemoteUnreachableError
+
+        raise RemoteUnreachableError("down", retryable=True)
+
+
+def test_the_state_file_keeps_the_error_value_and_a_restart_re_sends_it(tmp_path: Path) -> None:
+    from lightd_sync import BillingEvent, Update
+
+    config = RemoteConfig(
+        enabled=True, transport="null", state_path=str(tmp_path / "state.db"), retries=0
+    )
+    with SyncEngine(config, transport=_Down()) as engine:
+        assert engine.error("s1", error="timeout")
+        assert engine.error("s2", "disk full", error="no space left")
+        assert engine.billing(
+            "s3",
+            memory_gb=1,
+            cpu_vcpus=1,
+            storage_gb=1,
+            egress_gb=0,
+            duration_hours=1,
+            estimated_cost=0.1,
+        )
+        assert engine.flush(5)
+    assert (2, 2) == summary(str(tmp_path / "state.db"))  # no row for a billing event
+    transport = RecordingTransport()
+    with SyncEngine(config, transport=transport) as engine:
+        assert engine.check_health().healthy
+        assert engine.flush(5)
+        assert 2 == engine.stats().resynced
+    bodies = {u.server: u.body() for u in transport.sent if isinstance(u, Update)}
+    assert {"event": "update", "server": "s1", "error": "timeout"} == bodies["s1"]
+    assert {"event": "update", "server": "s2", "error": "no space left", "data": "disk full"} == (
+        bodies["s2"]
+    )
+    assert not [u for u in transport.sent if isinstance(u, BillingEvent)]
+
+
+def test_a_layout_1_state_file_gets_the_error_column(tmp_path: Path) -> None:
+    """A file of 0.2.0-dev (layout 1, no error column) is migrated, its rows kept."""
+    import sqlite3
+
+    from lightd_sync._engine.state import StateStore
+    from lightd_sync._engine.state_file import APPLICATION_ID
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE lightd_sync_state (server TEXT PRIMARY KEY NOT NULL,"
+        " status TEXT NOT NULL, data TEXT, event_id TEXT NOT NULL, acked INTEGER NOT NULL,"
+        " seq INTEGER NOT NULL) WITHOUT ROWID;"
+        "CREATE INDEX lightd_sync_state_seq ON lightd_sync_state (seq);"
+        f"PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version=1;"
+        "INSERT INTO lightd_sync_state VALUES ('s1', 'failed', 'boom', 'e1', 0, 1);"
+    )
+    conn.close()
+    store = StateStore(str(path), max_servers=10)
+    [row] = store.open()
+    assert ("s1", "failed", "boom", "e1", None) == (
+        row.server,
+        row.status.value,
+        row.data,
+        row.event_id,
+        row.error,
+    )
+    store.close(5.0)
+    conn = sqlite3.connect(path)
+    try:
+        assert 2 == conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()

@@ -100,7 +100,7 @@ class Intake:
                 rec = _Record(item)
                 records[server] = rec
                 if len(records) > self.max_servers:
-                    self._forget_one()
+                    self._trim()
             else:
                 records[server] = rec  # re-inserted last: the order is by last update
                 rec.latest = item
@@ -144,13 +144,20 @@ class Intake:
             reason = "closed" if self._closed else BILLING_FULL
             return reason, self.counts.drop(reason)
 
-    def _forget_one(self) -> None:
-        """Forget the least recently updated server that has nothing pending (under the lock)."""
-        for server, rec in itertools.islice(self._records.items(), 8):
-            if rec.idle() and not rec.ready:
-                del self._records[server]
-                self._missed.pop(server, None)
+    def _trim(self) -> None:
+        """
+        Forget the least recently updated servers beyond ``max_servers`` (under the lock).
+
+        Stops at the first that has something pending: it is forgotten once settled
+        (settle() trims again), so the ones forgotten are always the oldest.
+        """
+        records = self._records
+        while len(records) > self.max_servers:
+            server, rec = next(iter(records.items()))
+            if not rec.idle():
                 return
+            del records[server]
+            self._missed.pop(server, None)
 
     def seed(self, item: Item) -> None:
         """Remember *item* (from the state file) as its server's latest, missed by the remote."""

@@ -186,8 +186,8 @@ class Outbox(Intake):
                     self._missed[server] = None
             if result == DELIVERED and self.store is not None and item.event_id is not None:
                 self.store.acknowledged(server, item.event_id)
-            if len(self._records) > self.max_servers:  # a burst of new servers is over
-                self._forget_one()
+            if len(self._records) > self.max_servers:
+                self._trim()  # a burst of new servers: the oldest go as they settle
             return settled
 
     def _count(self, item: Item, result: str, reason: Optional[str], seconds: float) -> Settled:
@@ -256,11 +256,7 @@ class Outbox(Intake):
                 for server in self._missed:
                     self._records[server].missed = False
                 self._missed.clear()
-            while len(self._records) > max_servers:
-                before = len(self._records)
-                self._forget_one()
-                if len(self._records) == before:
-                    break
+            self._trim()
 
     def retire(self, count: int) -> int:
         """
