@@ -272,7 +272,8 @@ def test_a_batch_to_a_remote_that_stops_answering_takes_one_timeout(make: Make) 
         if request.startswith(b"GET"):
             body = json.dumps({"status": 200, "endpoint": "active", "batch": {"max": 50}})
             conn.sendall(  # type: ignore[attr-defined]
-                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body.encode())
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body.encode())
             )
             return
         server.stopped.wait(10)  # never answers
