@@ -55,13 +55,14 @@ while True:
 RESTART = """
 import sys, time
 from lightd_sync import RemoteConfig, SyncEngine
+from lightd_sync._engine.state_file import summary
 url, path = sys.argv[1], sys.argv[2]
 config = RemoteConfig(enabled=True, url=url, token=TOKEN, state_path=path, health_interval=0.2)
 with SyncEngine(config) as engine:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         time.sleep(0.05)
-        if engine.health.healthy and engine.flush(0.5) and engine._book.missed_count == 0:
+        if engine.health.healthy and engine.flush(0.5) and summary(path)[1] == 0:
             break
     print(engine.stats().resynced, flush=True)
 """.replace("TOKEN", repr(TOKEN))

@@ -96,6 +96,8 @@ def storm_round(interval: float, *, limit: float = 20.0) -> dict[str, Any]:
         "calls": stats.submitted,
         "handler_median": statistics.median(took) if took else 0.0,
         "handler_max": max(took) if took else 0.0,
+        "handlers": len(took),
+        "handlers_over_interval": len([t for t in took if t > interval]),
     }
 
 
@@ -104,18 +106,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.0002)
     args = parser.parse_args(argv)
-    slowest = 0.0
+    slowest = longest = 0.0
     medians = []
+    handlers = over = 0
     for n in range(args.rounds):
         result = storm_round(args.interval)
         slowest = max(slowest, result["seconds"])
+        longest = max(longest, result["handler_max"])
         medians.append(result["handler_median"])
+        handlers += result["handlers"]
+        over += result["handlers_over_interval"]
         if (n + 1) % 25 == 0:
             print(f"{n + 1} rounds ended; slowest {slowest:.2f} s", flush=True)
     print(
         f"{args.rounds} rounds, every one ended with every call counted; interval "
         f"{args.interval * 1e6:.0f} us, the handler's median work "
-        f"{statistics.median(medians) * 1e6:.0f} us, the slowest round {slowest:.2f} s"
+        f"{statistics.median(medians) * 1e6:.0f} us (the longest {longest * 1e3:.1f} ms; "
+        f"{over} of {handlers} handlers took longer than the interval), "
+        f"the slowest round {slowest:.2f} s"
     )
     return 0
 

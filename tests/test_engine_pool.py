@@ -339,3 +339,27 @@ def test_a_forked_child_always_delivers_under_load(kind: str, tmp_path: Path) ->
         if server.startswith("child-"):
             children[server] += 1
     assert {f"child-{i}" for i in range(FORKS)} == set(children)
+
+
+def _workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("lightd-sync-worker-")]
+
+
+def test_the_pool_is_workers_daemon_threads_and_a_reload_resizes_it_keeping_order() -> None:
+    transport = RecordingTransport()
+    with SyncEngine(RemoteConfig(workers=4, queue_size=10_000), transport=transport) as engine:
+        assert wait_until(lambda: len(_workers()) == 4, timeout=5)
+        assert all(t.daemon for t in _workers())
+        for i in range(300):
+            engine.error(f"s{i % 7}", str(i))
+            if i == 150:
+                engine.reload(RemoteConfig(workers=2, queue_size=10_000))
+        assert engine.flush(10)
+        assert wait_until(lambda: len(_workers()) == 2, timeout=5), _workers()
+        engine.reload(RemoteConfig(workers=3, queue_size=10_000))
+        assert wait_until(lambda: len(_workers()) == 3, timeout=5), _workers()
+        assert 300 == engine.stats().delivered
+    assert not _workers()
+    for server in {u.server for u in transport.sent}:
+        seq = [int(u.data or "0") for u in transport.sent if u.server == server]
+        assert seq == sorted(seq), server

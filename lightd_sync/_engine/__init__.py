@@ -1,13 +1,17 @@
 """
-The sync engine and its collaborators (see ``docs/engine.md``).
+The sync engine and its collaborators (see ``docs/engine.md``), one owner per piece of state.
 
-- :mod:`.engine`: :class:`SyncEngine`, the facade (public API, lifecycle, reload, fork);
-- :mod:`.outbox`: every per-server fact and every counter, under one lock;
-- :mod:`.pool`: the worker threads and what they do with a batch;
+- :mod:`.engine`: :class:`SyncEngine`, the public API (updates, billing, observing);
+  :mod:`.runtime` (start, close, the one fork path, signal-handler sections) and
+  :mod:`.reloading` (reload) are its other two halves;
+- :mod:`.intake`, :mod:`.outbox`, :mod:`.counts`: the outbox, every per-server fact
+  and every counter under one lock (the caller's side, the workers' side, the counters);
+- :mod:`.pool`: the ``lightd-sync-worker-N`` threads and what they do with a batch;
 - :mod:`.item`: the value that moves through them;
 - :mod:`.policy`, :mod:`.settings`: frozen values (retries, backoff, bounds);
 - :mod:`.health`, :mod:`.slot`, :mod:`.reload`, :mod:`.reentry`, :mod:`.exit_hook`;
-- :mod:`.state`, :mod:`.state_file`: the state file (``remote.state_path``).
+- :mod:`.state`, :mod:`.state_writer`, :mod:`.state_rows`, :mod:`.state_file`: the
+  state file (``remote.state_path``), fed by the outbox.
 """
 
 from __future__ import annotations

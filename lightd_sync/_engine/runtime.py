@@ -301,16 +301,17 @@ class Runtime:
         if monitor is not None:
             monitor.stop()
         # Leave a little of the budget to cut off requests that never end.
-        ended = self._pool.join(deadline - min(0.1, seconds / 10))
+        self._pool.join(deadline - min(0.1, seconds / 10))
         with self._section():
-            self._slot.close_all()  # cuts off what is still in flight
+            # Time is up: what is pending fails (closed), the workers end after
+            # their request, and closing the transport cuts off what is in flight.
+            left, drops, fails = self._outbox.finish()
+            self._slot.close_all()
         ended = self._pool.join(deadline)
         if monitor is not None:
             ended = monitor.join(deadline) and ended
         if sighup is not None:
             ended = sighup.stop(deadline) and ended
-        with self._section():
-            left, drops, fails = self._outbox.finish()
         self._admit_deferred()  # dropped now (closed), and counted
         store = self._store
         if store is not None:  # what was accepted and acknowledged, written before we return

@@ -2,7 +2,7 @@
 The state file on disk: its lock, its SQLite schema, and one batch write.
 
 Everything here runs on one thread at a time: :meth:`StateStore.open` on the
-caller's thread, then only the store's writer thread. :mod:`lightd_sync._state`
+caller's thread, then only the store's writer thread. :mod:`lightd_sync._engine.state`
 owns the threads and the in-memory side.
 """
 
