@@ -99,12 +99,6 @@ def test_the_docs_show_no_development_version() -> None:
         assert "0.2.0-dev" not in shown, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol.md (User-Agent example) and testing.md (pytest's plugin line) still "
-    "quote 0.1.0 as the running version; their owners' pages: the integrator fixes them "
-    "at merge time and then removes this mark",
-)
 def test_the_docs_quote_the_running_version() -> None:
     quoted = {
         (name, found)
