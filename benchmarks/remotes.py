@@ -317,9 +317,11 @@ class RefusedPort:
 FastRemote = Union[NginxRemote, ReceiverRemote]
 
 
-def start_fast_remote(use_nginx: bool = True) -> tuple[FastRemote, str]:
+def start_fast_remote(use_nginx: bool = True, batches: int = 0) -> tuple[FastRemote, str]:
     """
     Start nginx, or the built-in receiver when nginx is absent or fails.
+
+    With *batches*, nginx offers batches of that many updates (a static health body).
 
     Returns:
         The started remote and a note on why the fallback was used ("" with nginx).
@@ -327,7 +329,7 @@ def start_fast_remote(use_nginx: bool = True) -> tuple[FastRemote, str]:
     exe = find_nginx() if use_nginx else None
     note = ""
     if exe is not None:
-        remote = NginxRemote(exe)
+        remote = NginxRemote(exe, batches=batches)
         try:
             return remote.start(), ""
         except (OSError, RuntimeError) as exc:

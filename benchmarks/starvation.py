@@ -262,9 +262,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "raw": {},
         "errors": [],
     }
-    fast, note = remotes.start_fast_remote(use_nginx=not args.no_nginx)
+    fast, note = remotes.start_fast_remote(use_nginx=not args.no_nginx, batches=args.batches)
     try:
-        results["remote"] = {"fast": fast.describe(), "nginx": fast.kind == "nginx", "note": note}
+        results["remote"] = {
+            "fast": fast.describe(),
+            "nginx": fast.kind == "nginx",
+            "batches": args.batches,
+            "note": note,
+        }
         print(f"fast remote: {fast.describe()}" + (f"\n  {note}" if note else ""), flush=True)
         for sender, why in results["skipped"].items():
             print(f"  {sender} skipped: {why}", flush=True)
@@ -307,6 +312,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         help="where to write the results (default: benchmarks/results-starvation.json)",
     )
     parser.add_argument("--no-nginx", action="store_true", help="use the built-in receiver")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=0,
+        metavar="N",
+        help="nginx offers batches of up to N updates in its health answer (0: none)",
+    )
     parser.add_argument(
         "--senders", nargs="+", choices=SENDERS, metavar="SENDER", help=", ".join(SENDERS)
     )
