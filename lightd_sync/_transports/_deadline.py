@@ -16,8 +16,9 @@ promises are kept once:
   and :class:`Guard` knows them all.
 - An answer's body is read up to :data:`MAX_ANSWER` bytes; a larger one is
   refused, never held in memory. An answer whose framing is doubtful (a 1xx
-  interim answer taken as final, bytes after the answer) fails its request,
-  and its connection is closed, never reused.
+  interim answer taken as final, a lying length) fails its request, and its
+  connection is closed, never reused; bytes after an answer are dropped, and
+  urllib3 never reuses a connection with bytes waiting.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import errno
 import heapq
 import itertools
 import os
-import select
 import socket
 import ssl
 import threading
@@ -407,21 +407,21 @@ def read_answer(response: Any, ticket: Ticket) -> Answer:
     """
     Read urllib3 *response*'s body, up to MAX_ANSWER bytes and by *ticket*'s deadline.
 
-    The connection goes back to its pool only if the answer was read whole; if
-    bytes follow the answer, the request fails (and urllib3, which checks a
-    pooled connection before it reuses it, closes that one); an answer not read
-    whole closes its connection.
+    The connection goes back to its pool only if the answer was read whole (an
+    answer not read whole closes its connection). Bytes that follow an answer
+    never reach the next request: those read with it are dropped with its
+    buffer, and urllib3 checks a pooled connection before it reuses it, closing
+    one with anything waiting. They are not looked for here: urllib3 hands the
+    connection back to its pool as the last byte is read, and from then on
+    another thread may be using it.
 
     Raises:
         AnswerTooLargeError: The body is (or is declared) larger than MAX_ANSWER.
-        DoubtfulAnswerError: A 1xx answer where the final one belongs, or bytes after the answer.
+        DoubtfulAnswerError: A 1xx answer where the final one belongs, or a lying length.
         DeadlineExceededError: The deadline passed before the answer was complete.
         OSError, urllib3.exceptions.HTTPError: The connection broke.
     """
     clean = False
-    # urllib3 gives the connection back to its pool by itself once the answer is
-    # read whole: keep it to look at what follows (look only: it is no longer ours).
-    conn = response.connection
     try:
         status = response.status
         if 100 <= status < 200:  # http.client waits out 100 only: a 103 would end here
@@ -452,32 +452,9 @@ def read_answer(response: Any, ticket: Ticket) -> Answer:
             raise DoubtfulAnswerError(
                 status, f"the body has {size} bytes where Content-Length says {int(declared)}"
             )
-        after = _after_the_answer(getattr(conn, "sock", None))
-        if after == "bytes":
-            raise DoubtfulAnswerError(status, "bytes came after the answer")
-        clean = after == "nothing"
+        clean = True
         return Answer(status, b"".join(chunks), response.headers)
     finally:
         if not clean:
             response.close()  # closes the connection too: it is never reused
         response.release_conn()
-
-
-def _after_the_answer(sock: Optional[socket.socket]) -> str:
-    """What the socket holds after a whole answer: ``nothing``, ``bytes`` or ``closed``."""
-    if sock is None:
-        return "closed"  # the answer ended the connection (Connection: close)
-    try:
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return "bytes"
-        socks: list[socket.socket] = [sock]
-        readable, _, _ = select.select(socks, [], [], 0)  # one poll, never waits
-        if not readable:
-            return "nothing"
-        if isinstance(sock, ssl.SSLSocket):
-            return "closed"  # a TLS record (a close_notify?): cannot peek; never reused
-        # Readable: a peek returns at once (data, or b"" for the remote's close).
-        data = sock.recv(1, socket.MSG_PEEK)
-    except (OSError, ValueError):
-        return "closed"
-    return "bytes" if data else "closed"

@@ -111,9 +111,10 @@ class HttpTransport(Transport):
     whole request may take: connecting, sending and every byte of the answer.
     An answer's body is read up to 64 KiB; a larger one is a failed delivery
     (``reason="too_large"``). An answer whose framing is doubtful (a ``1xx``
-    interim answer where the final one belongs, bytes after the answer) fails
-    its request, and its connection is closed: nothing of it can be taken for
-    the next request's answer. Every failure becomes a
+    interim answer where the final one belongs, a length that does not match)
+    fails its request, and its connection is closed; bytes after an answer are
+    dropped, and a connection with bytes waiting is never reused: nothing of
+    one answer can be taken for the next request's. Every failure becomes a
     :class:`~lightd_sync.DeliveryError`, with one retry: a request that went
     out on a kept-alive connection the remote had closed while idle (nothing
     of an answer came back) is sent again at once, on a new connection.
