@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import socket
+import sys
 import time
 from typing import Callable
 
 import pytest
+import urllib3
 
 from lightd_sync import (
     DeliveryError,
@@ -33,7 +35,12 @@ from ..servers import RawRemote, serving
 from .harness import fault_config
 from .servers import FaultServer, ForwardProxy
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30)]
+if sys.version_info < (3, 12) and urllib3.__version__.startswith("1."):
+    # http.client before 3.12 never closes the answer it read from a proxy that
+    # refused the tunnel; with urllib3 1.26 (which leaves CONNECT to http.client)
+    # its socket is garbage-collected unclosed: CPython's leak, not ours.
+    pytestmark.append(pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"))
 
 Make = Callable[[RemoteConfig], Transport]
 PASSWORD = "pr0xy%2Fpa55w0rd"  # percent-encoded in the URL: "pr0xy/pa55w0rd"
