@@ -203,6 +203,8 @@ nitpick_ignore_regex = [
     (r"py:data", r"REASONS"),
     # The WSGI type aliases of the (private) server module.
     (r"py:.*", r"(WSGIApplication|WSGIEnvironment|StartResponse|AuditTarget|Store|PostgresStore)"),
+    # The TypeVar of start() and __enter__ (they return the engine itself).
+    (r"py:class", r"lightd_sync\._engine\.runtime\._R"),
 ]
 
 # Public objects live in private modules (lightd_sync._engine.SyncEngine is

@@ -12,18 +12,18 @@ alone (the ``lightd-sync agent`` command does):
 >>> app = create_app(engine, token="lightd_0123456789abcdef0123")
 >>> engine.close()
 
-=============================  =================================================
-``GET /remote/config``         the config the engine runs on, token redacted
-``POST /remote/reload``        re-read the file and apply it live (an extension:
-                               Lightd itself needs a restart)
-``POST /remote/config/reload`` the same, answered in Lightd's own shapes:
-                               ``200 {"message": "Configuration reloaded
-                               successfully"}``, or an error status with
-                               ``{"error": "..."}``
-``GET /remote/health``         the last health check of the remote
-``GET /remote/stats``          the engine's counters
-``GET /metrics``               the same in the Prometheus text format 0.0.4
-=============================  =================================================
+===============================  =================================================
+``GET /remote/config``           the config the engine runs on, token redacted
+``POST /remote/reload``          re-read the file and apply it live (an extension:
+                                 Lightd itself needs a restart)
+``POST /remote/config/reload``   the same, answered in Lightd's own shapes:
+                                 ``200 {"message": "Configuration reloaded
+                                 successfully"}``, or an error status with
+                                 ``{"error": "..."}``
+``GET /remote/health``           the last health check of the remote
+``GET /remote/stats``            the engine's counters
+``GET /metrics``                 the same in the Prometheus text format 0.0.4
+===============================  =================================================
 
 Every request needs ``Authorization: Bearer <token>``, Lightd's own API token
 (:func:`api_token_from_config` reads it from ``config.json``). Without it the
