@@ -446,3 +446,40 @@ def test_every_error_and_warning_quoted_in_cli_md_is_printed_by_the_code() -> No
     assert len(quoted) >= 4
     for message in quoted:
         assert in_code(re.sub(r"\S+\.jsonl", "X", message)), message
+
+
+def test_the_bodies_protocol_md_shows_are_what_the_library_sends() -> None:
+    """Each body in protocol.md's ``POST {url}/update`` section is one the model makes."""
+    import json
+
+    from lightd_sync import BillingEvent, Update
+
+    section = page("protocol.md").split("## `POST {url}/update`", 1)[1].split("\n## ", 1)[0]
+    shown = [
+        json.loads(line)
+        for block in re.findall(r"```json\n(.*?)```", section, flags=re.S)
+        for line in block.replace(",\n ", ", ").splitlines()
+        if line.strip()
+    ]
+    shown = [body for body in shown if "event" in body]  # not the answer, {"success": true}
+    made = [
+        Update("my-server-001", "installing").body(),
+        Update(
+            "my-server-001", "failed", "Docker container creation failed: image not found"
+        ).body(),
+        Update("my-server-002", "failed", error="timeout").body(),
+        Update("my-server-003", "failed", error="disk quota exceeded").body(),
+        BillingEvent(
+            "my-server-001",
+            memory_gb=0.5,
+            cpu_vcpus=0.25,
+            storage_gb=2,
+            egress_gb=0.01,
+            duration_hours=1,
+            estimated_cost=0.0123,
+            timestamp=1767225600,
+        ).body(),
+    ]
+    assert made == shown
+    # In the order Lightd's client sends the fields.
+    assert [list(body) for body in made] == [list(body) for body in shown]
