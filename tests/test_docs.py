@@ -332,7 +332,15 @@ def test_conf_py_serves_mermaid_with_the_docs() -> None:
 # -- README and docs/performance.md -------------------------------------------------
 
 #: Every condition performance.md measures update()'s p99 in: the README's figure covers all.
-CALLER_CONDITIONS = ("fast", "silent", "refused", "full", "fast+state_path")
+CALLER_CONDITIONS = (
+    "fast",
+    "silent",
+    "refused",
+    "full",
+    "fast+state_path",
+    "silent+state_path",
+    "refused+state_path",
+)
 PLACEHOLDER = "TBD-INTEGRATOR"
 
 

@@ -268,11 +268,6 @@ def test_index_md_gives_the_cost_of_update_as_performance_md_measures_it() -> No
 # -- placeholders the integrator fills ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the integrator re-measures after the merge and fills every TBD-INTEGRATOR "
-    "(README's caller cost, performance.md's sections), then removes this mark",
-)
 def test_no_placeholder_is_left_for_the_release() -> None:
     left = [name for name, page in user_docs().items() if "TBD-INTEGRATOR" in page]
     assert left == []

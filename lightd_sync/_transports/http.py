@@ -21,6 +21,7 @@ from .._exceptions import ConfigError, DeliveryError, RemoteUnreachableError
 from .._logutil import get_logger, safe_log
 from .._model import Event
 from .._secrets import Secrets, secrets_of
+from ._batching import BatchOffer
 from ._deadline import (
     Answer,
     AnswerTooLargeError,
@@ -34,17 +35,12 @@ from ._errors import causes, delivery_error
 from ._pools import Proxy, choose_proxy, tls_context
 from .base import Transport
 from .protocol import (
-    BATCH_CAP,
-    encode_batch,
     encode_body,
     health_verdict,
     judge,
-    judge_batch,
-    parse_offer,
     request_headers,
     update_verdict,
     warn_about_security,
-    with_event_ids,
 )
 
 __all__ = ["HttpTransport"]
@@ -203,9 +199,7 @@ class HttpTransport(Transport):
             self._proxy_tls.sslsocket_class = GuardedSSLSocket
         self._post_headers = {**request_headers(config.token, post=True), **_IDENTITY}
         self._get_headers = {**request_headers(config.token, post=False), **_IDENTITY}
-        #: The latest health answer's batch offer (batch.max; 0: none). One int,
-        #: replaced whole by the health thread or a lane: no lock needed.
-        self._offer = 0
+        self._batches = BatchOffer(self.url)  # the remote's batch offer
         self._closed = False
         # (pid, guard, pool): swapped whole, so a request reads a matching set.
         self._state: tuple[int, Guard, Any] = self._build()
@@ -338,8 +332,7 @@ class HttpTransport(Transport):
 
     def max_batch(self) -> int:
         """``min(batch.max, 500)`` while the latest health answer offers batches, else 1."""
-        offer = self._offer
-        return min(offer, BATCH_CAP) if offer > 1 else 1
+        return self._batches.max_batch()
 
     def send_many(self, updates: Sequence[Event]) -> list[Optional[DeliveryError]]:
         """
@@ -352,39 +345,17 @@ class HttpTransport(Transport):
 
         .. versionadded:: 0.2.0
         """
-        limit = self.max_batch()
-        if len(updates) <= 1 or limit <= 1:
-            return super().send_many(updates)
-        events = with_event_ids(updates)
-        results: list[Optional[DeliveryError]] = []
-        for start in range(0, len(events), limit):  # the offer may have shrunk meanwhile
-            chunk = events[start : start + limit]
-            results += self._send_batch(chunk) if len(chunk) > 1 else super().send_many(chunk)
-        return results
-
-    def _send_batch(self, events: list[Event]) -> list[Optional[DeliveryError]]:
-        try:
-            answer = self._exchange("POST", "updates", encode_batch(events), self._post_headers)
-        except DeliveryError as exc:
-            return [exc] * len(events)
-        verdict = judge_batch(answer, len(events), self._lightd_secrets)
-        if verdict is not None:
-            return verdict
-        self._offer = 0
-        safe_log(
-            log,
-            logging.INFO,
-            "%s answered POST /updates with HTTP %d: it takes no batches after all; sending "
-            "one update per request until a health answer offers batches again",
-            self.url,
-            answer.status,
+        return self._batches.send_many(
+            updates,
+            post=lambda body: self._exchange("POST", "updates", body, self._post_headers),
+            one_by_one=lambda events: Transport.send_many(self, events),
+            secrets=self._lightd_secrets,
         )
-        return super().send_many(events)
 
     def check_health(self) -> None:
         """GET ``{url}/health``; raise a DeliveryError unless it answers as active."""
         answer = self._exchange("GET", "health", None, self._get_headers)
-        self._offer = parse_offer(answer.status, answer.data)  # each answer replaces the offer
+        self._batches.heard(answer)  # each health answer replaces the offer
         judge(health_verdict, "GET /health", answer, self._lightd_secrets)
 
     def close(self) -> None:

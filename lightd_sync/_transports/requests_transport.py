@@ -11,7 +11,6 @@ is built, never when this module is.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -19,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .._config import RemoteConfig
 from .._exceptions import ConfigError, DeliveryError, RemoteUnreachableError
-from .._logutil import get_logger, safe_log
+from .._logutil import get_logger
 from .._model import Event
 from .._secrets import secrets_of
+from ._batching import BatchOffer
 from ._deadline import (
     MAX_ANSWER,
     Answer,
@@ -33,17 +33,12 @@ from ._deadline import (
 from ._errors import Kinds, delivery_error
 from .base import Transport
 from .protocol import (
-    BATCH_CAP,
-    encode_batch,
     encode_body,
     health_verdict,
     judge,
-    judge_batch,
-    parse_offer,
     request_headers,
     update_verdict,
     warn_about_security,
-    with_event_ids,
 )
 
 if TYPE_CHECKING:
@@ -206,8 +201,7 @@ class RequestsTransport(Transport):
         self._owned = session is None
         self._maxsize = config.workers + 1
         self._verify = config.verify
-        #: The latest health answer's batch offer (0: none); one int, replaced whole.
-        self._offer = 0
+        self._batches = BatchOffer(self.url)  # the remote's batch offer
         self._close_lock = threading.Lock()  # one close at a time; guards setting _closed
         self._closed = False
         # (pid, session, guard): swapped whole, so a request reads a matching set.
@@ -376,8 +370,7 @@ class RequestsTransport(Transport):
 
     def max_batch(self) -> int:
         """``min(batch.max, 500)`` while the latest health answer offers batches, else 1."""
-        offer = self._offer
-        return min(offer, BATCH_CAP) if offer > 1 else 1
+        return self._batches.max_batch()
 
     def send_many(self, updates: Sequence[Event]) -> list[Optional[DeliveryError]]:
         """
@@ -387,39 +380,17 @@ class RequestsTransport(Transport):
 
         .. versionadded:: 0.2.0
         """
-        limit = self.max_batch()
-        if len(updates) <= 1 or limit <= 1:
-            return super().send_many(updates)
-        events = with_event_ids(updates)
-        results: list[Optional[DeliveryError]] = []
-        for start in range(0, len(events), limit):
-            chunk = events[start : start + limit]
-            results += self._send_batch(chunk) if len(chunk) > 1 else super().send_many(chunk)
-        return results
-
-    def _send_batch(self, events: list[Event]) -> list[Optional[DeliveryError]]:
-        try:
-            answer = self._request("POST", "/updates", encode_batch(events), self._post_headers)
-        except DeliveryError as exc:
-            return [exc] * len(events)
-        verdict = judge_batch(answer, len(events), self._lightd_secrets)
-        if verdict is not None:
-            return verdict
-        self._offer = 0
-        safe_log(
-            log,
-            logging.INFO,
-            "%s answered POST /updates with HTTP %d: it takes no batches after all; sending "
-            "one update per request until a health answer offers batches again",
-            self.url,
-            answer.status,
+        return self._batches.send_many(
+            updates,
+            post=lambda body: self._request("POST", "/updates", body, self._post_headers),
+            one_by_one=lambda events: Transport.send_many(self, events),
+            secrets=self._lightd_secrets,
         )
-        return super().send_many(events)
 
     def check_health(self) -> None:
         """GET ``{url}/health``; raise a DeliveryError unless it answers as active."""
         answer = self._request("GET", "/health", None, self._get_headers)
-        self._offer = parse_offer(answer.status, answer.data)  # each answer replaces the offer
+        self._batches.heard(answer)  # each health answer replaces the offer
         judge(health_verdict, "GET /health", answer, self._lightd_secrets)
 
     def close(self) -> None:
