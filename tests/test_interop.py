@@ -204,6 +204,10 @@ def _https_behind_a_proxy() -> Iterator[tuple[str, str, str, Any]]:
         bundle.unlink()
 
 
+# waitress's own file_wrapper (its trigger pipe) is sometimes garbage-collected
+# unclosed when the remote stops (seen once in CI, py312): waitress's race, as in
+# test_http_server.py; what this test asserts is ours.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_connect_proxy_in_front_of_an_https_remote(transport: str) -> None:
     for url, proxy, bundle, remote in _https_behind_a_proxy():
         with deliver_all(url, 4, 5, transport=transport, proxy=proxy, ca_bundle=bundle, timeout=5):
