@@ -11,9 +11,11 @@ attributes, chain), a log line at any level, a ``repr`` or the health state.
 from __future__ import annotations
 
 import base64
+import gc
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Callable
 
 import pytest
@@ -41,6 +43,13 @@ if sys.version_info < (3, 12) and urllib3.__version__.startswith("1."):
     # refused the tunnel; with urllib3 1.26 (which leaves CONNECT to http.client)
     # its socket is garbage-collected unclosed: CPython's leak, not ours.
     pytestmark.append(pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"))
+
+    @pytest.fixture(autouse=True)
+    def collect_the_leak() -> Iterator[None]:
+        """Collect that socket inside the test, under its filter, not at the session's end."""
+        yield
+        gc.collect()
+
 
 Make = Callable[[RemoteConfig], Transport]
 PASSWORD = "pr0xy%2Fpa55w0rd"  # percent-encoded in the URL: "pr0xy/pa55w0rd"
