@@ -113,15 +113,7 @@ class RecordingTransport(Transport):
         """Record the call's events as one batch, then let the handler decide for each."""
         with self._lock:
             self._batches.append(list(updates))
-        results: list[Optional[DeliveryError]] = []
-        for update in updates:
-            try:
-                self.send(update)
-            except DeliveryError as exc:
-                results.append(exc)
-            else:
-                results.append(None)
-        return results
+        return super().send_many(updates)  # one send() each: the handler decides
 
     def send(self, update: Event) -> None:
         """Record *update*, then let the handler decide (delivered unless it raises)."""
