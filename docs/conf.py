@@ -204,7 +204,7 @@ nitpick_ignore_regex = [
     # The WSGI type aliases of the (private) server module.
     (r"py:.*", r"(WSGIApplication|WSGIEnvironment|StartResponse|AuditTarget|Store|PostgresStore)"),
     # The TypeVar of start() and __enter__ (they return the engine itself).
-    (r"py:class", r"lightd_sync\._engine\.runtime\._R"),
+    (r"py:class", r"lightd_sync\._engine\.engine\._E"),
 ]
 
 # Public objects live in private modules (lightd_sync._engine.SyncEngine is

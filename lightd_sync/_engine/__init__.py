@@ -1,9 +1,9 @@
 """
 The sync engine and its collaborators (see ``docs/engine.md``), one owner per piece of state.
 
-- :mod:`.engine`: :class:`SyncEngine`, the public API (updates, billing, observing);
-  :mod:`.runtime` (start, close, the one fork path, signal-handler sections) and
-  :mod:`.reloading` (reload) are its other two halves;
+- :mod:`.engine`: :class:`SyncEngine`, the facade that owns the public API;
+- :mod:`.runtime`: the :class:`~.runtime.Runtime` it delegates to, which makes the
+  collaborators (the one fork path) and owns the lifecycle; :mod:`.reloading`: reload;
 - :mod:`.intake`, :mod:`.outbox`, :mod:`.counts`: the outbox, every per-server fact
   and every counter under one lock (the caller's side, the workers' side, the counters);
 - :mod:`.pool`: the ``lightd-sync-worker-N`` threads and what they do with a batch;

@@ -1,31 +1,20 @@
 """
-The sync engine: the facade that owns the public API and the lifecycle.
+The sync engine's facade: :class:`SyncEngine` owns the public API and delegates.
 
-One owner per piece of state (see ``docs/engine.md``): the
-:class:`~.outbox.Outbox` owns every per-server fact and every counter; the
-:class:`~.pool.Pool` owns the worker threads; the :class:`~.slot.TransportSlot`
-the transport in use; the :class:`~.health.HealthTracker` and
-:class:`~.health.HealthMonitor` the health state and its timer thread; the
-:class:`~.state.StateStore` the state file (fed by the outbox); the
-:class:`~.reentry.Reentry` what signal handlers left; :class:`SyncEngine`
-itself the lifecycle (started, closing, the settings value). The hot path
-(:meth:`SyncEngine.update`) takes the outbox lock once.
+Its :class:`~.runtime.Runtime` owns the collaborators of one process and the
+lifecycle; each collaborator owns its own state (see ``docs/engine.md``). The
+hot path (:meth:`SyncEngine.update`) takes the outbox lock once.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from threading import get_ident
-from typing import Optional, Union
+from typing import Optional, TypeVar, Union
 
 from .._config import RemoteConfig, load_config
-from .._forksafe import after_fork_in_child
-from .._logutil import get_logger
 from .._model import (
     _STATUS_BY_VALUE,
-    MAX_MESSAGE_LENGTH,
     MAX_SERVER_ID_LENGTH,
     BillingEvent,
     HealthState,
@@ -34,26 +23,25 @@ from .._model import (
     Status,
     SyncStats,
     check_server_id,
-    error_value_problem,
     parse_lifecycle,
     parse_status,
 )
 from .._transports.base import Transport
 from .._transports.registry import make_transport
-from .item import Item
+from . import reloading
+from .item import Item, error_item
+from .outbox import Outbox
 from .pool import OutcomeHook
-from .reentry import MAIN
-from .reloading import Reloading
-from .runtime import DEFAULT_WAIT
+from .reload import ReloadResult
+from .runtime import DEFAULT_WAIT, Runtime
 from .settings import budget, make_settings
-from .state import StateStore
 
 __all__ = ["DEFAULT_WAIT", "SyncEngine"]
 
-log = get_logger("engine")
+_E = TypeVar("_E", bound="SyncEngine")
 
 
-class SyncEngine(Reloading):
+class SyncEngine:
     """
     Deliver status updates to the remote from a bounded pool of background threads.
 
@@ -102,19 +90,16 @@ class SyncEngine(Reloading):
             raise TypeError(f"config must be a RemoteConfig, not {type(config).__name__}")
         if on_outcome is not None and not callable(on_outcome):
             raise TypeError(f"on_outcome must be callable, not {type(on_outcome).__name__}")
-        self._own_transport = transport is None
-        self._on_outcome = on_outcome
-        self._source: Optional[str] = None
-        self._settings = make_settings(config)
-        self._build(transport if transport is not None else make_transport(config))
-        self._store: Optional[StateStore] = None
+        self._own_transport = transport is None  # a reload may build another one
+        self._source: Optional[str] = None  # set once by from_file(), before any use
+        own = transport if transport is not None else make_transport(config)
+        self._runtime = runtime = Runtime(make_settings(config), own, on_outcome)
         if config.enabled and config.state_path is not None:
             try:
-                self._open_store(config.state_path)
+                runtime.open_store(config.state_path)
             except BaseException:
-                self._slot.close_all()  # nothing else will close what we built
+                runtime.slot.close_all()  # nothing else will close what we built
                 raise
-        after_fork_in_child(self._after_fork_in_child)  # the one fork hook (held weakly)
 
     @classmethod
     def from_file(
@@ -137,12 +122,17 @@ class SyncEngine(Reloading):
         return engine
 
     def __repr__(self) -> str:
-        running = self._pid == os.getpid()
-        state = "closed" if self._closing else ("running" if running else "idle")
+        rt = self._runtime
+        state = "closed" if rt.closing else ("running" if rt.pid == os.getpid() else "idle")
         return (
-            f"<SyncEngine {state} transport={self._slot.current!r} "
-            f"workers={self.config.workers} pending={self._outbox.stats_unlocked().pending}>"
+            f"<SyncEngine {state} transport={rt.slot.current!r} "
+            f"workers={self.config.workers} pending={rt.outbox.stats_unlocked().pending}>"
         )
+
+    @property
+    def config(self) -> RemoteConfig:
+        """The config the engine runs on."""
+        return self._runtime.settings.config
 
     @property
     def source(self) -> Optional[str]:
@@ -160,12 +150,45 @@ class SyncEngine(Reloading):
 
         .. versionadded:: 0.2.0
         """
-        return self._closing or self._reentry.close_wanted is not None
+        rt = self._runtime
+        return rt.closing or rt.reentry.close_wanted is not None
 
     @property
     def transport(self) -> Transport:
         """The transport updates are sent through now."""
-        return self._slot.current
+        return self._runtime.slot.current
+
+    def start(self: _E) -> _E:
+        """Start the delivery threads and the health timer (idempotent; also done lazily)."""
+        rt = self._runtime
+        if rt.pid != os.getpid() and not rt.reentry.interrupted():
+            rt.start()
+        return self
+
+    def __enter__(self: _E) -> _E:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """
+        Deliver what is queued until *timeout* seconds have passed, then stop.
+
+        Returns by the deadline even when the remote never answers: requests
+        still in flight are cut off and what is left is counted as failed
+        (reason ``closed``). No ``lightd-sync`` thread remains, except one
+        blocked in a DNS lookup, which cannot be interrupted and ends by itself
+        within ``timeout``. Idempotent, safe from any thread, concurrently
+        with any other call, and from a signal handler (one that interrupted
+        the engine's own call returns at once: a ``lightd-sync-close`` thread
+        closes the engine as soon as that call is out of its critical section).
+
+        Args:
+            timeout: Seconds to wait at most (any non-negative number,
+                however large, ``math.inf`` included); ``None`` means 5 seconds.
+        """
+        self._runtime.request_close(budget(timeout, DEFAULT_WAIT))
 
     def update(self, server: str, status: Union[Status, str]) -> bool:
         """
@@ -189,7 +212,7 @@ class SyncEngine(Reloading):
             or not server.isprintable()
         ):
             check_server_id(server)
-        return self._submit(Item(server, st))
+        return self._runtime.submit(Item(server, st))
 
     def error(self, server: str, message: Optional[str] = None, *, error: str = "failed") -> bool:
         """
@@ -204,16 +227,7 @@ class SyncEngine(Reloading):
         .. versionchanged:: 0.2.0 Long messages are cut to 8,192 characters;
            *message* may be ``None``; the *error* argument.
         """
-        check_server_id(server)
-        if message is not None:
-            if not isinstance(message, str):
-                raise TypeError(f"message must be a str or None, not {type(message).__name__}")
-            if len(message) > MAX_MESSAGE_LENGTH:
-                message = message[:MAX_MESSAGE_LENGTH]
-        problem = error_value_problem(error)
-        if problem is not None:
-            raise (TypeError if type(error) is not str else ValueError)(problem)
-        return self._submit(Item(server, Status.FAILED, message, error))
+        return self._runtime.submit(error_item(server, message, error))
 
     def lifecycle(
         self, server: str, event: Union[Lifecycle, str], data: Optional[str] = None
@@ -276,30 +290,7 @@ class SyncEngine(Reloading):
             estimated_cost=estimated_cost,
             timestamp=int(time.time()) if timestamp is None else timestamp,
         )
-        return self._submit(Item(server, Status.READY, billing=event))
-
-    def _submit(self, item: Item) -> bool:
-        if get_ident() != MAIN.ident:  # no signal handler runs in this thread
-            if self._pid != os.getpid():
-                self._start()
-            return self._admit(item)
-        reentry = self._reentry
-        if reentry.inside:  # a handler that interrupted the engine: no lock, O(1)
-            reentry.deferred.append(item)
-            return True
-        if self._pid != os.getpid():
-            self._start()
-        reentry.inside = True
-        try:
-            if item.billing is None:
-                dropped = self._outbox.admit(item)
-            else:
-                dropped = self._outbox.admit_billing(item)
-        finally:
-            reentry.inside = False
-        if reentry.wanted:
-            self._hand_on()
-        return True if dropped is None else self._dropped(item, dropped)
+        return self._runtime.submit(Item(server, Status.READY, billing=event))
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """
@@ -315,24 +306,7 @@ class SyncEngine(Reloading):
         Returns:
             ``True`` if everything was delivered or given up on in time.
         """
-        reentry = self._reentry
-        if reentry.interrupted():
-            return not reentry.deferred and not self._outbox.stats_unlocked().pending
-        end = time.monotonic() + budget(timeout, DEFAULT_WAIT)
-        while True:
-            with self._section():
-                if reentry.deferred and self._pid == os.getpid():
-                    self._outbox.wake()
-                idle = self._outbox.idle_event()
-            if idle is None and not reentry.deferred:
-                return True
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            if idle is None:  # only what handlers deferred: a worker admits it shortly
-                time.sleep(min(left, 0.005))
-            else:
-                idle.wait(min(left, threading.TIMEOUT_MAX))
+        return self._runtime.wait_idle(budget(timeout, DEFAULT_WAIT))
 
     def stats(self) -> SyncStats:
         """
@@ -341,10 +315,11 @@ class SyncEngine(Reloading):
         From a signal handler that interrupted the engine it reads them without
         the lock; the snapshot still balances (``pending`` is what is not settled).
         """
-        if self._reentry.interrupted():
-            return self._outbox.stats_unlocked()
-        with self._section():
-            return self._outbox.stats()
+        rt = self._runtime
+        if rt.reentry.interrupted():
+            return rt.outbox.stats_unlocked()
+        with rt.reentry.section():
+            return rt.outbox.stats()
 
     def outcome_reasons(self) -> dict[tuple[str, str], int]:
         """
@@ -358,9 +333,7 @@ class SyncEngine(Reloading):
 
         .. versionadded:: 0.2.0
         """
-        self._refuse_in_handler("outcome_reasons")
-        with self._section():
-            return self._outbox.reasons()
+        return self._runtime.read("outcome_reasons", Outbox.reasons)
 
     def latency_histogram(self) -> LatencyHistogram:
         """
@@ -371,16 +344,55 @@ class SyncEngine(Reloading):
 
         .. versionadded:: 0.1.0
         """
-        self._refuse_in_handler("latency_histogram")
-        with self._section():
-            return self._outbox.latency()
+        return self._runtime.read("latency_histogram", Outbox.latency)
 
     @property
     def health(self) -> HealthState:
         """What the last health check found (``healthy`` is None before the first)."""
-        return self._health.state
+        return self._runtime.health.state
 
     def check_health(self) -> HealthState:
         """Check the remote's health now, in the calling thread, and return the new state."""
-        self._refuse_in_handler("check_health")
-        return self._health.check()
+        self._runtime.reentry.refuse("check_health")
+        return self._runtime.health.check()
+
+    def reload(self, config: Optional[RemoteConfig] = None) -> ReloadResult:
+        """
+        Apply a new config to the running engine; nothing queued is lost.
+
+        With no argument, re-read the file the engine was built from
+        (:meth:`from_file`). The new config is validated first: if it is
+        invalid nothing changes. Otherwise a new transport is built when a key
+        that shapes it changed; updates in flight finish on the old one (closed
+        once idle), queued and new ones go through the new one. ``workers``,
+        ``queue_size``, ``health_interval`` and the delivery policy change too;
+        per-server order holds across the change.
+
+        Raises:
+            ConfigError: The new config is invalid, or there is no file to re-read.
+            LightdSyncError: The engine is closed, or this is a signal handler
+                that interrupted the engine (use :meth:`install_sighup_reload`).
+
+        .. versionadded:: 0.1.0
+        """
+        return reloading.reload(
+            self._runtime, config, source=self._source, own_transport=self._own_transport
+        )
+
+    def install_sighup_reload(self) -> None:
+        """
+        Reload from the file on ``SIGHUP`` (POSIX), the usual daemon convention.
+
+        The signal handler only wakes a ``lightd-sync-reload`` thread, which
+        reloads: a reload inside the handler could interrupt this engine's
+        own ``update()`` in the same thread. The handler it replaces (if any)
+        is still called, after the reload is scheduled. Errors are logged,
+        never raised. Call it from the main thread; :meth:`close` ends the
+        thread and, called from the main thread, restores the old handler
+        (from another thread Python cannot: then ours stays, and only calls
+        the old one).
+
+        .. versionadded:: 0.1.0
+        .. versionchanged:: 0.2.0 The replaced handler is called and restored.
+        """
+        self._runtime.install_sighup(self.reload)

@@ -14,7 +14,7 @@ __all__ = ["close_at_exit", "forget"]
 
 
 class _Closable(Protocol):
-    def _stop_for_exit(self) -> float: ...  # stop taking updates; return its shutdown_timeout
+    def stop_for_exit(self) -> float: ...  # stop taking updates; return its shutdown_timeout
 
     def close(self, timeout: float) -> None: ...
 
@@ -32,7 +32,7 @@ def _close_all() -> None:
     if not engines:
         return
     # Stop taking updates everywhere first, so that all drain at once.
-    deadline = time.monotonic() + max(engine._stop_for_exit() for engine in engines)
+    deadline = time.monotonic() + max(engine.stop_for_exit() for engine in engines)
     for engine in engines:
         engine.close(timeout=max(0.0, deadline - time.monotonic()))
 

@@ -7,9 +7,17 @@ from typing import Optional
 
 import attrs
 
-from .._model import BillingEvent, Event, Status, Update
+from .._model import (
+    MAX_MESSAGE_LENGTH,
+    BillingEvent,
+    Event,
+    Status,
+    Update,
+    check_server_id,
+    error_value_problem,
+)
 
-__all__ = ["Item"]
+__all__ = ["Item", "error_item"]
 
 
 class Item:
@@ -65,3 +73,17 @@ class Item:
         if self.billing is not None:
             return attrs.evolve(self.billing, event_id=self.event_id)
         return Update(self.server, self.status, self.data, error=self.error, event_id=self.event_id)
+
+
+def error_item(server: str, message: Optional[str], error: str) -> Item:
+    """The item of ``SyncEngine.error(server, message, error=error)``; raises what it says."""
+    check_server_id(server)
+    if message is not None:
+        if not isinstance(message, str):
+            raise TypeError(f"message must be a str or None, not {type(message).__name__}")
+        if len(message) > MAX_MESSAGE_LENGTH:
+            message = message[:MAX_MESSAGE_LENGTH]
+    problem = error_value_problem(error)
+    if problem is not None:
+        raise (TypeError if type(error) is not str else ValueError)(problem)
+    return Item(server, Status.FAILED, message, error)

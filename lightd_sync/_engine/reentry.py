@@ -16,10 +16,13 @@ deferred, where no handler can interrupt it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
-from typing import Optional
+from collections.abc import Iterator
+from typing import Callable, Optional
 
+from .._exceptions import LightdSyncError
 from .item import Item
 
 __all__ = ["MAIN", "Reentry"]
@@ -49,11 +52,16 @@ class Reentry:
     there too). ``deferred`` is a deque: appended by handlers, popped by a
     worker, each operation atomic. ``close_wanted`` is the budget of a
     ``close()`` a handler asked for (``None``: none asked).
+
+    Args:
+        hand_on: Called in the main thread, outside any section, when a
+            section ends and a handler left something (:attr:`wanted`).
     """
 
-    __slots__ = ("close_wanted", "deferred", "inside")
+    __slots__ = ("close_wanted", "deferred", "hand_on", "inside")
 
-    def __init__(self) -> None:
+    def __init__(self, hand_on: Callable[[], None]) -> None:
+        self.hand_on = hand_on
         self.inside = False
         #: Updates that handlers submitted while the engine was interrupted.
         self.deferred: deque[Item] = deque()
@@ -67,3 +75,25 @@ class Reentry:
     def wanted(self) -> bool:
         """Whether a handler left something for the interrupted section to hand on."""
         return bool(self.deferred) or self.close_wanted is not None
+
+    @contextlib.contextmanager
+    def section(self) -> Iterator[None]:
+        """Mark the main thread inside the engine while it may hold a lock a handler wants."""
+        if threading.get_ident() != MAIN.ident or self.inside:
+            yield
+            return
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+            if self.wanted:
+                self.hand_on()
+
+    def refuse(self, name: str) -> None:
+        """Raise if the caller is a signal handler that interrupted the engine."""
+        if self.interrupted():
+            raise LightdSyncError(
+                f"{name}: called from a signal handler that interrupted the engine; "
+                "call it outside the handler (stats() works there)"
+            )

@@ -1,27 +1,25 @@
 """
-The engine's lifecycle: its collaborators, start, close, the fork path, health glue.
+An engine's running parts: its collaborators, made in one place, and its lifecycle.
 
-:class:`Runtime` is the base of :class:`~.engine.SyncEngine`: it makes every
-collaborator in one place (:meth:`Runtime._build`, in ``__init__`` and again
-in a forked child), owns the lifecycle state under one lock, and keeps signal
-handlers that interrupted the engine from taking any lock (:meth:`Runtime._section`).
+:class:`Runtime` is owned by one :class:`~.engine.SyncEngine` (the facade,
+which owns the public API). It makes every collaborator in one place
+(:meth:`Runtime.build`: in ``__init__`` and again in a forked child, the one
+fork path), owns the lifecycle state under one lock, and keeps signal
+handlers that interrupted the engine from taking any lock (:meth:`Runtime.section`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from threading import get_ident
-from types import TracebackType
-from typing import Optional, TypeVar
+from typing import Callable, Optional, TypeVar
 
-from .._config import RemoteConfig
 from .._exceptions import LightdSyncError
+from .._forksafe import after_fork_in_child
 from .._logutil import get_logger, safe_log
 from .._transports.base import Transport
 from . import exit_hook
@@ -30,8 +28,8 @@ from .item import Item
 from .outbox import BILLING_FULL, DROPPED, Outbox
 from .pool import OutcomeHook, Pool, Reporter
 from .reentry import MAIN, Reentry
-from .reload import SighupReload
-from .settings import Settings, budget
+from .reload import ReloadResult, SighupReload
+from .settings import Settings
 from .slot import TransportSlot
 from .state import StateStore
 
@@ -42,77 +40,77 @@ log = get_logger("engine")
 #: What ``timeout=None`` means for ``close()`` and ``flush()``.
 DEFAULT_WAIT = 5.0
 
-_R = TypeVar("_R", bound="Runtime")
+_T = TypeVar("_T")
 
 
 class Runtime:
-    """The lifecycle half of :class:`~lightd_sync.SyncEngine` (see the module)."""
+    """
+    The collaborators of one engine and its lifecycle (see the module).
 
-    _settings: Settings
-    _on_outcome: Optional[OutcomeHook]
-    _store: Optional[StateStore]
-    _source: Optional[str]
-    _own_transport: bool
+    The facade reads ``settings`` (the frozen value to start on), ``outbox``,
+    ``slot``, ``health``, ``reentry`` and ``pid``; only this class replaces
+    them (``build``, ``apply``).
+    """
 
-    @property
-    def config(self) -> RemoteConfig:
-        """The config the engine runs on."""
-        return self._settings.config
+    def __init__(
+        self, settings: Settings, transport: Transport, on_outcome: Optional[OutcomeHook]
+    ) -> None:
+        self.settings = settings  # replaced whole by apply(), under the lifecycle lock
+        self.on_outcome = on_outcome
+        self.store: Optional[StateStore] = None  # the state file, once open_store() opened it
+        self.build(transport)
+        after_fork_in_child(self.after_fork_in_child)  # the one fork hook (held weakly)
 
-    def _build(self, transport: Transport) -> None:
+    def build(self, transport: Transport) -> None:
         """Make every collaborator and the lifecycle state: in __init__ and in a forked child."""
-        config, policy = self._settings.config, self._settings.policy
-        self._outbox = outbox = Outbox(config.queue_size, config.max_servers, config.queue_size)
+        config, policy = self.settings.config, self.settings.policy
+        self.outbox = outbox = Outbox(config.queue_size, config.max_servers, config.queue_size)
         outbox.resync = config.resync
-        self._slot = TransportSlot(transport)
-        self._reporter = Reporter(outbox, self._on_outcome)
-        self._pool = Pool(
-            outbox,
-            self._slot,
-            self._reporter,
-            policy,
-            on_missed=self._probe,
-            between=self._admit_deferred,
-        )
-        self._health = HealthTracker(self._check_transport, on_healthy=self._resync)
-        self._pool.secret = self._health.secret = config.token
-        self._reentry = Reentry()
-        # Guards _pid, _closing, _monitor and _sighup; never held by a signal
-        # handler that interrupted the engine (see _section).
+        outbox.store = self.store
+        self.slot = TransportSlot(transport)
+        self.reporter = Reporter(outbox, self.on_outcome)
+        self.pool = pool = Pool(outbox, self.slot, self.reporter, policy, on_missed=self._probe,
+                                between=self.admit_deferred)  # fmt: skip
+        self.health = HealthTracker(self._check_transport, on_healthy=self._resync)
+        pool.secret = self.health.secret = config.token
+        self.reentry = Reentry(self._hand_on)
+        # Guards pid, closing, monitor and sighup; never held by a signal
+        # handler that interrupted the engine (see Reentry.section()).
         self._lifecycle = threading.Lock()
-        self._reload_lock = threading.Lock()  # one reload at a time (it builds a transport)
-        self._pid: Optional[int] = None  # the process whose threads run; None: not started
-        self._closing = False  # close() began: nothing starts any more
-        self._closed = threading.Event()  # close() finished
+        self.reload_lock = threading.Lock()  # one reload at a time (it builds a transport)
+        self.pid: Optional[int] = None  # the process whose threads run; None: not started
+        self.closing = False  # close() began: nothing starts any more
+        self.closed = threading.Event()  # close() finished
         self._monitor: Optional[HealthMonitor] = None
         self._sighup: Optional[SighupReload] = None
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: forget the parent's threads, locks, queues, counters and file."""
-        closing = self._closing
+        closing = self.closing
         MAIN.renew()
-        store, self._store = self._store, None
+        store, self.store = self.store, None
         if store is not None:
             store.forget_in_child()  # the file is the parent's: a child never writes it
-        self._build(self._slot.current)
+        self.build(self.slot.current)
         if closing:
-            self._closing = True
-            self._outbox.finish()
-            self._closed.set()
+            self.closing = True
+            self.outbox.finish()
+            self.closed.set()
         exit_hook.forget(self)
 
-    def _open_store(self, path: str) -> None:
+    def open_store(self, path: str) -> None:
         """Open the state file; seed the outbox with what the remote never acknowledged."""
-        store = StateStore(path, max_servers=self._settings.config.max_servers)
-        store.event_id_of = self._outbox.event_id
+        store = StateStore(path, max_servers=self.settings.config.max_servers)
+        store.event_id_of = self.outbox.event_id
         rows = store.open()
         if not store.active:  # a bad file: logged by the store; run on memory only
             return
-        self._store = self._outbox.store = store
+        self.store = self.outbox.store = store
         exit_hook.close_at_exit(self)  # its writer thread runs: the exit hook must close it
         for row in rows:
-            item = Item(row.server, row.status, row.data, row.error, event_id=row.event_id)
-            self._outbox.seed(item)
+            self.outbox.seed(
+                Item(row.server, row.status, row.data, row.error, event_id=row.event_id)
+            )
         if rows:
             safe_log(
                 log,
@@ -122,9 +120,35 @@ class Runtime:
                 len(rows),
             )
 
-    def _admit(self, item: Item) -> bool:
+    # -- the caller's path -----------------------------------------------------------
+
+    def submit(self, item: Item) -> bool:
+        """Admit *item*: ``True`` if queued; a handler that interrupted the engine defers it."""
+        if get_ident() != MAIN.ident:  # no signal handler runs in this thread
+            if self.pid != os.getpid():
+                self.start()
+            return self.admit(item)
+        reentry = self.reentry
+        if reentry.inside:  # a handler that interrupted the engine: no lock, O(1)
+            reentry.deferred.append(item)
+            return True
+        if self.pid != os.getpid():
+            self.start()
+        reentry.inside = True
+        try:
+            if item.billing is None:
+                dropped = self.outbox.admit(item)
+            else:
+                dropped = self.outbox.admit_billing(item)
+        finally:
+            reentry.inside = False
+        if reentry.deferred or reentry.close_wanted is not None:  # reentry.wanted, inlined
+            self._hand_on()
+        return True if dropped is None else self._dropped(item, dropped)
+
+    def admit(self, item: Item) -> bool:
         """Admit *item* from a thread no signal handler interrupts."""
-        outbox = self._outbox
+        outbox = self.outbox
         dropped = outbox.admit(item) if item.billing is None else outbox.admit_billing(item)
         return True if dropped is None else self._dropped(item, dropped)
 
@@ -138,45 +162,33 @@ class Runtime:
                 logging.WARNING,
                 "dropped %d update(s): %s (drops are summed up at most once per %g s)",
                 due,
-                why.get(reason, f"the queue is full ({self._outbox.queue_size})"),
-                self._outbox.drop_window(),
+                why.get(reason, f"the queue is full ({self.outbox.queue_size})"),
+                self.outbox.drop_window(),
             )
-        if self._on_outcome is not None and item.event_id is None:
-            with self._section():  # the outbox lock, taken where a handler cannot deadlock on it
-                self._outbox.event_id(item)
-        self._reporter.notify(item, DROPPED, reason)
+        if self.on_outcome is not None:
+            if item.event_id is None:
+                with self.reentry.section():  # the outbox lock: no handler deadlocks on it
+                    self.outbox.event_id(item)
+            self.reporter.notify(item, DROPPED, reason)
         return False
 
-    def _admit_deferred(self) -> None:
+    def admit_deferred(self) -> None:
         """
         A worker (or close, once the engine is closed) admits what signal handlers deferred.
 
         In the main thread (close) it runs as a section: a handler meanwhile
         defers again, and the loop takes that too (each is a cheap drop then).
         """
-        deferred = self._reentry.deferred
-        with self._section():
+        deferred = self.reentry.deferred
+        with self.reentry.section():
             while deferred:
                 try:
                     item = deferred.popleft()
                 except IndexError:  # another worker took the last one
                     return
-                self._admit(item)
+                self.admit(item)
 
-    @contextlib.contextmanager
-    def _section(self) -> Iterator[None]:
-        """Mark the main thread inside the engine while it may hold a lock a handler wants."""
-        reentry = self._reentry
-        if get_ident() != MAIN.ident or reentry.inside:
-            yield
-            return
-        reentry.inside = True
-        try:
-            yield
-        finally:
-            reentry.inside = False
-            if reentry.wanted:
-                self._hand_on()
+    # -- signal handlers ---------------------------------------------------------------
 
     def _hand_on(self) -> None:
         """
@@ -185,110 +197,108 @@ class Runtime:
         Constant cost: a close a handler asked for starts its thread; deferred
         updates only wake a worker, which admits them.
         """
-        reentry = self._reentry
+        reentry = self.reentry
         close_budget, reentry.close_wanted = reentry.close_wanted, None
         reentry.inside = True  # a handler meanwhile defers again, and is handed on next time
         try:
             if close_budget is not None:
-                self._outbox.close()
-            elif reentry.deferred and self._pid == os.getpid():
-                self._outbox.wake()
+                self.outbox.close()
+            elif reentry.deferred and self.pid == os.getpid():
+                self.outbox.wake()
         finally:
             reentry.inside = False
         if close_budget is not None:
             name = "lightd-sync-close"
             threading.Thread(
-                target=self._close, args=(close_budget,), name=name, daemon=True
+                target=self.close, args=(close_budget,), name=name, daemon=True
             ).start()
 
-    def start(self: _R) -> _R:
-        """Start the delivery threads and the health timer (idempotent; also done lazily)."""
-        if self._pid != os.getpid() and not self._reentry.interrupted():
-            self._start()
-        return self
+    def read(self, name: str, read: Callable[[Outbox], _T]) -> _T:
+        """What *read* finds in the outbox, under its lock (refused in an interrupting handler)."""
+        self.reentry.refuse(name)
+        with self.reentry.section():
+            return read(self.outbox)
 
-    def _start(self) -> None:
-        with self._section(), self._lifecycle:
-            if self._pid is not None and self._pid != os.getpid():
-                self._after_fork_in_child()  # the fallback: a fork whose hook did not run
-                return self._start()
-            if self._pid == os.getpid() or self._closing:
+    # -- start, wait, close --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers and the health timer in this process (once; also after a fork)."""
+        with self.reentry.section(), self._lifecycle:
+            if self.pid is not None and self.pid != os.getpid():
+                self.after_fork_in_child()  # the fallback: a fork whose hook did not run
+                return self.start()
+            if self.pid == os.getpid() or self.closing:
                 return None
-            self._pid = os.getpid()
-            monitor = HealthMonitor(self._health, self.config.health_interval)
+            self.pid = os.getpid()
+            monitor = HealthMonitor(self.health, self.settings.config.health_interval)
             try:
                 if sys.is_finalizing():
                     raise RuntimeError("the interpreter is shutting down")
-                self._pool.resize(self.config.workers)
+                self.pool.resize(self.settings.config.workers)
                 monitor.start()
             except RuntimeError as exc:  # "can't create new thread at interpreter shutdown"
-                self._closing = True
-                self._outbox.close()
-                self._outbox.finish()  # what was queued meanwhile fails (closed)
-                self._closed.set()
+                self.closing = True
+                self.outbox.close()
+                self.outbox.finish()  # what was queued meanwhile fails (closed)
+                self.closed.set()
                 safe_log(log, logging.WARNING, "not started: %s; updates are dropped", exc)
                 return None
             self._monitor = monitor
         exit_hook.close_at_exit(self)
         return None
 
-    def __enter__(self: _R) -> _R:
-        return self.start()
+    def wait_idle(self, seconds: float) -> bool:
+        """Wait up to *seconds* until nothing is pending (see ``SyncEngine.flush``)."""
+        reentry = self.reentry
+        if reentry.interrupted():
+            return not reentry.deferred and not self.outbox.stats_unlocked().pending
+        end = time.monotonic() + seconds
+        while True:
+            with self.reentry.section():
+                if reentry.deferred and self.pid == os.getpid():
+                    self.outbox.wake()
+                idle = self.outbox.idle_event()
+            if idle is None and not reentry.deferred:
+                return True
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            if idle is None:  # only what handlers deferred: a worker admits it shortly
+                time.sleep(min(left, 0.005))
+            else:
+                idle.wait(min(left, threading.TIMEOUT_MAX))
 
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
-    def _stop_for_exit(self) -> float:
+    def stop_for_exit(self) -> float:
         """The exit hook's first step: take no more updates; return how long to drain."""
-        with self._section():
-            self._outbox.close()
-        return self.config.shutdown_timeout
+        with self.reentry.section():
+            self.outbox.close()
+        return self.settings.config.shutdown_timeout
 
-    def close(self, timeout: Optional[float] = None) -> None:
-        """
-        Deliver what is queued until *timeout* seconds have passed, then stop.
-
-        Returns by the deadline even when the remote never answers: requests
-        still in flight are cut off and what is left is counted as failed
-        (reason ``closed``). No ``lightd-sync`` thread remains, except one
-        blocked in a DNS lookup, which cannot be interrupted and ends by itself
-        within ``timeout``. Idempotent, safe from any thread, concurrently
-        with any other call, and from a signal handler (one that interrupted
-        the engine's own call returns at once: a ``lightd-sync-close`` thread
-        closes the engine as soon as that call is out of its critical section).
-
-        Args:
-            timeout: Seconds to wait at most (any non-negative number,
-                however large, ``math.inf`` included); ``None`` means 5 seconds.
-        """
-        seconds = budget(timeout, DEFAULT_WAIT)
-        if self._reentry.interrupted():
-            self._reentry.close_wanted = seconds  # handed on once the section ends
+    def request_close(self, seconds: float) -> None:
+        """Close within *seconds*; from a handler that interrupted the engine, soon after it."""
+        if self.reentry.interrupted():
+            self.reentry.close_wanted = seconds  # handed on once the section ends
         else:
-            self._close(seconds)
+            self.close(seconds)
 
-    def _close(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        with self._section(), self._lifecycle:
-            first = not self._closing
-            self._closing = True
+    def close(self, timeout: float) -> None:
+        """Deliver what is queued for up to *timeout* seconds, then stop (``SyncEngine.close``)."""
+        deadline = time.monotonic() + timeout
+        with self.reentry.section(), self._lifecycle:
+            first = not self.closing
+            self.closing = True
             monitor, sighup = self._monitor, self._sighup
-            self._outbox.close()  # the workers end once what is pending is settled
+            self.outbox.close()  # the workers end once what is pending is settled
         if not first:  # another call is closing: wait for it, within our own deadline
-            with self._section():  # a handler meanwhile must not wait on this very Event
-                done = self._closed.wait(max(0.0, deadline - time.monotonic()))
+            with self.reentry.section():  # a handler meanwhile must not wait on this very Event
+                done = self.closed.wait(max(0.0, deadline - time.monotonic()))
             if done:
-                self._admit_deferred()  # what handlers deferred since: dropped (closed), counted
+                self.admit_deferred()  # what handlers deferred since: dropped (closed), counted
             return
         try:
-            self._finish_close(monitor, sighup, deadline, seconds)
+            self._finish_close(monitor, sighup, deadline, timeout)
         finally:
-            self._closed.set()
+            self.closed.set()
             exit_hook.forget(self)
 
     def _finish_close(
@@ -301,19 +311,19 @@ class Runtime:
         if monitor is not None:
             monitor.stop()
         # Leave a little of the budget to cut off requests that never end.
-        self._pool.join(deadline - min(0.1, seconds / 10))
-        with self._section():
+        self.pool.join(deadline - min(0.1, seconds / 10))
+        with self.reentry.section():
             # Time is up: what is pending fails (closed), the workers end after
             # their request, and closing the transport cuts off what is in flight.
-            left, drops, fails = self._outbox.finish()
-            self._slot.close_all()
-        ended = self._pool.join(deadline)
+            left, drops, fails = self.outbox.finish()
+            self.slot.close_all()
+        ended = self.pool.join(deadline)
         if monitor is not None:
             ended = monitor.join(deadline) and ended
         if sighup is not None:
             ended = sighup.stop(deadline) and ended
-        self._admit_deferred()  # dropped now (closed), and counted
-        store = self._store
+        self.admit_deferred()  # dropped now (closed), and counted
+        store = self.store
         if store is not None:  # what was accepted and acknowledged, written before we return
             store.close(deadline - time.monotonic())
         if drops:
@@ -327,36 +337,63 @@ class Runtime:
         if not ended:
             safe_log(log, logging.WARNING, "a delivery thread did not stop by the close deadline")
 
+    # -- reload --------------------------------------------------------------------------
+
+    def apply(
+        self, settings: Settings, transport: Optional[Transport], changed: set[str]
+    ) -> Optional[Transport]:
+        """Swap in the new settings value; return a transport to close (no lock held then)."""
+        config = settings.config
+        with self.reentry.section(), self._lifecycle:
+            if self.closing:
+                raise LightdSyncError("reload: the engine is closed")
+            self.settings = settings
+            self.outbox.resize(config.queue_size, config.max_servers, config.resync)
+            if self.store is not None:
+                self.store.max_servers = config.max_servers
+            self.pool.policy = settings.policy
+            self.pool.secret = self.health.secret = config.token
+            old = self.slot.swap(transport) if transport is not None else None
+            if self.pid == os.getpid():
+                self.pool.resize(config.workers)
+            monitor = self._monitor
+        if monitor is not None:
+            monitor.interval = config.health_interval
+            if {"url", "token", "transport", "enabled"} & changed:
+                self.health.reset()
+            monitor.poke(0.0)
+        return old
+
+    def install_sighup(self, reload: Callable[[], ReloadResult]) -> None:
+        """Have a ``lightd-sync-reload`` thread call *reload* on ``SIGHUP`` (once)."""
+        with self.reentry.section(), self._lifecycle:
+            if self.closing or self._sighup is not None:
+                return
+            self._sighup = sighup = SighupReload(reload)
+        sighup.install()
+
+    # -- health glue --------------------------------------------------------------------
     def _check_transport(self) -> None:
-        with self._section():
-            transport = self._slot.acquire()
+        with self.reentry.section():  # a handler's close() must not wait on the slot's lock
+            transport = self.slot.acquire()
         try:
             transport.check_health()  # a failed check raises: HealthTracker records it
         finally:
-            with self._section():
-                self._slot.release(transport)
+            with self.reentry.section():
+                self.slot.release(transport)
 
-    def _probe(self) -> None:
+    def _probe(self) -> None:  # an update was missed: check health soon
         monitor = self._monitor
         if monitor is not None:
             monitor.probe()
 
     def _resync(self) -> None:
         """After every healthy check: queue again what the remote missed and is due."""
-        with self._section():
-            sent, waiting = self._outbox.resync_due(self._settings.policy.resync_interval)
+        with self.reentry.section():
+            sent, waiting = self.outbox.resync_due(self.settings.policy.resync_interval)
         if sent:
             safe_log(
-                log,
-                logging.INFO,
+                log, logging.INFO,
                 "re-sending the latest status of %d servers the remote missed (%d more wait)",
-                sent,
-                waiting,
-            )
-
-    def _refuse_in_handler(self, name: str) -> None:
-        if self._reentry.interrupted():
-            raise LightdSyncError(
-                f"{name}: called from a signal handler that interrupted the engine; "
-                "call it outside the handler (stats() works there)"
-            )
+                sent, waiting,
+            )  # fmt: skip
