@@ -224,11 +224,20 @@ def throughput(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _main() -> None:  # pragma: no cover (a manual run)
-    import sys
+    import argparse
 
     from remotes import NginxRemote, find_nginx
 
-    updates = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    parser = argparse.ArgumentParser(
+        description="The engine's throughput against the urllib3 and http.client loops, "
+        "on nginx with batches offered and without (docs/performance.md)."
+    )
+    parser.add_argument(
+        "updates", nargs="?", type=int, default=5000, help="updates per variant (default 5000)"
+    )
+    updates = parser.parse_args().updates
+    if updates < 1:
+        parser.error(f"updates must be at least 1, got {updates}")
     exe = find_nginx()
     if exe is None:
         raise SystemExit("nginx is needed: apt-get install -y nginx")
