@@ -79,8 +79,8 @@ class StateStore(Writer):
         # free-threaded builds, where each dict has its own lock). A lock would
         # double the cost of accepted(), and the writer would never hold it anyway.
         # _pending holds the very object the caller gave (the outbox's item, no
-        # copy and no tuple around it): the writer orders a batch's rows by
-        # its accepted_at.
+        # copy and no tuple around it): the writer takes the updates alone,
+        # orders them by their accepted_at and finds the server in their own.
         self._pending: dict[str, Any] = {}  # server -> its latest update
         self._acks: dict[str, str] = {}  # server -> the event id the remote acknowledged
         self._marks = itertools.count(1)  # sync points; atomic next() (a C iterator)
@@ -140,15 +140,16 @@ class StateStore(Writer):
         """
         Record that *update* is now *server*'s latest, not acknowledged.
 
-        *update* has ``status``, ``data``, ``error`` and ``event_id``
-        attributes (the engine's item: an event id it lacks is asked of
+        *update* has ``server`` (*server*), ``status``, ``data``, ``error``,
+        ``event_id`` and ``accepted_at`` (a :func:`time.monotonic` time: it
+        orders the rows) attributes (the engine's item: an event id it lacks is asked of
         :attr:`event_id_of` by the writer thread, so the caller's thread never
         makes one). Or *update* is a status, with *data*, *event_id* (a string
         or a callable that makes it) and *error*. Costs one dict store: no
         I/O, no lock; safe from any thread.
         """
         if event_id is not None:
-            update = Accepted(update, data, event_id, error)
+            update = Accepted(server, update, data, event_id, error)
         self._pending[server] = update
 
     def acknowledged(self, server: str, event_id: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sqlite3
 import threading
@@ -12,7 +11,7 @@ from typing import Any, Callable, Optional
 
 from .._logutil import Throttle, get_logger, safe_log
 from .state_file import CHUNK, FileLock, Row, write_batch
-from .state_rows import Discard, by_time, drain, id_of
+from .state_rows import Discard, by_time, drain, drain_values, id_of
 
 __all__ = ["Writer"]
 
@@ -90,7 +89,7 @@ class Writer:
         """Write one batch. Return False once the file is unusable (the writer then stops)."""
         mark = next(self._marks)
         acks = drain(self._acks)  # before the rows: each ack's row is then in this batch or before
-        taken = drain(self._pending)
+        taken: list[Any] = drain_values(self._pending)  # updates; None once let go (_chunks)
         taken.sort(key=by_time)
         if len(taken) > self.max_servers:
             del taken[: len(taken) - self.max_servers]  # the file would trim them anyway
@@ -106,8 +105,9 @@ class Writer:
                     return self._unusable(exc)
                 # Disk full, I/O error, locked by another program: keep it and retry.
                 self._failing = True
-                for server, update in taken:
-                    self._pending.setdefault(server, update)
+                for update in taken:
+                    if update is not None:
+                        self._pending.setdefault(update.server, update)
                 for server, event_id in acks:
                     self._acks.setdefault(server, event_id)
                 count = self._write_errors.hit()
@@ -139,23 +139,29 @@ class Writer:
             self._cond.notify_all()
         return True
 
-    def _chunks(self, taken: list[tuple[str, Any]]) -> Iterator[list[Row]]:
+    def _chunks(self, taken: list[Any]) -> Iterator[list[Row]]:
         """
         The rows of *taken* (oldest first), :data:`CHUNK` at a time, made as they are written.
 
         One chunk of rows and its JSON exist at a time, not the whole batch's.
         Rows get consecutive seqs from ``_next_seq``, in the order of *taken*.
+        An update whose server has a newer one waiting in ``_pending`` leaves
+        *taken* (None in its place) once its row is made: a retry of this batch
+        would not write it (see :meth:`_write_once`), so it need not outlive its row.
         """
-        event_id_of = self.event_id_of
+        event_id_of, pending = self.event_id_of, self._pending
         seq = self._next_seq
         for start in range(0, len(taken), CHUNK):
             chunk: list[Row] = []
-            for server, u in itertools.islice(taken, start, start + CHUNK):
+            for i in range(start, min(start + CHUNK, len(taken))):
+                u = taken[i]
                 event_id = u.event_id or id_of(u, event_id_of)
                 if type(event_id) is str:  # no event id: not a row the engine can re-send
                     status = str(getattr(u.status, "value", u.status))
-                    chunk.append((server, status, u.data, event_id, seq, u.error))
+                    chunk.append((u.server, status, u.data, event_id, seq, u.error))
                 seq += 1
+                if u.server in pending:  # superseded, and only the writer takes it out
+                    taken[i] = None
             yield chunk
 
     def _unusable(self, exc: sqlite3.Error) -> bool:
