@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from lightd_sync import ConfigError, Status
 from lightd_sync._engine.state import CLOSE_GRACE, StateStore, StoredUpdate
+from lightd_sync._engine.state_rows import drain
 
 from .conftest import LogCapture
 from .servers import lightd_threads, wait_until
@@ -191,6 +192,24 @@ def test_accepting_and_acknowledging_from_two_threads_while_the_writer_drains(
         sys.setswitchinterval(old)
     store.close(5.0)
     assert reopen(path, max_servers=1000) == []  # every latest update got its ack after it
+
+
+def test_a_drain_takes_the_older_keys_too_when_a_newer_one_arrives_meanwhile() -> None:
+    """popitem() takes the newest key first: a key stored during the drain must not strand one."""
+
+    class Busy(dict):  # type: ignore[type-arg]
+        stored = False
+
+        def popitem(self) -> tuple[Any, Any]:
+            item = super().popitem()
+            if not self.stored:  # a caller stores a new server right after the first pop
+                self.stored = True
+                self["c"] = 3
+            return item
+
+    pending = Busy(a=1, b=2)
+    assert sorted(drain(pending)) == [("a", 1), ("b", 2), ("c", 3)]
+    assert pending == {}
 
 
 def test_a_zero_length_file_is_a_fresh_state(tmp_path: Path, logs: LogCapture) -> None:

@@ -78,9 +78,12 @@ class StateStore(Writer):
         # from them, each a single dict operation, atomic in CPython (and in
         # free-threaded builds, where each dict has its own lock). A lock would
         # double the cost of accepted(), and the writer would never hold it anyway.
-        self._pending: dict[str, tuple[Any, int]] = {}  # server -> (its latest update, seq)
+        # _pending holds the very object the caller gave (the outbox's item, no
+        # copy and no tuple around it): the writer takes the updates alone,
+        # orders them by their accepted_at and finds the server in their own.
+        self._pending: dict[str, Any] = {}  # server -> its latest update
         self._acks: dict[str, str] = {}  # server -> the event id the remote acknowledged
-        self._seq = itertools.count(1)  # orders updates; atomic next() (a C iterator)
+        self._marks = itertools.count(1)  # sync points; atomic next() (a C iterator)
         self._init_locks()
         self._active = False
         self._opened = False
@@ -89,6 +92,7 @@ class StateStore(Writer):
         self._conn: Optional[sqlite3.Connection] = None
         self._file_lock: Optional[FileLock] = None
         self._rows = 0
+        self._next_seq = 1  # the seq of the next row written: after every seq in the file
         self._write_errors = Throttle()
         self._failing = False  # the last batch failed
         #: Gives an update its event id (the outbox's; called by the writer thread).
@@ -136,16 +140,17 @@ class StateStore(Writer):
         """
         Record that *update* is now *server*'s latest, not acknowledged.
 
-        *update* has ``status``, ``data``, ``error`` and ``event_id``
-        attributes (the engine's item: an event id it lacks is asked of
+        *update* has ``server`` (*server*), ``status``, ``data``, ``error``,
+        ``event_id`` and ``accepted_at`` (a :func:`time.monotonic` time: it
+        orders the rows) attributes (the engine's item: an event id it lacks is asked of
         :attr:`event_id_of` by the writer thread, so the caller's thread never
         makes one). Or *update* is a status, with *data*, *event_id* (a string
         or a callable that makes it) and *error*. Costs one dict store: no
         I/O, no lock; safe from any thread.
         """
         if event_id is not None:
-            update = Accepted(update, data, event_id, error)
-        self._pending[server] = (update, next(self._seq))
+            update = Accepted(server, update, data, event_id, error)
+        self._pending[server] = update
 
     def acknowledged(self, server: str, event_id: str) -> None:
         """The remote acknowledged *event_id*; if it is still *server*'s latest, mark it."""
@@ -153,7 +158,7 @@ class StateStore(Writer):
 
     def sync_point(self) -> int:
         """Return a mark: :meth:`flushed` (mark) is true once all accepted before it is written."""
-        return next(self._seq)
+        return next(self._marks)
 
     def flushed(self, mark: int) -> bool:
         """Whether every update and acknowledgement given before *mark* is in the file."""
@@ -244,7 +249,7 @@ class StateStore(Writer):
             self._conn.close()
             self._conn = None
             raise StateFileError(f"SQLite cannot read it: {exc}") from None
-        self._seq = itertools.count(top + 1)
+        self._next_seq = top + 1
         rows, skipped = parse_rows(raw)
         if skipped:
             safe_log(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional, Union
 
 import attrs
@@ -9,7 +10,16 @@ import attrs
 from .._ids import new_event_id
 from .._model import Status, error_value_problem, server_id_problem
 
-__all__ = ["parse_rows", "Accepted", "Discard", "StoredUpdate", "by_seq", "drain", "id_of"]
+__all__ = [
+    "parse_rows",
+    "Accepted",
+    "Discard",
+    "StoredUpdate",
+    "by_time",
+    "drain",
+    "drain_values",
+    "id_of",
+]
 
 
 @attrs.frozen
@@ -47,9 +57,9 @@ class Discard(dict):  # type: ignore[type-arg]
 
 
 def drain(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
-    """Take every item out of *d* while callers keep storing into it (each pop is atomic)."""
+    """Take every (key, value) pair out of *d* while callers keep storing into it."""
     out = []
-    for _ in range(len(d)):
+    while d:  # see drain_values
         try:
             out.append(d.popitem())
         except KeyError:  # pragma: no cover - only the writer removes
@@ -57,8 +67,29 @@ def drain(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
     return out
 
 
-def by_seq(item: tuple[str, tuple[Any, int]]) -> int:
-    return item[1][1]
+def drain_values(d: dict[Any, Any]) -> list[Any]:
+    """
+    Take every value out of *d* while callers keep storing into it (each pop is atomic).
+
+    Pops until *d* is empty: ``popitem()`` takes the newest key first, so a
+    count fixed beforehand could leave an older key (stored before the call)
+    behind for a key stored meanwhile. Each pop is far cheaper than a store,
+    so this ends as soon as the callers pause for a moment. Only the values
+    are kept: the pair ``popitem()`` makes is freed at once, so a batch of
+    10,000 updates costs one list, not 10,000 tuples beside it.
+    """
+    out = []
+    while d:
+        try:
+            out.append(d.popitem()[1])
+        except KeyError:  # pragma: no cover - only the writer removes
+            break
+    return out
+
+
+def by_time(update: Any) -> float:
+    """A drained update's sort key: when it was accepted."""
+    return getattr(update, "accepted_at", 0.0)
 
 
 def own_event_id(update: Any) -> str:
@@ -71,18 +102,20 @@ def own_event_id(update: Any) -> str:
 class Accepted:
     """An update given to :meth:`StateStore.accepted` field by field."""
 
-    __slots__ = ("data", "error", "event_id", "make", "status")
+    __slots__ = ("accepted_at", "data", "error", "event_id", "make", "server", "status")
 
     def __init__(
         self,
+        server: str,
         status: Any,
         data: Optional[str],
         event_id: Union[str, Callable[[], str]],
         error: Optional[str],
     ) -> None:
-        self.status, self.data, self.error = status, data, error
+        self.server, self.status, self.data, self.error = server, status, data, error
         self.event_id: Optional[str] = event_id if isinstance(event_id, str) else None
         self.make: Optional[Callable[[], str]] = None if isinstance(event_id, str) else event_id
+        self.accepted_at = time.monotonic()  # orders the rows, as the engine's Item does
 
 
 def parse_rows(raw: list[tuple[Any, ...]]) -> tuple[list[StoredUpdate], int]:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 from .._logutil import Throttle, get_logger, safe_log
-from .state_file import FileLock, write_batch
-from .state_rows import Discard, by_seq, drain, id_of
+from .state_file import CHUNK, FileLock, Row, write_batch
+from .state_rows import Discard, by_time, drain, drain_values, id_of
 
 __all__ = ["Writer"]
 
@@ -22,17 +22,17 @@ class Writer:
     """
     What the writer thread does (the base of :class:`~.state.StateStore`, which owns the state).
 
-    While it runs, ``_conn``, ``_file_lock``, ``_rows``, ``_write_errors`` and
-    ``_failing`` are touched by no other thread.
+    While it runs, ``_conn``, ``_file_lock``, ``_rows``, ``_next_seq``,
+    ``_write_errors`` and ``_failing`` are touched by no other thread.
     """
 
     path: str
     max_servers: int
     flush_interval: float
     event_id_of: Callable[[Any], str]
-    _pending: dict[str, tuple[Any, int]]
+    _pending: dict[str, Any]
     _acks: dict[str, str]
-    _seq: Iterator[int]
+    _marks: Iterator[int]
     _cond: threading.Condition
     _stop: threading.Event
     _durable: int
@@ -45,6 +45,7 @@ class Writer:
     _conn: Optional[sqlite3.Connection]
     _file_lock: Optional[FileLock]
     _rows: int
+    _next_seq: int
     _write_errors: Throttle
     _failing: bool
 
@@ -86,29 +87,27 @@ class Writer:
 
     def _write_once(self) -> bool:
         """Write one batch. Return False once the file is unusable (the writer then stops)."""
-        mark = next(self._seq)
+        mark = next(self._marks)
         acks = drain(self._acks)  # before the rows: each ack's row is then in this batch or before
-        taken = drain(self._pending)
-        taken.sort(key=by_seq)
-        rows = taken[-self.max_servers :] if len(taken) > self.max_servers else taken
-        event_id_of = self.event_id_of
-        rows = [
-            (server, (u.status, u.data, u.event_id or id_of(u, event_id_of), seq, u.error))
-            for server, (u, seq) in rows
-        ]
-        ack_rows = acks
-        if rows or ack_rows:
+        taken: list[Any] = drain_values(self._pending)  # updates; None once let go (_chunks)
+        taken.sort(key=by_time)
+        if len(taken) > self.max_servers:
+            del taken[: len(taken) - self.max_servers]  # the file would trim them anyway
+        if taken or acks:
             assert self._conn is not None
             started = time.perf_counter()
             try:
-                self._rows = write_batch(self._conn, rows, ack_rows, self.max_servers, self._rows)
+                self._rows = write_batch(
+                    self._conn, self._chunks(taken), acks, self.max_servers, self._rows
+                )
             except sqlite3.Error as exc:
                 if type(exc) is sqlite3.DatabaseError:  # corrupt, not a database: give up
                     return self._unusable(exc)
                 # Disk full, I/O error, locked by another program: keep it and retry.
                 self._failing = True
-                for server, row in taken:
-                    self._pending.setdefault(server, row)
+                for update in taken:
+                    if update is not None:
+                        self._pending.setdefault(update.server, update)
                 for server, event_id in acks:
                     self._acks.setdefault(server, event_id)
                 count = self._write_errors.hit()
@@ -123,6 +122,7 @@ class Writer:
                         count,
                     )
                 return True
+            self._next_seq += len(taken)
             if self._failing:
                 self._failing = False
                 self._write_errors.take()
@@ -138,6 +138,31 @@ class Writer:
             self._flushes += 1
             self._cond.notify_all()
         return True
+
+    def _chunks(self, taken: list[Any]) -> Iterator[list[Row]]:
+        """
+        The rows of *taken* (oldest first), :data:`CHUNK` at a time, made as they are written.
+
+        One chunk of rows and its JSON exist at a time, not the whole batch's.
+        Rows get consecutive seqs from ``_next_seq``, in the order of *taken*.
+        An update whose server has a newer one waiting in ``_pending`` leaves
+        *taken* (None in its place) once its row is made: a retry of this batch
+        would not write it (see :meth:`_write_once`), so it need not outlive its row.
+        """
+        event_id_of, pending = self.event_id_of, self._pending
+        seq = self._next_seq
+        for start in range(0, len(taken), CHUNK):
+            chunk: list[Row] = []
+            for i in range(start, min(start + CHUNK, len(taken))):
+                u = taken[i]
+                event_id = u.event_id or id_of(u, event_id_of)
+                if type(event_id) is str:  # no event id: not a row the engine can re-send
+                    status = str(getattr(u.status, "value", u.status))
+                    chunk.append((u.server, status, u.data, event_id, seq, u.error))
+                seq += 1
+                if u.server in pending:  # superseded, and only the writer takes it out
+                    taken[i] = None
+            yield chunk
 
     def _unusable(self, exc: sqlite3.Error) -> bool:
         safe_log(
