@@ -670,10 +670,16 @@ def test_single_updates_arriving_together_are_all_stored_once(tmp_path: Path) ->
         assert app.store.count() == app.stored
 
 
-def test_close_ends_the_alert_thread_even_with_a_webhook_that_never_answers() -> None:
+def test_close_ends_the_alert_thread_even_with_a_webhook_that_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import socket
     import threading
 
+    from lightd_sync._server import background
+
+    # The POST in flight ends at the webhook timeout (5 s): 1 s here shows the same.
+    monkeypatch.setattr(background, "WEBHOOK_TIMEOUT", 1.0)
     with socket.socket() as black_hole:
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(8)
