@@ -263,8 +263,10 @@ def _hidden_tab(page: Any) -> None:
     # Absence can only be watched for a while: longer than a poll interval (2 s) and one in flight.
     page.wait_for_timeout(3_000)
     assert [t for t in polls if t > hidden + 0.5] == []
-    page.evaluate(_VISIBILITY, "visible")
+    # Taken before the tab is shown: its handler asks at once, and Playwright may
+    # hand us that request's event while evaluate() is still returning.
     shown = time.monotonic()
+    page.evaluate(_VISIBILITY, "visible")
     deadline = shown + 2.0
     while not [t for t in polls if t >= shown] and time.monotonic() < deadline:
         page.wait_for_timeout(50)

@@ -643,14 +643,20 @@ def valid_update(doc: Any) -> bool:
         return False
     if "status" in doc:
         return doc["status"] in ("installing", "ready", "failed")
-    data = doc.get("data")
-    if doc["error"] != "failed" or not isinstance(data, str):
+    # Any non-empty error (at most 8,192 characters), with or without data (null: left out).
+    error, data = doc["error"], doc.get("data")
+    if not (isinstance(error, str) and 0 < len(error) <= 8192 and _text_ok(error)):
         return False
+    return data is None or (isinstance(data, str) and _text_ok(data))
+
+
+def _text_ok(value: str) -> bool:
+    """Text a store can hold: valid Unicode (no lone surrogate), no NUL (PostgreSQL's text)."""
     try:
-        data.encode()
+        value.encode()
     except UnicodeEncodeError:
         return False
-    return True
+    return "\0" not in value
 
 
 def call(app: ReceiverApp, method: str, path: str, *, auth: str, ctype: str, body: bytes) -> Answer:
