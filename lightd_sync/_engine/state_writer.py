@@ -149,7 +149,8 @@ class Writer:
         self._event_ids_of = event_ids_of
         self._write_errors = Throttle()
         self._failing = False  # the last batch failed
-        #: True until the file is unusable or the writer stopped (written by its thread only).
+        #: True until the file is unusable or the writer stopped (written by its thread only,
+        #: or by forget_in_child() in a forked child, where that thread does not exist).
         self.running = True
         self._thread = threading.Thread(target=self._run, name="lightd-sync-state", daemon=True)
 
