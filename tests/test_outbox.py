@@ -298,15 +298,3 @@ def test_the_policy_never_resyncs_what_the_remote_judged_wrong() -> None:
     assert not policy.after_failure(wrong, 0).resync
     auth = RemoteRejectedError("auth", status=401)
     assert policy.after_failure(auth, 0).resync  # 401 says nothing about the update itself
-
-
-def test_event_ids_gives_many_items_theirs_in_order_and_keeps_ids_already_given() -> None:
-    outbox = Outbox(queue_size=10, max_servers=2000, billing_size=1)
-    items = [item(f"s{n}") for n in range(1200)]  # more than one lock's worth (500)
-    first = outbox.event_id(items[3])
-    ids = outbox.event_ids(items)
-    assert ids == [it.event_id for it in items]
-    assert ids[3] == first
-    assert len(set(ids)) == len(items)
-    assert outbox.event_ids(items) == ids  # made once, never again
-    outbox.finish()

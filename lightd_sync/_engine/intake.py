@@ -190,23 +190,3 @@ class Intake:
             if item.event_id is None:
                 item.event_id = new_event_id()
             return item.event_id
-
-    def event_ids(self, items: list[Item]) -> list[str]:
-        """
-        The event ids of *items*, in order: :meth:`event_id` for many at a time.
-
-        One lock acquisition per :data:`MAX_BATCH` items. The ids are made
-        before the lock is taken (an id only ever goes from None to set, so one
-        made for an item a worker took meanwhile is just not used); under the
-        lock, only attribute reads and stores.
-        """
-        out: list[str] = []
-        for start in range(0, len(items), MAX_BATCH):
-            chunk = items[start : start + MAX_BATCH]
-            made = iter([new_event_id() for item in chunk if item.event_id is None])
-            with self._lock:
-                for item in chunk:
-                    if item.event_id is None:
-                        item.event_id = next(made)
-                    out.append(item.event_id)
-        return out

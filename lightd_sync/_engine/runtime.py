@@ -101,7 +101,7 @@ class Runtime:
     def open_store(self, path: str) -> None:
         """Open the state file; seed the outbox with what the remote never acknowledged."""
         store = StateStore(path, max_servers=self.settings.config.max_servers)
-        store.event_ids_of = self.outbox.event_ids  # the writer asks one chunk at a time
+        store.event_id_of = self.outbox.event_id
         rows = store.open()
         if not store.active:  # a bad file: logged by the store; run on memory only
             return

@@ -21,7 +21,6 @@ from .state_rows import (
     Accepted,
     Pending,
     StoredUpdate,
-    each_event_id,
     own_event_id,
     parse_rows,
 )
@@ -79,11 +78,9 @@ class StateStore:
         self._progress = Progress()
         self._opened = False  # open() was called (it is called once)
         self._writer: Optional[Writer] = None  # set once by open(), dropped in a forked child
-        #: Gives an update its event id (called by the writer thread). Set it before :meth:`open`.
+        #: Gives an update its event id (the outbox's; called by the writer
+        #: thread). Set it before :meth:`open`.
         self.event_id_of: Callable[[Any], str] = own_event_id
-        #: Its batch form, if any (the outbox's: one lock for many updates);
-        #: None: :attr:`event_id_of` for each. Set it before :meth:`open`.
-        self.event_ids_of: Optional[Callable[[list[Any]], list[str]]] = None
 
     # -- the caller's side ------------------------------------------------------
 
@@ -192,7 +189,7 @@ class StateStore:
             flush_interval=self.flush_interval,
             pending=self._pending,
             progress=self._progress,
-            event_ids_of=self.event_ids_of or each_event_id(self.event_id_of),
+            event_id_of=self.event_id_of,
         )
         rows, skipped = parse_rows(raw)
         del raw

@@ -20,8 +20,7 @@ __all__ = [
     "by_time",
     "drain",
     "drain_values",
-    "each_event_id",
-    "ids_of",
+    "id_of",
 ]
 
 
@@ -46,27 +45,10 @@ class StoredUpdate:
     """
 
 
-def ids_of(updates: list[Any], event_ids_of: Callable[[list[Any]], list[str]]) -> list[Any]:
-    """
-    The event ids of *updates*, in order: their own, or made for those that lack one.
-
-    One call to *event_ids_of* for all those that lack one (the engine's
-    items: the outbox makes them), but an :class:`Accepted` makes its own.
-    """
-    ids: list[Any] = []
-    lacking: list[int] = []
-    for k, update in enumerate(updates):
-        event_id = update.event_id
-        if not event_id:
-            if type(update) is Accepted:
-                event_id = own_event_id(update)
-            else:
-                lacking.append(k)
-        ids.append(event_id)
-    if lacking:
-        for k, event_id in zip(lacking, event_ids_of([updates[k] for k in lacking])):
-            ids[k] = event_id
-    return ids
+def id_of(update: Any, event_id_of: Callable[[Any], str]) -> str:
+    if type(update) is Accepted:
+        return own_event_id(update)
+    return event_id_of(update)
 
 
 class Discard(dict):  # type: ignore[type-arg]
@@ -166,15 +148,6 @@ def own_event_id(update: Any) -> str:
     make = getattr(update, "make", None)
     update.event_id = make() if make is not None else new_event_id()
     return str(update.event_id)
-
-
-def each_event_id(event_id_of: Callable[[Any], str]) -> Callable[[list[Any]], list[str]]:
-    """The batch form of *event_id_of*: one call per update."""
-
-    def event_ids_of(updates: list[Any]) -> list[str]:
-        return [event_id_of(update) for update in updates]
-
-    return event_ids_of
 
 
 class Accepted:

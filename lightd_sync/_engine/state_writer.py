@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 from .._logutil import Throttle, get_logger, safe_log
 from .state_file import CHUNK, FileLock, Row, write_batch
-from .state_rows import Pending, by_time, ids_of
+from .state_rows import Pending, by_time, id_of
 
 __all__ = ["Progress", "Writer"]
 
@@ -118,7 +118,7 @@ class Writer:
         pending: What to write; the writer takes from it and, on a failed
             write, gives back; it discards it once the file is unusable.
         progress: Where the writer reports commits and finds close's deadline.
-        event_ids_of: Gives updates their event ids, in order (called on this thread).
+        event_id_of: Gives an update its event id (called on this thread).
 
     While the thread runs, every attribute but :attr:`running` is touched by no other thread.
     """
@@ -135,7 +135,7 @@ class Writer:
         flush_interval: float,
         pending: Pending,
         progress: Progress,
-        event_ids_of: Callable[[list[Any]], list[str]],
+        event_id_of: Callable[[Any], str],
     ) -> None:
         self.path = path
         self._conn: Optional[sqlite3.Connection] = conn
@@ -146,7 +146,7 @@ class Writer:
         self._interval = flush_interval
         self._pending = pending
         self._progress = progress
-        self._event_ids_of = event_ids_of
+        self._event_id_of = event_id_of
         self._write_errors = Throttle()
         self._failing = False  # the last batch failed
         #: True until the file is unusable or the writer stopped (written by its thread only,
@@ -260,15 +260,13 @@ class Writer:
         leaves *taken* (None in its place) once its row is made: a retry of this
         batch would not write it (see :meth:`_write_once`), so it need not outlive its row.
         """
-        event_ids_of, pending = self._event_ids_of, self._pending.updates
+        event_id_of, pending = self._event_id_of, self._pending.updates
         seq = self._next_seq
         for start in range(0, len(taken), CHUNK):
-            stop = min(start + CHUNK, len(taken))
-            ids = ids_of(taken[start:stop], event_ids_of)  # one call for the chunk
             chunk: list[Row] = []
-            for i in range(start, stop):
+            for i in range(start, min(start + CHUNK, len(taken))):
                 u = taken[i]
-                event_id = ids[i - start]
+                event_id = u.event_id or id_of(u, event_id_of)
                 if type(event_id) is str:  # no event id: not a row the engine can re-send
                     status = str(getattr(u.status, "value", u.status))
                     chunk.append((u.server, status, u.data, event_id, seq, u.error))
