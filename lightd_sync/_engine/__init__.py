@@ -11,7 +11,9 @@ The sync engine and its collaborators (see ``docs/engine.md``), one owner per pi
 - :mod:`.policy`, :mod:`.settings`: frozen values (retries, backoff, bounds);
 - :mod:`.health`, :mod:`.slot`, :mod:`.reload`, :mod:`.reentry`, :mod:`.exit_hook`;
 - :mod:`.state`, :mod:`.state_writer`, :mod:`.state_rows`, :mod:`.state_file`: the
-  state file (``remote.state_path``), fed by the outbox.
+  state file (``remote.state_path``), fed by the outbox: the ``StateStore`` facade
+  over what is pending (``Pending``), what its writer reports (``Progress``) and
+  the writer thread with the file (``Writer``).
 """
 
 from __future__ import annotations

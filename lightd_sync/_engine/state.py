@@ -9,24 +9,22 @@ in one transaction every ``flush_interval`` seconds.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import sqlite3
-import threading
 import time
 from typing import Any, Callable, Optional, Union
 
-from .._logutil import Throttle, get_logger, safe_log
+from .._logutil import get_logger, safe_log
 from .state_file import FileLock, StateFileError, connect, load, move_aside
 from .state_rows import (
     Accepted,
-    Discard,
+    Pending,
     StoredUpdate,
     own_event_id,
     parse_rows,
 )
-from .state_writer import Writer
+from .state_writer import Progress, Writer
 
 __all__ = ["CLOSE_GRACE", "FLUSH_INTERVAL", "StateStore", "StoredUpdate"]
 
@@ -40,13 +38,8 @@ FLUSH_INTERVAL = 0.1
 #: for. Only a hung or failing disk makes close() wait this long.
 CLOSE_GRACE = 0.5
 
-#: The connections of stores that a fork copied into a child. They are never
-#: closed or used there: closing would make SQLite checkpoint or unlock the
-#: parent's file, so the child keeps them until it exits.
-_ORPHANS: list[sqlite3.Connection] = []
 
-
-class StateStore(Writer):
+class StateStore:
     """
     The latest update of each server and whether the remote acknowledged it, in one file.
 
@@ -61,6 +54,13 @@ class StateStore(Writer):
     started after it has committed: at most ``flush_interval`` plus one write
     later (see :doc:`/state`). :meth:`wait_flushed` waits for that.
 
+    The store is a facade over three collaborators, each the one owner of its
+    state: a :class:`~.state_rows.Pending` (what callers gave and the writer
+    has not taken; no lock), a :class:`~.state_writer.Progress` (what the
+    writer reports and what close() tells it; one lock) and, once :meth:`open`
+    opened the file, a :class:`~.state_writer.Writer` (the thread
+    ``lightd-sync-state``, the connection, the file lock).
+
     .. versionadded:: 0.2.0
     """
 
@@ -74,60 +74,30 @@ class StateStore(Writer):
         self.path = os.path.expanduser(path)
         self.max_servers = max_servers
         self.flush_interval = flush_interval
-        # No lock for these two: callers store into them and the writer pops
-        # from them, each a single dict operation, atomic in CPython (and in
-        # free-threaded builds, where each dict has its own lock). A lock would
-        # double the cost of accepted(), and the writer would never hold it anyway.
-        # _pending holds the very object the caller gave (the outbox's item, no
-        # copy and no tuple around it): the writer takes the updates alone,
-        # orders them by their accepted_at and finds the server in their own.
-        self._pending: dict[str, Any] = {}  # server -> its latest update
-        self._acks: dict[str, str] = {}  # server -> the event id the remote acknowledged
-        self._marks = itertools.count(1)  # sync points; atomic next() (a C iterator)
-        self._init_locks()
-        self._active = False
-        self._opened = False
-        self._thread: Optional[threading.Thread] = None
-        # The writer thread's own, touched by no other thread while it runs:
-        self._conn: Optional[sqlite3.Connection] = None
-        self._file_lock: Optional[FileLock] = None
-        self._rows = 0
-        self._next_seq = 1  # the seq of the next row written: after every seq in the file
-        self._write_errors = Throttle()
-        self._failing = False  # the last batch failed
-        #: Gives an update its event id (the outbox's; called by the writer thread).
+        self._pending = Pending()
+        self._progress = Progress()
+        self._opened = False  # open() was called (it is called once)
+        self._writer: Optional[Writer] = None  # set once by open(), dropped in a forked child
+        #: Gives an update its event id (the outbox's; called by the writer
+        #: thread). Set it before :meth:`open`.
         self.event_id_of: Callable[[Any], str] = own_event_id
-
-    def _init_locks(self) -> None:
-        # _cond's lock guards _durable, _flushes, the _write* timings, _deadline
-        # and _closed: what the writer tells waiters (wait_flushed, close,
-        # write_timings) and what close() tells it. Never held during I/O.
-        self._cond = threading.Condition(threading.Lock())
-        self._stop = threading.Event()  # close() asks the writer to write once more and stop
-        self._durable = 0  # every sync point up to this one is in the file
-        self._flushes = 0  # batches committed
-        self._write_seconds = 0.0  # time spent in committed writes with rows, in total
-        self._write_max = 0.0  # the slowest such write
-        self._writes = 0  # how many such writes
-        self._deadline = float("inf")  # when the writer gives up retrying its last batch
-        self._closed = False
 
     # -- the caller's side ------------------------------------------------------
 
     @property
     def active(self) -> bool:
         """True while updates go to the file; False: memory only (a bad file, a fork, closed)."""
-        return self._active
+        writer = self._writer
+        return writer is not None and writer.running
 
     @property
     def flush_count(self) -> int:
         """How many batches the writer has committed to the file."""
-        return self._flushes
+        return self._progress.flushes
 
     def write_timings(self) -> tuple[int, float, float]:
         """Return (writes with rows or acks, their total seconds, the slowest one's seconds)."""
-        with self._cond:
-            return self._writes, self._write_seconds, self._write_max
+        return self._progress.timings()
 
     def accepted(
         self,
@@ -150,19 +120,19 @@ class StateStore(Writer):
         """
         if event_id is not None:
             update = Accepted(server, update, data, event_id, error)
-        self._pending[server] = update
+        self._pending.updates[server] = update
 
     def acknowledged(self, server: str, event_id: str) -> None:
         """The remote acknowledged *event_id*; if it is still *server*'s latest, mark it."""
-        self._acks[server] = event_id
+        self._pending.acks[server] = event_id
 
     def sync_point(self) -> int:
         """Return a mark: :meth:`flushed` (mark) is true once all accepted before it is written."""
-        return next(self._marks)
+        return next(self._pending.marks)
 
     def flushed(self, mark: int) -> bool:
         """Whether every update and acknowledgement given before *mark* is in the file."""
-        return self._durable >= mark
+        return self._progress.durable >= mark
 
     def wait_flushed(self, timeout: float) -> bool:
         """
@@ -171,14 +141,7 @@ class StateStore(Writer):
         Returns False on timeout or when the store is not writing (inactive, closed).
         """
         mark = self.sync_point()
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._durable < mark:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._active:
-                    return False
-                self._cond.wait(left)
-        return True
+        return self._progress.wait(mark, timeout, lambda: self.active)
 
     # -- open and close ---------------------------------------------------------
 
@@ -201,20 +164,43 @@ class StateStore(Writer):
         if problem is not None:
             return self._memory_only(problem)
         try:
-            self._file_lock = FileLock(self.path)  # ConfigError propagates
+            file_lock = FileLock(self.path)  # ConfigError propagates
         except OSError as exc:
             return self._memory_only(
                 f"cannot create its lock file {self.path}.lock: {exc.strerror}"
             )
         try:
-            rows = self._connect()
+            conn = self._connect()
+            try:
+                raw, top = load(conn, self.max_servers)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise StateFileError(f"SQLite cannot read it: {exc}") from None
         except StateFileError as exc:
-            self._file_lock.release()
-            self._file_lock = None
+            file_lock.release()
             return self._memory_only(exc.reason)
-        self._active = True
-        self._thread = threading.Thread(target=self._run, name="lightd-sync-state", daemon=True)
-        self._thread.start()
+        writer = Writer(
+            self.path,
+            conn,
+            file_lock,
+            rows=len(raw),
+            next_seq=top + 1,
+            max_servers=self.max_servers,
+            flush_interval=self.flush_interval,
+            pending=self._pending,
+            progress=self._progress,
+            event_id_of=self.event_id_of,
+        )
+        rows, skipped = parse_rows(raw)
+        del raw
+        if skipped:
+            safe_log(
+                log, logging.ERROR,
+                "remote.state_path: %s: skipped %d rows that are not valid updates",
+                self.path, skipped,
+            )  # fmt: skip
+        writer.start()
+        self._writer = writer
         return rows
 
     def _precheck(self) -> Optional[str]:
@@ -225,9 +211,10 @@ class StateStore(Writer):
             return f"its folder {folder} does not exist (lightd-sync does not create it)"
         return None
 
-    def _connect(self) -> list[StoredUpdate]:
+    def _connect(self) -> sqlite3.Connection:
+        """Connect; a file that is not a state file of ours is moved aside first."""
         try:
-            self._conn = connect(self.path)
+            return connect(self.path)
         except StateFileError as exc:
             if not exc.ours:
                 raise
@@ -241,23 +228,7 @@ class StateStore(Writer):
                 exc.reason,
                 target,
             )
-            self._conn = connect(self.path)  # a StateFileError now is a new problem: memory only
-        try:
-            raw, top = load(self._conn, self.max_servers)
-            self._rows = len(raw)
-        except sqlite3.Error as exc:
-            self._conn.close()
-            self._conn = None
-            raise StateFileError(f"SQLite cannot read it: {exc}") from None
-        self._next_seq = top + 1
-        rows, skipped = parse_rows(raw)
-        if skipped:
-            safe_log(
-                log, logging.ERROR,
-                "remote.state_path: %s: skipped %d rows that are not valid updates",
-                self.path, skipped,
-            )  # fmt: skip
-        return rows
+        return connect(self.path)  # a StateFileError now is a new problem: memory only
 
     def _memory_only(self, problem: str) -> list[StoredUpdate]:
         safe_log(
@@ -268,8 +239,7 @@ class StateStore(Writer):
             self.path,
             problem,
         )
-        self._pending = Discard()
-        self._acks = Discard()
+        self._pending.discard()
         return []
 
     def close(self, timeout: float) -> bool:
@@ -283,18 +253,11 @@ class StateStore(Writer):
         thread then ends (and unlocks the file) as soon as the disk returns.
         """
         wait = max(timeout, CLOSE_GRACE)
-        with self._cond:
-            if self._closed:
-                return True
-            self._closed = True
-            self._deadline = time.monotonic() + wait
-        self._stop.set()
-        thread = self._thread
-        if thread is None:
-            self._active = False
+        deadline = self._progress.close(wait)
+        writer = self._writer
+        if deadline is None or writer is None:
             return True
-        thread.join(max(self._deadline - time.monotonic(), 0.0))
-        if thread.is_alive():
+        if not writer.join(deadline - time.monotonic()):
             safe_log(
                 log,
                 logging.ERROR,
@@ -309,15 +272,8 @@ class StateStore(Writer):
 
     def forget_in_child(self) -> None:
         """In a forked child (the engine calls it): no writer thread; the file is the parent's."""
-        self._init_locks()
-        self._closed = True
-        self._active = False
-        self._thread = None
-        self._pending = Discard()
-        self._acks = Discard()
-        if self._conn is not None:
-            _ORPHANS.append(self._conn)
-            self._conn = None
-        if self._file_lock is not None:
-            self._file_lock.forget_in_child()
-            self._file_lock = None
+        self._progress = Progress(closed=True)  # the parent's lock may be held: a new one
+        self._pending.discard()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.forget_in_child()

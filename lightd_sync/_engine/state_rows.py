@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any, Callable, Optional, Union
 
@@ -14,6 +15,7 @@ __all__ = [
     "parse_rows",
     "Accepted",
     "Discard",
+    "Pending",
     "StoredUpdate",
     "by_time",
     "drain",
@@ -85,6 +87,55 @@ def drain_values(d: dict[Any, Any]) -> list[Any]:
         except KeyError:  # pragma: no cover - only the writer removes
             break
     return out
+
+
+class Pending:
+    """
+    What callers gave the store and the writer has not taken yet, and the sync points.
+
+    Each server's latest update (the very object the caller gave: the
+    outbox's item, no copy and no tuple around it; the writer takes the
+    updates alone, orders them by their ``accepted_at`` and finds the server
+    in their own) and the event id the remote acknowledged last.
+
+    No lock: callers store into the two dicts and the writer pops from them,
+    each a single dict operation, atomic in CPython (and in free-threaded
+    builds, where each dict has its own lock). A lock would double the cost of
+    ``accepted()``, and the writer would never hold it anyway. ``marks``
+    numbers sync points: ``next()`` of a C iterator is atomic.
+    """
+
+    __slots__ = ("acks", "marks", "updates")
+
+    def __init__(self) -> None:
+        self.updates: dict[str, Any] = {}  # server -> its latest update
+        self.acks: dict[str, str] = {}  # server -> the event id the remote acknowledged
+        self.marks = itertools.count(1)  # sync points
+
+    def take(self) -> tuple[int, list[tuple[Any, Any]], list[Any]]:
+        """
+        Take a sync point, then every acknowledgement, then every update.
+
+        The acknowledgements go first: each one's row is then in the same
+        batch or an earlier one. Everything given before the mark is taken.
+        """
+        mark = next(self.marks)
+        acks = drain(self.acks)
+        return mark, acks, drain_values(self.updates)
+
+    def give_back(self, updates: list[Any], acks: list[tuple[Any, Any]]) -> None:
+        """Put back what a failed write took, unless a newer one came meanwhile."""
+        pending = self.updates
+        for update in updates:
+            if update is not None:
+                pending.setdefault(update.server, update)
+        for server, event_id in acks:
+            self.acks.setdefault(server, event_id)
+
+    def discard(self) -> None:
+        """From now on, keep nothing: the store runs on memory only."""
+        self.updates = Discard()
+        self.acks = Discard()
 
 
 def by_time(update: Any) -> float:
