@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, TextIO
+import threading
+from typing import Any, Optional, TextIO
 
 from ._common import (
     EXIT_FAILED,
@@ -80,11 +81,18 @@ class _Printer:
         self.mark = {OK: marks.ok, WARN: marks.warn, FAIL: marks.fail}
         self.width = max(len(name) for name in STEPS)
         self.mark_width = max(len(m) for m in self.mark.values())
+        self.muted = False  # set by the main thread once Ctrl-C came; read by the walk's
 
     def header(self, config_path: str) -> None:
         self.line(f"checking {clean(config_path)}")
 
+    def mute(self) -> None:
+        """Print no more steps (the walk was interrupted; the summary says where)."""
+        self.muted = True
+
     def step(self, step: Step) -> None:
+        if self.muted:
+            return
         mark = self.mark[step.level].ljust(self.mark_width)
         self.line(f"{mark} {step.name.ljust(self.width)}  {step.detail}")
         if step.fix and step.level != OK:
@@ -95,21 +103,54 @@ class _Printer:
         print(text, file=self.stream, flush=True)
 
 
-def _summary(doctor: Doctor, printer: _Printer, interrupted: bool) -> None:
+def _summary(steps: list[Step], current: str, printer: _Printer, interrupted: bool) -> None:
     marks = printer.marks
-    failed = [step for step in doctor.steps if not step.ok]
-    warnings = sum(step.level == WARN for step in doctor.steps)
+    failed = [step for step in steps if not step.ok]
+    warnings = sum(step.level == WARN for step in steps)
     also = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
     if interrupted:
-        done = len(doctor.steps)
+        done = len(steps)
         printer.line(
-            f"{marks.warn} interrupted during {doctor.current}: {done} "
+            f"{marks.warn} interrupted during {current}: {done} "
             f"check{'s' if done != 1 else ''} done{also}"
         )
     elif failed:
         printer.line(f"{marks.fail} failed at {failed[0].name}{also}: fix it and run check again")
     else:
-        printer.line(f"{marks.ok} all {len(doctor.steps)} checks passed{also}")
+        printer.line(f"{marks.ok} all {len(steps)} checks passed{also}")
+
+
+def _walk(doctor: Doctor, printer: Optional[_Printer]) -> Optional[tuple[list[Step], str]]:
+    """
+    Run the steps in a ``lightd-sync-check`` thread; after Ctrl-C, what was done and where.
+
+    The main thread only waits, so Ctrl-C lands there and never inside a
+    request (where it would leave half-made objects behind). The steps done
+    by then are kept, the printer is muted, and the transport is closed, which
+    cuts the request in flight (the step it then fails is not shown).
+    """
+    failure: list[BaseException] = []
+
+    def walk() -> None:
+        try:
+            doctor.run()
+        except BaseException as exc:  # handed to the main thread, raised there
+            failure.append(exc)
+
+    worker = threading.Thread(target=walk, name="lightd-sync-check", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.25)
+    except KeyboardInterrupt:
+        if printer is not None:
+            printer.mute()
+        return list(doctor.steps), doctor.current
+    finally:
+        doctor.close()
+    if failure:
+        raise failure[0]
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,16 +163,12 @@ def run(args: argparse.Namespace) -> int:
     """
     printer = None if args.json else _Printer(sys.stdout)
     doctor = Doctor(args.config, args.timeout, None if printer is None else printer.step)
-    interrupted = False
     if printer is not None:
         printer.header(args.config)
-    try:
-        doctor.run()
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        doctor.close()
-    ok = all(step.ok for step in doctor.steps)
+    stopped = _walk(doctor, printer)
+    interrupted = stopped is not None
+    steps, current = stopped if stopped is not None else (doctor.steps, doctor.current)
+    ok = all(step.ok for step in steps)
     if interrupted:
         code = EXIT_INTERRUPTED
     elif doctor.unusable_config:
@@ -144,9 +181,9 @@ def run(args: argparse.Namespace) -> int:
             "exit": code,
             "interrupted": interrupted,
             "config": doctor.config_path,
-            "steps": [step.to_dict() for step in doctor.steps],
+            "steps": [step.to_dict() for step in steps],
         }
         print(json.dumps(document, indent=2, ensure_ascii=False), flush=True)
     else:
-        _summary(doctor, printer, interrupted)
+        _summary(steps, current, printer, interrupted)
     return code
