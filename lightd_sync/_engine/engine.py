@@ -94,6 +94,7 @@ class SyncEngine:
         self._source: Optional[str] = None  # set once by from_file(), before any use
         own = transport if transport is not None else make_transport(config)
         self._runtime = runtime = Runtime(make_settings(config), own, on_outcome)
+        self._submit = runtime.submit  # bound once: update()'s hot path (the runtime is kept)
         if config.enabled and config.state_path is not None:
             try:
                 runtime.open_store(config.state_path)
@@ -212,7 +213,7 @@ class SyncEngine:
             or not server.isprintable()
         ):
             check_server_id(server)
-        return self._runtime.submit(Item(server, st))
+        return self._submit(Item(server, st))
 
     def error(self, server: str, message: Optional[str] = None, *, error: str = "failed") -> bool:
         """
@@ -227,7 +228,7 @@ class SyncEngine:
         .. versionchanged:: 0.2.0 Long messages are cut to 8,192 characters;
            *message* may be ``None``; the *error* argument.
         """
-        return self._runtime.submit(error_item(server, message, error))
+        return self._submit(error_item(server, message, error))
 
     def lifecycle(
         self, server: str, event: Union[Lifecycle, str], data: Optional[str] = None
@@ -290,7 +291,7 @@ class SyncEngine:
             estimated_cost=estimated_cost,
             timestamp=int(time.time()) if timestamp is None else timestamp,
         )
-        return self._runtime.submit(Item(server, Status.READY, billing=event))
+        return self._submit(Item(server, Status.READY, billing=event))
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """

@@ -17,9 +17,7 @@ __all__ = [
     "Discard",
     "Pending",
     "StoredUpdate",
-    "by_time",
     "drain",
-    "drain_values",
     "id_of",
 ]
 
@@ -58,34 +56,25 @@ class Discard(dict):  # type: ignore[type-arg]
         pass
 
 
-def drain(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
-    """Take every (key, value) pair out of *d* while callers keep storing into it."""
-    out = []
-    while d:  # see drain_values
-        try:
-            out.append(d.popitem())
-        except KeyError:  # pragma: no cover - only the writer removes
-            break
-    return out
-
-
-def drain_values(d: dict[Any, Any]) -> list[Any]:
+def drain(d: dict[Any, Any], *, values: bool = False) -> list[Any]:
     """
-    Take every value out of *d* while callers keep storing into it (each pop is atomic).
+    Take every (key, value) pair out of *d* while callers keep storing into it.
 
-    Pops until *d* is empty: ``popitem()`` takes the newest key first, so a
-    count fixed beforehand could leave an older key (stored before the call)
-    behind for a key stored meanwhile. Each pop is far cheaper than a store,
-    so this ends as soon as the callers pause for a moment. Only the values
-    are kept: the pair ``popitem()`` makes is freed at once, so a batch of
-    10,000 updates costs one list, not 10,000 tuples beside it.
+    Each pop is atomic. Pops until *d* is empty: ``popitem()`` takes the
+    newest key first, so a count fixed beforehand could leave an older key
+    (stored before the call) behind for a key stored meanwhile. Each pop is
+    far cheaper than a store, so this ends as soon as the callers pause for a
+    moment. With *values*, only the values are kept: each pair is freed at
+    once, so a batch of 10,000 updates costs one list, not 10,000 tuples beside it.
     """
     out = []
+    pop = d.popitem
     while d:
         try:
-            out.append(d.popitem()[1])
+            pair = pop()
         except KeyError:  # pragma: no cover - only the writer removes
             break
+        out.append(pair[1] if values else pair)
     return out
 
 
@@ -121,7 +110,7 @@ class Pending:
         """
         mark = next(self.marks)
         acks = drain(self.acks)
-        return mark, acks, drain_values(self.updates)
+        return mark, acks, drain(self.updates, values=True)
 
     def give_back(self, updates: list[Any], acks: list[tuple[Any, Any]]) -> None:
         """Put back what a failed write took, unless a newer one came meanwhile."""
@@ -136,11 +125,6 @@ class Pending:
         """From now on, keep nothing: the store runs on memory only."""
         self.updates = Discard()
         self.acks = Discard()
-
-
-def by_time(update: Any) -> float:
-    """A drained update's sort key: when it was accepted."""
-    return getattr(update, "accepted_at", 0.0)
 
 
 def own_event_id(update: Any) -> str:

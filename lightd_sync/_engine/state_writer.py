@@ -10,6 +10,7 @@ is open and talks to it through two small objects it hands over: its
 from __future__ import annotations
 
 import logging
+import operator
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from .._logutil import Throttle, get_logger, safe_log
 from .state_file import CHUNK, FileLock, Row, write_batch
-from .state_rows import Pending, by_time, id_of
+from .state_rows import Pending, id_of
 
 __all__ = ["Progress", "Writer"]
 
@@ -211,7 +212,7 @@ class Writer:
     def _write_once(self) -> bool:
         """Write one batch. Return False once the file is unusable (the writer then stops)."""
         mark, acks, taken = self._pending.take()  # taken: updates; None once let go (_chunks)
-        taken.sort(key=by_time)
+        taken.sort(key=operator.attrgetter("accepted_at"))  # oldest first
         if len(taken) > self._max_servers:
             del taken[: len(taken) - self._max_servers]  # the file would trim them anyway
         took: Optional[float] = None
@@ -267,9 +268,8 @@ class Writer:
             for i in range(start, min(start + CHUNK, len(taken))):
                 u = taken[i]
                 event_id = u.event_id or id_of(u, event_id_of)
-                if type(event_id) is str:  # no event id: not a row the engine can re-send
-                    status = str(getattr(u.status, "value", u.status))
-                    chunk.append((u.server, status, u.data, event_id, seq, u.error))
+                status = str(getattr(u.status, "value", u.status))
+                chunk.append((u.server, status, u.data, event_id, seq, u.error))
                 seq += 1
                 if u.server in pending:  # superseded, and only the writer takes it out
                     taken[i] = None
