@@ -74,7 +74,8 @@ class Runtime:
         self.health = HealthTracker(self._check_transport, on_healthy=self._resync)
         pool.secret = self.health.secret = config.token
         self.reentry = Reentry(self._hand_on)
-        # Guards pid, closing, monitor and sighup; never held by a signal
+        # Guards pid, closing, _monitor, _sighup and the swap of settings (read
+        # without it: one attribute, replaced whole); never held by a signal
         # handler that interrupted the engine (see Reentry.section()).
         self._lifecycle = threading.Lock()
         self.reload_lock = threading.Lock()  # one reload at a time (it builds a transport)
