@@ -670,7 +670,36 @@ def test_single_updates_arriving_together_are_all_stored_once(tmp_path: Path) ->
         assert app.store.count() == app.stored
 
 
-def test_close_ends_the_alert_thread_even_with_a_webhook_that_never_answers(
+def test_close_cuts_a_webhook_post_in_flight_and_ends_the_alert_threads(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from lightd_sync._server.background import WEBHOOK_TIMEOUT
+
+    with socket.socket() as black_hole:  # accepts in the backlog, never answers
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)
+        url = f"http://127.0.0.1:{black_hole.getsockname()[1]}/hook"
+        db = str(tmp_path / "r.db")
+        app = create_app(None, nodes=NODES, operator_token=OPERATOR, webhooks=[url], db_path=db)
+        with serve(app) as server:
+            body = {"event": "update", "server": "s1", "error": "failed"}
+            assert req(f"{server.url}/update", NODE_A, "POST", body)[0] == 200
+            black_hole.settimeout(10)
+            posting, _ = black_hole.accept()  # the POST is in flight
+        with posting:
+            started = time.monotonic()
+            app.close()
+            took = time.monotonic() - started
+    assert took < WEBHOOK_TIMEOUT / 2, took  # cut, not waited for
+    names = [t.name for t in threading.enumerate()]
+    for name in ("alerts", "alerts-deadline", "receiver-ticker"):
+        assert f"lightd-sync-{name}" not in names
+    with create_app(None, nodes=NODES, operator_token=OPERATOR, db_path=db) as again:
+        assert again.store.alert_counts()["pending"] == 1  # not lost: sent again later
+
+
+def test_a_webhook_trickling_its_answer_is_cut_at_the_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import socket
@@ -678,27 +707,38 @@ def test_close_ends_the_alert_thread_even_with_a_webhook_that_never_answers(
 
     from lightd_sync._server import background
 
-    # The POST in flight ends at the webhook timeout (5 s): 1 s here shows the same.
-    monkeypatch.setattr(background, "WEBHOOK_TIMEOUT", 1.0)
-    with socket.socket() as black_hole:
-        black_hole.bind(("127.0.0.1", 0))
-        black_hole.listen(8)
-        url = f"http://127.0.0.1:{black_hole.getsockname()[1]}/hook"
-        app = create_app(None, nodes=NODES, operator_token=OPERATOR, webhooks=[url])
-        with serve(app) as server:
-            body = {"event": "update", "server": "s1", "error": "failed"}
-            assert req(f"{server.url}/update", NODE_A, "POST", body)[0] == 200
-            deadline = time.monotonic() + 10
-            while app.store.alert_counts()["pending"] != 1:  # queued, the POST under way
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            time.sleep(0.3)
-        started = time.monotonic()
-        app.close()
-        assert time.monotonic() - started < 8
-        names = [t.name for t in threading.enumerate()]
-        assert "lightd-sync-alerts" not in names
-        assert "lightd-sync-receiver-ticker" not in names
+    monkeypatch.setattr(background, "WEBHOOK_TIMEOUT", 0.5)
+    times: dict[str, float] = {}
+    cut = threading.Event()
+
+    def trickle(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            times["asked"] = time.monotonic()
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+                time.sleep(0.1)  # the remote's pace: one byte every 100 ms
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:  # the receiver shut the connection down
+                    break
+            times["cut"] = time.monotonic()
+            cut.set()
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        hook = threading.Thread(target=trickle, args=(listener,), name="test-trickle", daemon=True)
+        hook.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        with create_app(None, nodes=NODES, operator_token=OPERATOR, webhooks=[url]) as app:
+            with serve(app) as server:
+                body = {"event": "update", "server": "s1", "error": "failed"}
+                assert req(f"{server.url}/update", NODE_A, "POST", body)[0] == 200
+                assert cut.wait(10), "the trickling POST was never cut"
+        hook.join(5)
+    # 44 bytes at 10 a second take 4.4 s: the POST was cut after about 0.5 s.
+    assert times["cut"] - times["asked"] < 2.5, times
 
 
 def test_create_app_from_env_reads_nodes_and_the_rest(tmp_path: Path) -> None:

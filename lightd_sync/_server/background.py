@@ -5,7 +5,9 @@ The receiver's background work, each in its own daemon thread stopped by ``stop(
   heartbeats to the database, marks silent nodes stale (queuing
   ``node_stale`` alerts), and prunes history past ``--retain-days``;
 - :class:`AlertSender` (``lightd-sync-alerts``): POSTs the queued alerts to
-  the webhooks with urllib3, at least once, backing off on failure. Alerts
+  the webhooks with urllib3, at least once, backing off on failure. One POST
+  takes :data:`WEBHOOK_TIMEOUT` at most in all (a webhook that trickles its
+  answer is cut), and ``stop()`` cuts a POST in flight. Alerts
   live in the database, so they survive a restart, and a claim (a lease,
   ``FOR UPDATE SKIP LOCKED`` on PostgreSQL) sends each once for a fleet of
   receivers. Ingest only inserts rows: a dead webhook never slows it.
@@ -14,10 +16,12 @@ The receiver's background work, each in its own daemon thread stopped by ``stop(
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from typing import Any, Callable, Optional
 
+from .._deadline import Guard, GuardedSSLSocket
 from .._logutil import Throttle, get_logger, safe_log
 from .audit import rfc3339
 from .nodes import Heartbeats
@@ -28,8 +32,8 @@ log = get_logger("receiver")
 
 #: Seconds an alert claimed by a receiver is hidden from the others.
 ALERT_LEASE = 60.0
-#: Seconds one webhook POST may take in all (connecting, sending, the answer's headers).
-#: ``close()`` waits this long at most for a POST in flight.
+#: Seconds one webhook POST may take in all (connecting, sending, the whole answer).
+#: ``close()`` does not wait for a POST in flight: it cuts it (the alert is sent again).
 WEBHOOK_TIMEOUT = 5.0
 
 
@@ -125,13 +129,20 @@ class AlertSender(_Loop):
         import urllib3
 
         self._store = store
+        # The transports' guard: one deadline per POST, and stop() cuts the one
+        # in flight (its connections are urllib3's, reporting to the guard).
+        self._guard = Guard("lightd-sync-alerts-deadline")
+        tls = ssl.create_default_context()
+        tls.sslsocket_class = GuardedSSLSocket  # a TLS handshake can be cut too
         self._http = urllib3.PoolManager(
             num_pools=8,
             maxsize=1,
             retries=False,
             timeout=urllib3.Timeout(total=WEBHOOK_TIMEOUT),
             headers={"User-Agent": "lightd-sync-receiver"},
+            ssl_context=tls,
         )
+        self._http.pool_classes_by_scheme = dict(self._guard.pool_classes)
         # Owned by the sender's thread: when to log a failing webhook again.
         self._url_failures = Throttle()
 
@@ -167,6 +178,7 @@ class AlertSender(_Loop):
             "at": rfc3339(float(alert["at"])),
             "text": alert["text"],
         }
+        ticket = self._guard.begin(WEBHOOK_TIMEOUT)
         try:
             answer = self._http.request(
                 "POST",
@@ -182,9 +194,11 @@ class AlertSender(_Loop):
                 answer.release_conn()
             ok = 200 <= answer.status < 300
             why = f"answered {answer.status}"
-        except Exception as exc:  # urllib3's errors: unreachable, timed out, ...
+        except Exception as exc:  # urllib3's errors: unreachable, timed out, cut, ...
             ok, why = False, type(exc).__name__
-        if not ok:
+        finally:
+            self._guard.end(ticket)
+        if not ok and not self._stop.is_set():
             missed = self._url_failures.hit()
             if missed is not None:
                 safe_log(
@@ -192,7 +206,10 @@ class AlertSender(_Loop):
                 )
         return ok
 
-    def stop(self, timeout: float = WEBHOOK_TIMEOUT + 2.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cut the POST in flight, if any, and stop the thread."""
+        self._stop.set()
+        self._guard.close()
         super().stop(timeout)
         self._http.clear()
 

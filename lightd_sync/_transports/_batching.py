@@ -12,11 +12,11 @@ import logging
 from collections.abc import Sequence
 from typing import Callable, Optional
 
+from .._deadline import Answer
 from .._exceptions import DeliveryError
 from .._logutil import get_logger, safe_log
 from .._model import Event
 from .._secrets import Secrets
-from ._deadline import Answer
 from .protocol import BATCH_CAP, encode_batch, judge_batch, parse_offer, with_event_ids
 
 __all__ = ["BatchOffer"]

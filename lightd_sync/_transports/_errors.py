@@ -25,6 +25,7 @@ from typing import Optional
 import attrs
 import urllib3
 
+from .._deadline import AnswerTooLargeError, ClosedError, DeadlineExceededError, DoubtfulAnswerError
 from .._exceptions import (
     DeliveryError,
     RemoteRejectedError,
@@ -32,7 +33,6 @@ from .._exceptions import (
     RemoteUnreachableError,
 )
 from .._secrets import Secrets, holds_secret, scrub_all
-from ._deadline import AnswerTooLargeError, ClosedError, DeadlineExceededError, DoubtfulAnswerError
 
 __all__ = [
     "URLLIB3_KINDS",

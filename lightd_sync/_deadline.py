@@ -1,8 +1,8 @@
 """
 One deadline per request, a cut-off at close(), and a bounded, doubted answer.
 
-Shared by both HTTP transports (urllib3's pool and ``requests``), so that the
-promises are kept once:
+Shared by both HTTP transports (urllib3's pool and ``requests``) and the
+receiver's webhook sender, so that the promises are kept once:
 
 - ``remote.timeout`` is the time a whole request may take: connecting,
   sending, and every byte of the answer. urllib3's timeouts bound one system
@@ -40,6 +40,7 @@ import urllib3
 
 __all__ = [
     "MAX_ANSWER",
+    "NO_DELAY",
     "Answer",
     "AnswerTooLargeError",
     "ClosedError",
@@ -50,6 +51,11 @@ __all__ = [
     "Watchdog",
     "read_answer",
 ]
+
+#: Socket options of every connection, through a proxy too: TCP_NODELAY (urllib3's
+#: default, which it turns off towards a proxy: each request then waits 40 ms for
+#: the proxy's delayed ACK, its headers and body being two writes).
+NO_DELAY = list(urllib3.connection.HTTPConnection.default_socket_options)
 
 #: The most bytes of an answer's body a transport reads (64 KiB).
 MAX_ANSWER = 64 * 1024
