@@ -96,7 +96,7 @@ def kill_run(
             )
         first = proc.stdout.readline()  # the first committed write
         assert first.startswith("durable "), (first, proc.stderr.read() if proc.stderr else "")
-        time.sleep(rng.uniform(0.0, 0.3))  # the random moment of the kill
+        time.sleep(rng.uniform(0.0, 0.15))  # the random moment of the kill: 7 writes' worth
         os.kill(proc.pid, signal.SIGKILL)
         rest = proc.stdout.read()  # what it printed before it died is still in the pipe
     finally:

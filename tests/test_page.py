@@ -167,7 +167,7 @@ def test_a_wrong_token_is_answered_slowly_and_logged_without_it(
 
 
 def test_a_wrong_login_waits_without_holding_up_other_requests(site: Site) -> None:
-    site.page._delay = 2.0
+    site.page._delay = 1.5
     sid = session_of(site.login())
     done = threading.Event()
     slow = threading.Thread(target=lambda: (site.login("lightd_" + "0" * 32), done.set()))
@@ -185,7 +185,7 @@ def test_a_wrong_login_waits_without_holding_up_other_requests(site: Site) -> No
 
 
 def test_wrong_logins_beyond_the_waiting_cap_get_429_at_once() -> None:
-    with _site(max_slow_logins=1, failed_login_delay=2.0) as site:
+    with _site(max_slow_logins=1, failed_login_delay=1.5) as site:
         first = threading.Thread(target=site.login, args=("lightd_" + "1" * 32,))
         first.start()
         try:

@@ -31,7 +31,7 @@ from .servers import (
 #: The engine's request timeout in this suite; faults that stall go well beyond it.
 TIMEOUT = 0.2
 #: How long the "down" and "up" phases of the flapping remote last.
-FLAP = 0.2
+FLAP = 0.12
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "REQUEST_METHOD")
 
