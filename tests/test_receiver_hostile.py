@@ -120,7 +120,7 @@ class Tricklers:
 @pytest.fixture
 def served() -> Iterator[Process]:
     with receiver(
-        "--no-audit", "--rate", "100000", "--burst", "100000", "--request-timeout", "2"
+        "--no-audit", "--rate", "100000", "--burst", "100000", "--request-timeout", "1"
     ) as proc:
         yield proc
 
@@ -146,7 +146,7 @@ def test_500_slow_clients_neither_block_nor_spin_nor_grow_the_receiver(served: P
         grown = rss_bytes(pid) - baseline
         print(f"MEASURED slow-clients rss-growth={grown / 2**20:.1f} MiB")
         assert grown < 64 * 2**20, f"memory grew by {grown / 2**20:.1f} MiB"
-        # Every trickler is cut once its request has taken --request-timeout (2 s).
+        # Every trickler is cut once its request has taken --request-timeout (1 s).
         deadline = time.monotonic() + 10
         while len(tricklers.cut) < len(tricklers.socks) and time.monotonic() < deadline:
             threading.Event().wait(0.1)
