@@ -40,7 +40,6 @@ import urllib3
 
 __all__ = [
     "MAX_ANSWER",
-    "NO_DELAY",
     "Answer",
     "AnswerTooLargeError",
     "ClosedError",
@@ -51,11 +50,6 @@ __all__ = [
     "Watchdog",
     "read_answer",
 ]
-
-#: Socket options of every connection, through a proxy too: TCP_NODELAY (urllib3's
-#: default, which it turns off towards a proxy: each request then waits 40 ms for
-#: the proxy's delayed ACK, its headers and body being two writes).
-NO_DELAY = list(urllib3.connection.HTTPConnection.default_socket_options)
 
 #: The most bytes of an answer's body a transport reads (64 KiB).
 MAX_ANSWER = 64 * 1024

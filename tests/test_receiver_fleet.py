@@ -27,14 +27,12 @@ from lightd_sync._server.nodes import parse_nodes
 from lightd_sync.receiver import ReceiverApp, create_app, serve
 
 from . import pg
+from .receivers import OPENER
 
 NODE_A = "lightd_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 NODE_B = "lightd_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 OPERATOR = "lightd_0000operator0000token0000xyz"
 NODES = {"node-a": NODE_A, "node-b": NODE_B}
-# One opener for every request: no proxy from the environment. Python 3.12+
-# loads the system's CA certificates whenever an opener is built (~5 ms).
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 BILL = {
     "memory_gb": 0.5,

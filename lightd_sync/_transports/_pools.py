@@ -15,12 +15,19 @@ from typing import Union
 from urllib.parse import unquote, urlsplit
 
 import attrs
+import urllib3
 from urllib3.util.ssl_ import create_urllib3_context
 
 from .._config import RemoteConfig
 from .._exceptions import ConfigError
 
-__all__ = ["Proxy", "choose_proxy", "tls_context"]
+__all__ = ["NO_DELAY", "Proxy", "choose_proxy", "tls_context"]
+
+#: Socket options towards a proxy: TCP_NODELAY, urllib3's default, which it turns
+#: off there. A request's headers and body are two writes, so with Nagle's
+#: algorithm each request on a kept-alive connection waits 40 ms for the proxy's
+#: delayed ACK.
+NO_DELAY = list(urllib3.connection.HTTPConnection.default_socket_options)
 
 _PROXY_SCHEMES = ("http", "https")
 

@@ -18,7 +18,6 @@ import urllib3
 
 from .._config import RemoteConfig
 from .._deadline import (
-    NO_DELAY,
     Answer,
     AnswerTooLargeError,
     ClosedError,
@@ -33,7 +32,7 @@ from .._model import Event
 from .._secrets import Secrets, secrets_of
 from ._batching import BatchOffer
 from ._errors import causes, delivery_error
-from ._pools import Proxy, choose_proxy, tls_context
+from ._pools import NO_DELAY, Proxy, choose_proxy, tls_context
 from .base import Transport
 from .protocol import (
     encode_body,

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from .._config import RemoteConfig
 from .._deadline import (
     MAX_ANSWER,
-    NO_DELAY,
     Answer,
     AnswerTooLargeError,
     DoubtfulAnswerError,
@@ -32,6 +31,7 @@ from .._model import Event
 from .._secrets import secrets_of
 from ._batching import BatchOffer
 from ._errors import Kinds, delivery_error
+from ._pools import NO_DELAY, tls_context
 from .base import Transport
 from .protocol import (
     encode_body,
@@ -183,8 +183,6 @@ class RequestsTransport(Transport):
         assert config.url is not None
         assert config.token is not None
         if config.ca_bundle is not None or config.client_cert is not None:
-            from ._pools import tls_context
-
             tls_context(config)  # a missing, broken or encrypted file is a ConfigError now
         self.url = config.url
         self._base = config.url.rstrip("/")
