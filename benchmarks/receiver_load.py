@@ -55,10 +55,10 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+import remotes
 from common import TOKEN, engine_config, server_ids
 
 HERE = Path(__file__).resolve().parent
-EXPRESS = HERE / "express"
 SLOW = 500
 _SERVERS = server_ids(1000, "recv")
 
@@ -131,14 +131,7 @@ def express() -> Server:
     npm = shutil.which("npm")
     if node is None or npm is None:
         raise RuntimeError("node and npm are needed for the Express remote")
-    if not (EXPRESS / "node_modules" / "express").is_dir():
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--silent"],
-            cwd=EXPRESS,
-            check=True,
-            timeout=300,
-        )
-    return Server([node, "server.js", "0"], env_with_token(), cwd=EXPRESS)
+    return Server([node, "server.js", "0"], env_with_token(), cwd=remotes.install_express(npm))
 
 
 def postgres_url() -> Optional[str]:

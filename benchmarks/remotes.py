@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import http.client
 import json
 import math
@@ -40,6 +41,7 @@ __all__ = [
     "RefusedPort",
     "SilentRemote",
     "find_nginx",
+    "install_express",
     "start_fast_remote",
 ]
 
@@ -49,6 +51,8 @@ TOKEN = "lightd_" + "5eb1a7c0de" * 3 + "ab"
 NGINX_INSTALL = "apt-get update && apt-get install -y nginx"
 HEALTH_BODY = {"status": 200, "endpoint": "active"}
 READY_TIMEOUT = 10.0
+#: The Express remote (``server.js``), a baseline for the receiver's benchmark and interop.
+EXPRESS = Path(__file__).resolve().parent / "express"
 
 _NGINX_CONF = """\
 {user}worker_processes 1;
@@ -109,6 +113,27 @@ def find_nginx() -> Optional[str]:
     if found:
         return found
     return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+def install_express(npm: str) -> Path:
+    """Install Express into :data:`EXPRESS` once, if it is not there yet; return the folder.
+
+    The tests run on several workers, and both the interop test and the receiver's
+    benchmark need Express: an exclusive lock on a file beside it makes the second
+    caller wait for the first install instead of running ``npm install`` into the
+    same folder at the same time.
+    """
+    with open(EXPRESS / ".install.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (EXPRESS / "node_modules" / "express").is_dir():
+            subprocess.run(
+                [npm, "install", "--no-audit", "--no-fund", "--silent"],
+                cwd=EXPRESS,
+                check=True,
+                timeout=300,
+                capture_output=True,
+            )
+    return EXPRESS
 
 
 def nginx_version(exe: str) -> str:

@@ -279,12 +279,18 @@ def test_a_remote_that_answers_one_request_and_closes(transport: str) -> None:
     assert len(bodies) >= SERVERS * ROUNDS
 
 
-def _nginx(batches: int = 0) -> Iterator[str]:
+def _benchmark_remotes() -> Any:
+    """The benchmark's launchers (benchmarks/remotes.py: nginx, Express)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import remotes  # the benchmark's nginx launcher
+        import remotes
     finally:
         sys.path.pop(0)
+    return remotes
+
+
+def _nginx(batches: int = 0) -> Iterator[str]:
+    remotes = _benchmark_remotes()
     exe = remotes.find_nginx()
     if exe is None:
         if IN_CI:
@@ -313,19 +319,11 @@ def test_nginx(nginx: tuple[str, int], transport: str) -> None:
 @pytest.fixture
 def express() -> Iterator[str]:
     node, npm = shutil.which("node"), shutil.which("npm")
-    folder = ROOT / "benchmarks" / "express"
     if node is None or npm is None:
         if IN_CI:
             pytest.fail("node and npm are on this project's machines")
         pytest.skip("node and npm are needed for the Express remote")
-    if not (folder / "node_modules" / "express").exists():
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--silent"],
-            cwd=folder,
-            check=True,
-            timeout=300,
-            capture_output=True,
-        )
+    folder = _benchmark_remotes().install_express(npm)  # once, under a lock workers share
     proc = subprocess.Popen(
         [node, "server.js", "0"],
         cwd=folder,

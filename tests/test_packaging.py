@@ -128,6 +128,7 @@ def test_the_sdist_installs_and_its_tests_run(tmp_path: Path) -> None:
     missing = [path for path in SDIST_MUST_HAVE if path not in inside]
     assert not missing, f"the sdist lacks {missing}"
     assert not [n for n in inside if "__pycache__" in n or n.startswith("docs/_build")]
+    assert not [n for n in inside if "node_modules" in n or n.endswith(".install.lock")]
 
     # pip install of the sdist, as a packager does (its dependencies are in this environment).
     site = tmp_path / "site"

@@ -69,7 +69,7 @@ def test_a_stale_update_arriving_late_does_not_replace_a_newer_one(target: str) 
     [
         "ffffffff-ffff-7fff-bfff-ffffffffffff",  # the largest v7 id there is
         "far-future",  # a node whose clock runs an hour ahead
-        str(uuid.uuid4()),  # not time-ordered
+        "3d16afb4-c30a-45d6-8ffd-342ba8460e2b",  # a v4 id: not time-ordered
         "zzzz-not-a-uuid",  # sorts after every UUID as a string
     ],
 )
