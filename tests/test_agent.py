@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import io
 import json
@@ -53,7 +54,8 @@ class Agent:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**clean_env, **(env or {})},
+            # faulthandler: a hung agent killed with SIGABRT (wait()) prints every thread's stack
+            env={**clean_env, "PYTHONFAULTHANDLER": "1", **(env or {})},
         )
         # Guards the output lists: the reader threads append while the test reads.
         self._changed = threading.Condition()
@@ -96,7 +98,16 @@ class Agent:
         self.proc.stdin.flush()
 
     def wait(self, timeout: float = 15.0) -> int:
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack
+            self.proc.wait(10)
+            for reader in self._readers:
+                reader.join(5)
+            raise AssertionError(
+                f"the agent did not exit within {timeout} s:\n{self.output()}"
+            ) from None
         for reader in self._readers:
             reader.join(5)
         return code
@@ -212,6 +223,37 @@ def test_sigterm_flushes_what_is_queued_and_exits_0(
     assert 0 == agent.wait()
     agent.wait_for(r"stopped by SIGTERM: 3 lines read, 0 skipped; .*3 delivered, 0 failed")
     assert ["s0", "s1", "s2"] == sorted(r.json()["server"] for r in remote.posts())
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send *sig* to one thread of another process (glibc's tgkill; Linux only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.tgkill(pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {sig})")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc/PID/task (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_the_kernel_gives_to_another_thread_still_stops_the_agent(
+    tmp_path: Path, remote: ScriptedRemote, agents: list[Agent], sig: signal.Signals
+) -> None:
+    """
+    A process's signal goes to any of its threads; the main loop must wake for it all the same.
+
+    The kernel prefers the main thread, so the test aims at a worker thread
+    itself. The agent waited for stdin forever: Python runs the handler in the
+    main thread only once that thread wakes up for some other reason.
+    """
+    config = tmp_path / "config.json"
+    write_config(config, remote.url)
+    agents.append(agent := Agent("--config", str(config)))
+    agent.url()
+    pid = agent.proc.pid
+    others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert others, "the agent runs threads: the engine's, the API server's"
+    _tgkill(pid, others[0], sig)
+    assert 0 == agent.wait(10)
+    agent.wait_for(rf"stopped by {sig.name}: 0 lines read")
 
 
 def test_api_token_env_and_sighup_reload(

@@ -15,7 +15,6 @@ interrupted the engine halfway through queueing an update.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import logging
@@ -302,7 +301,16 @@ def _submit(engine: SyncEngine, line: AgentLine) -> None:
 
 
 class _Wakeup:
-    """Turns SIGTERM, SIGINT and SIGHUP into bytes on a pipe the main loop selects on."""
+    """
+    Turns SIGTERM, SIGINT and SIGHUP into bytes on a pipe the main loop selects on.
+
+    The kernel gives a process's signal to any of its threads that does not
+    block it, and Python runs the handler in the main thread only once that
+    thread wakes up: a main thread asleep in ``select`` would not. So the
+    interpreter's own wakeup file descriptor (:func:`signal.set_wakeup_fd`) is
+    the pipe: whichever thread takes the signal writes its number there at
+    once, and the select wakes up. The handlers themselves do nothing.
+    """
 
     SIGNALS = tuple(
         getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
@@ -311,20 +319,25 @@ class _Wakeup:
     def __init__(self) -> None:
         self.reader, self._writer = os.pipe()
         os.set_blocking(self.reader, False)
-        os.set_blocking(self._writer, False)
+        os.set_blocking(self._writer, False)  # set_wakeup_fd needs it
         self._previous: dict[int, Any] = {}
+        self._previous_fd: Optional[int] = None
 
-    def _handler(self, signum: int, frame: Optional[FrameType]) -> None:
-        with contextlib.suppress(OSError):  # the pipe is full: a signal is waiting already
-            os.write(self._writer, bytes([signum]))
+    @staticmethod
+    def _handler(signum: int, frame: Optional[FrameType]) -> None:
+        """Nothing: the interpreter wrote *signum* to the wakeup pipe already."""
 
     def __enter__(self) -> _Wakeup:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handler)
+            # warn_on_full_buffer: a full pipe means a signal is waiting already.
+            self._previous_fd = signal.set_wakeup_fd(self._writer, warn_on_full_buffer=False)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._previous_fd is not None:
+            signal.set_wakeup_fd(self._previous_fd)
         for sig, old in self._previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
         os.close(self.reader)
@@ -465,9 +478,10 @@ class _Agent:
                 assert isinstance(value, int)
                 if value == getattr(signal, "SIGHUP", None):
                     self.reload()
-                else:
+                elif value in _Wakeup.SIGNALS:
                     self.stopped_by = f"by {signal.Signals(value).name}"
                     return
+                # else: another signal a Python handler took (the pipe hears them all)
             else:
                 return
 
