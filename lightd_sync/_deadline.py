@@ -38,6 +38,8 @@ from typing import Any, NamedTuple, Optional
 
 import urllib3
 
+from ._threads import start_quietly
+
 __all__ = [
     "MAX_ANSWER",
     "Answer",
@@ -139,7 +141,7 @@ class Watchdog:
             heapq.heappush(self._heap, (ticket.deadline, next(self._count), ticket))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+                start_quietly(self._thread)
             elif earliest is None or ticket.deadline < earliest:
                 self._wake.notify()
         return ticket

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import io
 import json
@@ -225,35 +224,74 @@ def test_sigterm_flushes_what_is_queued_and_exits_0(
     assert ["s0", "s1", "s2"] == sorted(r.json()["server"] for r in remote.posts())
 
 
-def _tgkill(pid: int, tid: int, sig: int) -> None:
-    """Send *sig* to one thread of another process (glibc's tgkill; Linux only)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.tgkill(pid, tid, sig) != 0:
-        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {sig})")
+def _threads_blocking(pid: int) -> dict[int, int]:
+    """Each thread of *pid* and its blocked-signal mask (Linux: /proc/PID/task/TID/status)."""
+    masks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        found = re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M)
+        assert found, status
+        masks[int(tid)] = int(found.group(1), 16)
+    return masks
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc/PID/task (Linux)")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_the_kernel_gives_to_another_thread_still_stops_the_agent(
-    tmp_path: Path, remote: ScriptedRemote, agents: list[Agent], sig: signal.Signals
+def test_only_the_agents_main_thread_can_take_sigterm_sigint_or_sighup(
+    tmp_path: Path, remote: ScriptedRemote, agents: list[Agent]
 ) -> None:
-    """
-    A process's signal goes to any of its threads; the main loop must wake for it all the same.
-
-    The kernel prefers the main thread, so the test aims at a worker thread
-    itself. The agent waited for stdin forever: Python runs the handler in the
-    main thread only once that thread wakes up for some other reason.
-    """
+    """A process's signal goes to a thread that does not block it: here, only the main loop's."""
     config = tmp_path / "config.json"
     write_config(config, remote.url)
     agents.append(agent := Agent("--config", str(config)))
     agent.url()
+    agent.send('{"server": "s1", "status": "installing"}')  # a worker and the deadline guard
+    assert wait_until(lambda: len(remote.posts()) == 1, 10)
     pid = agent.proc.pid
-    others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
-    assert others, "the agent runs threads: the engine's, the API server's"
-    _tgkill(pid, others[0], sig)
-    assert 0 == agent.wait(10)
-    agent.wait_for(rf"stopped by {sig.name}: 0 lines read")
+    masks = _threads_blocking(pid)
+    assert len(masks) >= 4, "the engine's and the API server's threads run beside the main one"
+    wanted = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+    for tid, mask in masks.items():
+        blocked = {sig for sig in wanted if mask >> (sig - 1) & 1}
+        assert blocked == (set() if tid == pid else set(wanted)), tid
+
+
+@pytest.mark.owns_signals
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_a_signal_another_thread_takes_wakes_the_agents_main_loop_at_once() -> None:
+    """
+    Python runs a handler in the main thread only once that thread wakes up.
+
+    The agent's loop sleeps in poll() on stdin and its wakeup pipe, so the
+    interpreter itself must write to the pipe, from whichever thread took the
+    signal (signal.set_wakeup_fd): the handler alone never ran, and the agent
+    waited for stdin's next line.
+    """
+    from lightd_sync._cli.agent import _from_fd, _Wakeup
+
+    silent_in, writer = os.pipe()  # a stdin that says nothing
+    main = threading.main_thread().native_id
+    woken = threading.Event()
+
+    def other() -> None:
+        # Once the main thread sleeps in poll(), take a SIGTERM in this thread.
+        wchan = Path(f"/proc/self/task/{main}/wchan")
+        wait_until(lambda: "poll" in wchan.read_text(), 10)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        if not woken.wait(5):
+            os.write(writer, b"not woken\n")  # unblock the loop so that the test fails, not hangs
+
+    try:
+        with _Wakeup() as wake:
+            thread = threading.Thread(target=other, name="test-takes-the-signal")
+            thread.start()
+            item = next(_from_fd(silent_in, wake))
+            woken.set()
+            thread.join(10)
+        assert ("signal", signal.SIGTERM) == item
+    finally:
+        os.close(silent_in)
+        os.close(writer)
 
 
 def test_api_token_env_and_sighup_reload(

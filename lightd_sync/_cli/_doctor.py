@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .._secrets import scrub
+from .._threads import start_quietly
 from ._common import clean
 
 if TYPE_CHECKING:
@@ -344,7 +345,7 @@ class Doctor:
                 found.append(exc)
 
         worker = threading.Thread(target=resolve, name="lightd-sync-check-dns", daemon=True)
-        worker.start()
+        start_quietly(worker)
         worker.join(self.timeout)
         what = "the proxy's host name in its URL" if self._proxy else "the host name in remote.url"
         fix = (

@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Any, Optional, TextIO
 
+from .._threads import start_quietly
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -139,7 +140,7 @@ def _walk(doctor: Doctor, printer: Optional[_Printer]) -> Optional[tuple[list[St
 
     worker = threading.Thread(target=walk, name="lightd-sync-check", daemon=True)
     try:
-        worker.start()
+        start_quietly(worker)
         while worker.is_alive():
             worker.join(0.25)
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from .._exceptions import DeliveryError
 from .._logutil import get_logger, safe_log
 from .._model import HealthState
 from .._secrets import scrub
+from .._threads import start_quietly
 from .policy import bounded, testing_mode
 
 __all__ = ["HealthMonitor", "HealthTracker"]
@@ -126,7 +127,7 @@ class HealthMonitor:
 
     def start(self) -> None:
         """Start the thread."""
-        self._thread.start()
+        start_quietly(self._thread)
 
     def poke(self, delay: float = 0.0) -> None:
         """Check within *delay* seconds (earlier than planned, never later)."""

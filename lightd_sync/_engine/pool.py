@@ -20,6 +20,7 @@ from .._exceptions import DeliveryError
 from .._logutil import Throttle, get_logger, safe_log
 from .._model import Event, Outcome
 from .._secrets import scrub
+from .._threads import start_quietly
 from .item import Item
 from .outbox import DELIVERED, DROPPED, FAILED, MAX_BATCH, SUPERSEDED, Outbox, Settled
 from .policy import DeliveryPolicy
@@ -177,7 +178,7 @@ class Pool:
                 new.append(thread)
             self._threads.extend(new)
         for thread in new:
-            thread.start()  # RuntimeError at interpreter shutdown: the engine handles it
+            start_quietly(thread)  # RuntimeError at interpreter shutdown: the engine handles it
 
     def join(self, deadline: float) -> bool:
         """Wait until *deadline* (``time.monotonic()``) for every worker to end."""

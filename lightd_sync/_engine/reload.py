@@ -14,6 +14,7 @@ import attrs
 from .._config import RemoteConfig
 from .._exceptions import LightdSyncError
 from .._logutil import get_logger, safe_log
+from .._threads import start_quietly
 from .policy import bounded
 
 __all__ = ["TRANSPORT_KEYS", "ReloadResult", "SighupReload"]
@@ -97,7 +98,7 @@ class SighupReload:
                 return
             self._installed = True
         self._previous = signal.signal(signal.SIGHUP, self._handle)
-        self._thread.start()
+        start_quietly(self._thread)
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         self._wake.set()

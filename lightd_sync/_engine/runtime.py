@@ -21,6 +21,7 @@ from typing import Callable, Optional, TypeVar
 from .._exceptions import LightdSyncError
 from .._forksafe import after_fork_in_child
 from .._logutil import get_logger, safe_log
+from .._threads import start_quietly
 from .._transports.base import Transport
 from . import exit_hook
 from .health import HealthMonitor, HealthTracker
@@ -210,9 +211,9 @@ class Runtime:
             reentry.inside = False
         if close_budget is not None:
             name = "lightd-sync-close"
-            threading.Thread(
-                target=self.close, args=(close_budget,), name=name, daemon=True
-            ).start()
+            start_quietly(
+                threading.Thread(target=self.close, args=(close_budget,), name=name, daemon=True)
+            )
 
     def read(self, name: str, read: Callable[[Outbox], _T]) -> _T:
         """What *read* finds in the outbox, under its lock (refused in an interrupting handler)."""

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 from .._logutil import Throttle, get_logger, safe_log
+from .._threads import start_quietly
 from .state_file import CHUNK, FileLock, Row, write_batch
 from .state_rows import Pending, id_of
 
@@ -156,7 +157,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="lightd-sync-state", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        start_quietly(self._thread)
 
     def join(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds for the thread to end; whether it did."""

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from .._deadline import Guard, GuardedSSLSocket
 from .._logutil import Throttle, get_logger, safe_log
+from .._threads import start_quietly
 from .audit import rfc3339
 from .nodes import Heartbeats
 
@@ -48,7 +49,7 @@ class _Loop:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        start_quietly(self._thread)
 
     def _run(self) -> None:
         while not self._stop.is_set():

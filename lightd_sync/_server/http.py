@@ -31,6 +31,7 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 
 from .._forksafe import after_fork_in_child
+from .._threads import start_quietly
 from .listener import REQUEST_TIMEOUT, Listener, Workers
 
 __all__ = [
@@ -171,7 +172,7 @@ class WsgiServer:
             if self._state != "new":
                 raise RuntimeError(f"the server at {self.url} is already {self._state}")
             self._state, self._thread = "serving", thread
-        thread.start()
+        start_quietly(thread)
         return self
 
     def _serve(self) -> None:

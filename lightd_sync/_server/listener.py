@@ -19,6 +19,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from .._logutil import Throttle, get_logger, safe_log
+from .._threads import start_quietly
 
 __all__ = ["REQUEST_TIMEOUT", "Channel", "ErrorAnswer", "Listener", "Workers"]
 
@@ -51,7 +52,7 @@ class Workers(ThreadedTaskDispatcher):
             self.started.append(thread)
             self.running += 1
         try:
-            thread.start()
+            start_quietly(thread)
         except BaseException:
             with self.started_lock:
                 self.running -= 1

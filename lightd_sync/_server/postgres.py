@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._exceptions import ConfigError, LightdSyncError
+from .._threads import quiet_signals
 from . import schema as sql
 from .queries import Run, SqlStore, create_schema
 
@@ -97,7 +98,9 @@ class PostgresStore(SqlStore):
         with psycopg.connect(url, connect_timeout=timeout) as conn, conn.transaction():
             self._create_schema(conn)
         try:
-            self._pool.open(wait=True, timeout=connect_timeout)
+            with quiet_signals():  # the pool's threads never take the daemon's signals
+                self._pool.open(wait=False)
+            self._pool.wait(timeout=connect_timeout)
         except BaseException:
             self._pool.close(timeout=1.0)
             raise
