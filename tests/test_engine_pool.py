@@ -395,3 +395,13 @@ def test_the_pool_is_workers_daemon_threads_and_a_reload_resizes_it_keeping_orde
     for server in {u.server for u in transport.sent}:
         seq = [int(u.data or "0") for u in transport.sent if u.server == server]
         assert seq == sorted(seq), server
+
+
+def test_the_engine_is_a_subpackage_of_modules_of_at_most_400_lines() -> None:
+    """#20's layout: lightd_sync/_engine/, none of its modules over 400 lines."""
+    import lightd_sync
+
+    folder = Path(lightd_sync.__file__).parent / "_engine"
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.py")}
+    assert len(sizes) >= 10, sizes
+    assert {} == {name: size for name, size in sizes.items() if size > 400}

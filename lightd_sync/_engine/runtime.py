@@ -210,10 +210,8 @@ class Runtime:
         finally:
             reentry.inside = False
         if close_budget is not None:
-            name = "lightd-sync-close"
-            start_quietly(
-                threading.Thread(target=self.close, args=(close_budget,), name=name, daemon=True)
-            )
+            args, name = (close_budget,), "lightd-sync-close"
+            start_quietly(threading.Thread(target=self.close, args=args, name=name, daemon=True))
 
     def read(self, name: str, read: Callable[[Outbox], _T]) -> _T:
         """What *read* finds in the outbox, under its lock (refused in an interrupting handler)."""
