@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -11,7 +9,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Callable, Optional, Union
 
@@ -20,9 +18,10 @@ import attrs
 from .._exceptions import ConfigError, LightdSyncError
 from .._forksafe import after_fork_in_child
 from .._logutil import get_logger
-from .._model import BILLING_FIELDS, Event, Update, server_id_problem
+from .._model import Event, Update
 from .audit import AuditLog, AuditTarget, Scrubber, rfc3339
 from .background import AlertSender, Ticker
+from .listing import Listing, Stream, iso
 from .metrics import render_receiver_metrics
 from .nodes import Heartbeats, Principals, load_nodes, parse_nodes, token_problem
 from .postgres import PostgresStore, is_postgres_url
@@ -30,17 +29,14 @@ from .ratelimit import RateLimiter
 from .store import DEFAULT_HISTORY, ReceiverStore
 from .wire import (
     RequestError,
-    ServerFilter,
     check_event_id,
     event_id,
-    history_limit,
     media_type,
     parse_batch,
     parse_event,
     parse_json,
     read_exactly,
     servers_query,
-    usage_query,
 )
 
 __all__ = ["DEFAULT_BATCH_MAX", "OPERATOR_ENVIRON", "ReceiverApp", "Store", "iso"]
@@ -62,14 +58,11 @@ OPERATOR_ENVIRON = "lightd_sync.operator"
 DEFAULT_BATCH_MAX = 500
 #: Largest body of a ``POST /updates`` (a batch), in bytes.
 DEFAULT_BATCH_BODY = 8 << 20
-_CSV_COLUMNS = ("server", "node", "status", "error", "data", "updated", "stuck", "usage_at",
-                *BILLING_FIELDS)  # fmt: skip
 _HEADERS = [
     ("Content-Type", "application/json"),
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
 ]
-_PAGE = 500  # servers read from the store at a time while GET /servers streams
 
 
 @attrs.define
@@ -121,11 +114,6 @@ def _check_token(token: object) -> str:
     if not (token.isascii() and token.isprintable()) or any(ch.isspace() for ch in token):
         raise ConfigError("token: must be printable ASCII without whitespace")
     return token
-
-
-def iso(timestamp: Optional[float]) -> Optional[str]:
-    """Seconds since the epoch as ISO 8601 in UTC (``2026-12-06T12:00:00.000Z``), or None."""
-    return None if timestamp is None else rfc3339(float(timestamp))
 
 
 def open_store(target: Union[str, os.PathLike[str], None], history: Optional[int]) -> Store:
@@ -273,6 +261,9 @@ class ReceiverApp:
             self._audit.close()
             raise
         self.store.webhooks = tuple(dict.fromkeys(webhooks))
+        self._listing = Listing(  # stuck_after is read at each request: it may change
+            self.store, stuck_after=lambda: self.stuck_after, storage=self._storage
+        )
         self._ticker: Optional[Ticker] = None
         self._sender: Optional[AlertSender] = None
         if node_map is not None or retain_days is not None:
@@ -384,7 +375,7 @@ class ReceiverApp:
             ]
             start_response(f"{status} {HTTPStatus(status).phrase}", headers)
             return [body]
-        if isinstance(doc, _Stream):
+        if isinstance(doc, Stream):
             headers = [("Content-Type", doc.kind), *_HEADERS[1:]]
             start_response(f"{status} {HTTPStatus(status).phrase}", headers)
             return doc.chunks
@@ -469,9 +460,9 @@ class ReceiverApp:
         query = str(environ.get("QUERY_STRING") or "")
         exchange.outcome = "ok"
         if path == "/servers":
-            return self._servers(servers_query(query))
+            return self._listing.servers(servers_query(query))
         if path == "/servers.csv":
-            return self._servers_csv(servers_query(query))
+            return self._listing.servers_csv(servers_query(query))
         if path == "/nodes":
             return 200, {"nodes": self._storage(self.nodes)}
         if path == "/summary":
@@ -479,7 +470,7 @@ class ReceiverApp:
         if path == "/metrics":
             text = self._storage(self.metrics_text)
             return 200, _Raw(text.encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")
-        return self._server_route(path[len(_SERVERS) :], query, exchange)
+        return self._listing.server(path[len(_SERVERS) :], query, exchange)
 
     def _read_body(self, environ: dict[str, Any], limit: int) -> bytes:
         kind, params = media_type(str(environ.get("CONTENT_TYPE") or ""))
@@ -568,154 +559,6 @@ class ReceiverApp:
         if len(events) == len(items):
             return 200, {"success": True}
         return 200, {"success": True, "results": results}
-
-    # -- reading -----------------------------------------------------------------
-
-    def _item(self, state: dict[str, Any], now: float) -> dict[str, Any]:
-        """A server's latest state as /servers and /servers/ID show it."""
-        usage = state.get("usage")
-        if usage is not None:
-            usage = {**usage, "at": iso(usage["timestamp"])}
-        return {
-            "status": state["status"],
-            "error": state.get("error"),
-            "data": state["data"],
-            "node": state.get("node"),
-            "updated": iso(state["updated_at"]),
-            "updated_at": state["updated_at"],
-            "event_id": state["event_id"],
-            "stuck": state["status"] == "installing"
-            and now - float(state["since"]) > self.stuck_after,
-            "usage": usage,
-        }
-
-    def _page(self, flt: ServerFilter, after: str, size: int) -> dict[str, Any]:
-        return self.store.latest_page(
-            after, size, status=flt.status, node=flt.node, prefix=flt.prefix
-        )
-
-    def _servers(self, flt: ServerFilter) -> tuple[int, Any]:
-        size = _PAGE if flt.limit is None else min(_PAGE, flt.limit)
-        first = self._storage(lambda: self._page(flt, flt.after, size))  # 503 while we can
-        return 200, _Stream(self._stream_servers(flt, first, size), "application/json")
-
-    def _pages(
-        self, flt: ServerFilter, page: dict[str, Any], size: int
-    ) -> Iterator[tuple[str, Any]]:
-        """Every (server, state) the filter lists; ends short (logged) if the database fails."""
-        sent, limit = 0, flt.limit
-        while True:
-            last = None
-            for server, state in page.items():
-                yield server, state
-                last = server
-            sent += len(page)
-            if len(page) < size or (limit is not None and sent >= limit) or last is None:
-                return
-            if limit is not None:
-                size = min(size, limit - sent)
-            errors: tuple[type[Exception], ...] = (*self.store.errors, LightdSyncError)
-            try:
-                page = self._page(flt, last, size)
-            except errors as exc:
-                log.error("the receiver's database failed while listing servers: %s", exc)
-                raise _CutError from None
-
-    def _stream_servers(
-        self, flt: ServerFilter, page: dict[str, Any], size: int
-    ) -> Iterator[bytes]:
-        """``{"servers": {...}, "next": ID or null}``, a page of the store at a time."""
-        yield b'{"servers":{'
-        separator, last, sent = b"", None, 0
-        now = time.time()
-        try:
-            for server, state in self._pages(flt, page, size):
-                yield (
-                    separator
-                    + json.dumps(server).encode()
-                    + b":"
-                    + _compact(self._item(state, now))
-                )
-                separator, last = b",", server
-                sent += 1
-        except _CutError:
-            return  # the status is sent: end the body short, so that it is not valid JSON
-        more = flt.limit is not None and sent >= flt.limit
-        yield b'},"next":' + json.dumps(last if more else None).encode() + b"}"
-
-    def _servers_csv(self, flt: ServerFilter) -> tuple[int, Any]:
-        size = _PAGE if flt.limit is None else min(_PAGE, flt.limit)
-        first = self._storage(lambda: self._page(flt, flt.after, size))
-        return 200, _Stream(self._stream_csv(flt, first, size), "text/csv; charset=utf-8")
-
-    def _stream_csv(self, flt: ServerFilter, page: dict[str, Any], size: int) -> Iterator[bytes]:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(_CSV_COLUMNS)
-        now = time.time()
-        try:
-            for server, state in self._pages(flt, page, size):
-                item = self._item(state, now)
-                usage = item["usage"] or {}
-                writer.writerow(
-                    [
-                        _cell(server),
-                        item["node"] or "",
-                        item["status"],
-                        _cell(item["error"] or ""),
-                        _cell(item["data"] or ""),
-                        item["updated"],
-                        "true" if item["stuck"] else "false",
-                        usage.get("at", ""),
-                        *[_number(usage.get(name)) for name in BILLING_FIELDS],
-                    ]
-                )
-                if out.tell() > 32768:
-                    yield out.getvalue().encode("utf-8")
-                    out.seek(0)
-                    out.truncate()
-        except _CutError:
-            return
-        yield out.getvalue().encode("utf-8")
-
-    def _server_route(self, tail: str, query: str, exchange: _Exchange) -> tuple[int, Any]:
-        try:  # PEP 3333: the path arrives as bytes decoded as latin-1
-            server = tail.encode("latin-1").decode("utf-8")
-        except UnicodeEncodeError:
-            server = tail
-        except UnicodeDecodeError:
-            server = ""
-        usage = server.endswith("/usage") and server_id_problem(server[: -len("/usage")]) is None
-        if usage:
-            server = server[: -len("/usage")]
-            before, limit = usage_query(query)
-        else:
-            limit = history_limit(query)
-        if server_id_problem(server) is not None:
-            raise RequestError(404, "not_found", "server: no updates stored for this id")
-        exchange.server = server
-        if usage:
-            events = self._storage(lambda: self.store.usage(server, before, limit))
-            for event in events:
-                event["at"] = iso(event["timestamp"])
-                event["received"] = iso(event["received_at"])
-            more = len(events) == limit
-            return 200, {
-                "server": server,
-                "usage": events,
-                "next": events[-1]["id"] if more else None,
-            }
-        history = self._storage(lambda: self.store.history(server, limit))
-        if not history:
-            raise RequestError(404, "not_found", "server: no updates stored for this id")
-        for entry in history:
-            entry["at"] = iso(entry["received_at"])
-        state = self._storage(lambda: self.store.server(server))
-        doc: dict[str, Any] = {"server": server}
-        if state is not None:
-            doc.update(self._item(state, time.time()))
-        doc["history"] = history
-        return 200, doc
 
     def nodes(self) -> list[dict[str, Any]]:
         """What ``GET /nodes`` lists: each node served, with its state (see the module).
@@ -812,30 +655,7 @@ class ReceiverApp:
         return f"<ReceiverApp store={self.store!r}>"
 
 
-class _CutError(Exception):
-    """The database failed in the middle of a streamed answer."""
-
-
 @attrs.frozen
 class _Raw:
     body: bytes
     kind: str
-
-
-@attrs.frozen
-class _Stream:
-    chunks: Iterator[bytes]
-    kind: str
-
-
-def _cell(text: str) -> str:
-    """A CSV cell a spreadsheet will not run as a formula."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def _number(value: Optional[float]) -> str:
-    return "" if value is None else repr(float(value))
-
-
-def _compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode("ascii")
