@@ -58,7 +58,6 @@ from urllib.parse import urlsplit
 import remotes
 from common import TOKEN, engine_config, server_ids
 
-HERE = Path(__file__).resolve().parent
 SLOW = 500
 _SERVERS = server_ids(1000, "recv")
 

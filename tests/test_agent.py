@@ -27,6 +27,7 @@ from lightd_sync._cli.agent import MAX_LINE, AgentLine, parse_event, parse_liste
 from lightd_sync._server.http import serve
 
 from .conftest import TOKEN
+from .procfs import HAS_TASKS, blocked_signals
 from .servers import ScriptedRemote, wait_until
 
 API_TOKEN = "lightd_api_5f0c2b7d9e4a41c3a8b6d0e2f4a6c8e0"
@@ -224,18 +225,7 @@ def test_sigterm_flushes_what_is_queued_and_exits_0(
     assert ["s0", "s1", "s2"] == sorted(r.json()["server"] for r in remote.posts())
 
 
-def _threads_blocking(pid: int) -> dict[int, int]:
-    """Each thread of *pid* and its blocked-signal mask (Linux: /proc/PID/task/TID/status)."""
-    masks = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        found = re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M)
-        assert found, status
-        masks[int(tid)] = int(found.group(1), 16)
-    return masks
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc/PID/task (Linux)")
+@pytest.mark.skipif(not HAS_TASKS, reason="needs /proc/PID/task (Linux)")
 def test_only_the_agents_main_thread_can_take_sigterm_sigint_or_sighup(
     tmp_path: Path, remote: ScriptedRemote, agents: list[Agent]
 ) -> None:
@@ -247,17 +237,17 @@ def test_only_the_agents_main_thread_can_take_sigterm_sigint_or_sighup(
     agent.send('{"server": "s1", "status": "installing"}')  # a worker and the deadline guard
     assert wait_until(lambda: len(remote.posts()) == 1, 10)
     pid = agent.proc.pid
-    masks = _threads_blocking(pid)
-    assert len(masks) >= 4, "the engine's and the API server's threads run beside the main one"
-    wanted = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
-    for tid, mask in masks.items():
-        blocked = {sig for sig in wanted if mask >> (sig - 1) & 1}
-        assert blocked == (set() if tid == pid else set(wanted)), tid
+    tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    assert len(tids) >= 4, "the engine's and the API server's threads run beside the main one"
+    wanted = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    for tid in tids:
+        blocked = wanted & blocked_signals(tid, pid)
+        assert blocked == (set() if tid == pid else wanted), tid
 
 
 @pytest.mark.owns_signals
 @pytest.mark.timeout(30)
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+@pytest.mark.skipif(not HAS_TASKS, reason="reads /proc (Linux)")
 def test_a_signal_another_thread_takes_wakes_the_agents_main_loop_at_once() -> None:
     """
     Python runs a handler in the main thread only once that thread wakes up.

@@ -9,7 +9,6 @@ gave to one of our workers (the agent's main loop hung that way, in CI).
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -23,22 +22,17 @@ from lightd_sync.testing import LightdRemote
 
 from . import pg
 from .conftest import TOKEN
+from .procfs import HAS_TASKS, blocked_signals
 from .servers import wait_until
 
-pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/task").is_dir(), reason="reads /proc/self/task/TID/status (Linux)"
-)
+pytestmark = pytest.mark.skipif(not HAS_TASKS, reason="reads /proc/self/task/TID/status (Linux)")
 
 DAEMON_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD}
 
 
 def _blocked(thread: threading.Thread) -> set[int]:
-    """The signals *thread* blocks, from the kernel's own record of its mask."""
-    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
-    found = re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M)
-    assert found, status
-    mask = int(found.group(1), 16)
-    return {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
+    assert thread.native_id is not None
+    return blocked_signals(thread.native_id)
 
 
 @pytest.fixture

@@ -71,7 +71,8 @@ class Listing:
         self.stuck_after = stuck_after
         self._storage = storage
 
-    def item(self, state: dict[str, Any], now: float) -> dict[str, Any]:
+    @staticmethod
+    def _item(state: dict[str, Any], now: float, stuck_after: float) -> dict[str, Any]:
         """A server's latest state as /servers and /servers/ID show it."""
         usage = state.get("usage")
         if usage is not None:
@@ -84,8 +85,7 @@ class Listing:
             "updated": iso(state["updated_at"]),
             "updated_at": state["updated_at"],
             "event_id": state["event_id"],
-            "stuck": state["status"] == "installing"
-            and now - float(state["since"]) > self.stuck_after(),
+            "stuck": state["status"] == "installing" and now - float(state["since"]) > stuck_after,
             "usage": usage,
         }
 
@@ -120,7 +120,7 @@ class Listing:
                 page = self._page(flt, last, size)
             except errors as exc:
                 log.error("the receiver's database failed while listing servers: %s", exc)
-                raise CutError from None
+                raise _CutError from None
 
     def _stream_servers(
         self, flt: ServerFilter, page: dict[str, Any], size: int
@@ -128,15 +128,14 @@ class Listing:
         """``{"servers": {...}, "next": ID or null}``, a page of the store at a time."""
         yield b'{"servers":{'
         separator, last, sent = b"", None, 0
-        now = time.time()
+        now, stuck_after = time.time(), self.stuck_after()  # once per answer, not per server
         try:
             for server, state in self._pages(flt, page, size):
-                yield (
-                    separator + json.dumps(server).encode() + b":" + compact(self.item(state, now))
-                )
+                shown = _compact(self._item(state, now, stuck_after))
+                yield separator + json.dumps(server).encode() + b":" + shown
                 separator, last = b",", server
                 sent += 1
-        except CutError:
+        except _CutError:
             return  # the status is sent: end the body short, so that it is not valid JSON
         more = flt.limit is not None and sent >= flt.limit
         yield b'},"next":' + json.dumps(last if more else None).encode() + b"}"
@@ -151,29 +150,29 @@ class Listing:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(_CSV_COLUMNS)
-        now = time.time()
+        now, stuck_after = time.time(), self.stuck_after()  # once per answer, not per server
         try:
             for server, state in self._pages(flt, page, size):
-                item = self.item(state, now)
+                item = self._item(state, now, stuck_after)
                 usage = item["usage"] or {}
                 writer.writerow(
                     [
-                        cell(server),
+                        _cell(server),
                         item["node"] or "",
                         item["status"],
-                        cell(item["error"] or ""),
-                        cell(item["data"] or ""),
+                        _cell(item["error"] or ""),
+                        _cell(item["data"] or ""),
                         item["updated"],
                         "true" if item["stuck"] else "false",
                         usage.get("at", ""),
-                        *[number(usage.get(name)) for name in BILLING_FIELDS],
+                        *[_number(usage.get(name)) for name in BILLING_FIELDS],
                     ]
                 )
                 if out.tell() > 32768:
                     yield out.getvalue().encode("utf-8")
                     out.seek(0)
                     out.truncate()
-        except CutError:
+        except _CutError:
             return
         yield out.getvalue().encode("utf-8")
 
@@ -213,12 +212,12 @@ class Listing:
         state = self._storage(lambda: self.store.server(server))
         doc: dict[str, Any] = {"server": server}
         if state is not None:
-            doc.update(self.item(state, time.time()))
+            doc.update(self._item(state, time.time(), self.stuck_after()))
         doc["history"] = history
         return 200, doc
 
 
-class CutError(Exception):
+class _CutError(Exception):
     """The database failed in the middle of a streamed answer."""
 
 
@@ -230,14 +229,14 @@ class Stream:
     kind: str
 
 
-def cell(text: str) -> str:
+def _cell(text: str) -> str:
     """A CSV cell a spreadsheet will not run as a formula."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def number(value: Optional[float]) -> str:
+def _number(value: Optional[float]) -> str:
     return "" if value is None else repr(float(value))
 
 
-def compact(value: Any) -> bytes:
+def _compact(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("ascii")
